@@ -1,0 +1,1 @@
+"""gaugeflow.flows -- normalizing flows for lattice field theory (built on normflows)."""

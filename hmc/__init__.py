@@ -1,0 +1,1 @@
+"""gaugeflow.hmc -- Markov chains: HMC on Lie groups and the analysis of their output."""

@@ -1,0 +1,1 @@
+"""gaugeflow.lattice -- lattice field theories, observables and ensembles."""

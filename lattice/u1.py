@@ -1,0 +1,79 @@
+"""Compact U(1) lattice gauge theory with the Wilson action.
+
+Links ``U_mu(x) = exp(i theta_mu(x))`` are stored as angles ``theta`` in (-pi, pi], layout
+``[batch, mu, x_0, ..., x_{D-1}]``.  The plaquette angle is
+
+    theta_{mu nu}(x) = theta_mu(x) + theta_nu(x + mu) - theta_mu(x + nu) - theta_nu(x),
+
+and the action is ``S = -beta sum_{x, mu<nu} cos theta_{mu nu}(x)``.  In two dimensions the
+topological charge is ``Q = (1/2pi) sum_x arg U_01(x)`` with ``arg`` in (-pi, pi], an integer
+on every configuration of a periodic lattice.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .fields import AngleField
+from .gauge import planes, u1_links_to_matrices
+from .geometry import shift
+from .groups import wrap_angle
+from .theory import GaugeTheory, sum_per_config
+
+SITE_AXIS = 1
+
+
+def plaquette_angles(theta: torch.Tensor, mu: int, nu: int) -> torch.Tensor:
+    """``theta_{mu nu}(x)`` (not wrapped), ``[B, x...]``."""
+    t_mu, t_nu = theta[:, mu], theta[:, nu]
+    return t_mu + shift(t_nu, mu, 1, SITE_AXIS) - shift(t_mu, nu, 1, SITE_AXIS) - t_nu
+
+
+class U1(GaugeTheory):
+    name = "u1"
+    coupling_names = ("beta",)
+
+    def __init__(self, lattice_shape, *, beta):
+        super().__init__(lattice_shape, beta=beta)
+        if self.dimension < 2:
+            raise ValueError("a gauge theory needs at least 2 dimensions")
+        self.field = AngleField()
+
+    @property
+    def config_shape(self):
+        return (self.dimension, *self.lattice_shape)
+
+    def action(self, theta):
+        cosines = sum(torch.cos(plaquette_angles(theta, mu, nu)) for mu, nu in planes(self.dimension))
+        return -self.couplings["beta"] * sum_per_config(cosines)
+
+    def links_as_matrices(self, theta):
+        return u1_links_to_matrices(theta)
+
+    @property
+    def has_topological_charge(self):
+        return self.dimension == 2
+
+    def topological_charge(self, theta):
+        if self.dimension != 2:
+            return super().topological_charge(theta)
+        return sum_per_config(wrap_angle(plaquette_angles(theta, 0, 1))) / (2 * math.pi)
+
+    def hot_start(self, batch, *, generator=None, device=None, precision=torch.float64):
+        uniform = torch.rand(batch, *self.config_shape, generator=generator, device=device, dtype=precision)
+        return wrap_angle(2 * math.pi * uniform - math.pi)
+
+    def cold_start(self, batch, *, device=None, precision=torch.float64):
+        return torch.zeros(batch, *self.config_shape, device=device, dtype=precision)
+
+    def random_gauge_transformation(self, batch, *, generator=None, device=None, precision=torch.float64):
+        """Uniform random ``alpha(x)``, ``[B, x...]``: ``Omega(x) = exp(i alpha(x))``."""
+        uniform = torch.rand(batch, *self.lattice_shape, generator=generator, device=device, dtype=precision)
+        return 2 * math.pi * uniform - math.pi
+
+    def gauge_transform(self, theta, alpha):
+        """``theta_mu(x) -> theta_mu(x) + alpha(x) - alpha(x + mu)``."""
+        shifted = torch.stack([shift(alpha, mu, 1, SITE_AXIS) for mu in range(self.dimension)], dim=1)
+        return wrap_angle(theta + alpha[:, None] - shifted)

@@ -1,0 +1,1 @@
+"""Command-line programs of gaugeflow (thin wrappers around lattice/, flows/, hmc/)."""
