@@ -18,7 +18,7 @@ import contextlib
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -134,6 +134,7 @@ def generate_ensemble(
         "seed": seed,
         "integrator": params.integrator,
         "trajectory_length": float(params.trajectory_length),
+        "step_size_jitter": float(params.jitter),
         "save_every": save_every,
         "n_therm": n_therm,
         "start": start,
@@ -165,7 +166,7 @@ def generate_ensemble(
         if state is not None:
             field = torch.as_tensor(state["field"]).to(device=device, dtype=theory.storage_dtype(precision))
             generator.set_state(torch.as_tensor(state["rng_state"], dtype=torch.uint8))
-            params = HMCParameters(params.trajectory_length, int(state["n_steps"]), params.integrator)
+            params = replace(params, n_steps=int(state["n_steps"]))
             trajectory = int(state["next_trajectory"])
         else:
             if start == "hot":
@@ -227,7 +228,7 @@ def thermalise(theory, field, params, n_therm, generator, tune, target, progress
         probabilities.append(acceptance_probability(result.delta_h).mean().item())
         if tune and len(probabilities) == window:
             steps = retuned_steps(params, float(np.mean(probabilities)), target)
-            params = HMCParameters(params.trajectory_length, steps, params.integrator)
+            params = replace(params, n_steps=steps)
             probabilities = []
         if received is not None and received["signal"]:
             break

@@ -72,16 +72,20 @@ class Ensemble:
 
     def __init__(self, h5file: h5py.File):
         self.file = h5file
-        attrs = h5file.attrs
+        attrs, name = h5file.attrs, h5file.filename
+        problem = None
         if attrs.get("format") != FORMAT_NAME:
-            h5file.close()
-            raise EnsembleError(f"{h5file.filename} is not a gaugeflow ensemble (format attribute missing or foreign)")
-        if int(attrs.get("format_version", -1)) != FORMAT_VERSION:
+            problem = f"{name} is not a gaugeflow ensemble (format attribute missing or foreign)"
+        elif int(attrs.get("format_version", -1)) != FORMAT_VERSION:
             version = attrs.get("format_version")
+            problem = f"{name} has ensemble format version {version}; this gaugeflow reads version {FORMAT_VERSION}"
+        else:
+            missing = [d for d in ("configs", "observables", *ROW_DATASETS) if d not in h5file]
+            if missing or "n_configs" not in attrs:
+                problem = f"{name} is damaged: missing {', '.join(missing) or 'n_configs'}"
+        if problem:
             h5file.close()
-            raise EnsembleError(
-                f"{h5file.filename} has ensemble format version {version}; this gaugeflow reads version {FORMAT_VERSION}"
-            )
+            raise EnsembleError(problem)
 
     # -- metadata ---------------------------------------------------------------------
     @property

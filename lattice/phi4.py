@@ -41,10 +41,17 @@ class Phi4(Theory):
         return self.lattice_shape
 
     def action(self, phi):
+        self.check_field(phi)
         m2, lam, d = self.couplings["m2"], self.couplings["lam"], self.dimension
         hopping = sum(phi * shift(phi, mu, 1, SITE_AXIS) for mu in range(d))
         phi2 = phi * phi
         return sum_per_config(-2 * hopping + (2 * d + m2) * phi2 + lam * phi2 * phi2)
+
+    def force(self, phi):
+        """Analytic ``dS/dphi(x) = -2 sum_mu [phi(x+mu) + phi(x-mu)] + 2 (2D + m2) phi + 4 lam phi^3``."""
+        m2, lam, d = self.couplings["m2"], self.couplings["lam"], self.dimension
+        neighbours = sum(shift(phi, mu, 1, SITE_AXIS) + shift(phi, mu, -1, SITE_AXIS) for mu in range(d))
+        return -2 * neighbours + 2 * (2 * d + m2) * phi + 4 * lam * phi * phi * phi
 
     def hot_start(self, batch, *, generator=None, device=None, precision=torch.float64):
         return torch.randn(batch, *self.config_shape, generator=generator, device=device, dtype=precision)

@@ -14,7 +14,8 @@ import torch
 
 from . import gauge
 from .fields import SUNField
-from .groups import complex_dtype, haar_random_sun, identity_sun, real_trace
+from .geometry import shift
+from .groups import complex_dtype, dagger, haar_random_sun, identity_sun, real_trace, traceless_antihermitian
 from .theory import GaugeTheory, sum_per_config
 
 
@@ -39,8 +40,29 @@ class SUN(GaugeTheory):
         return complex_dtype(precision)
 
     def action(self, links):
+        self.check_field(links)
         traces = sum(real_trace(gauge.plaquettes(links, mu, nu)) for mu, nu in gauge.planes(self.dimension))
         return -(self.couplings["beta"] / self.n_colors) * sum_per_config(traces)
+
+    def staples(self, links, mu: int) -> torch.Tensor:
+        """Sum of the ``2 (D-1)`` staples ``A_mu(x)`` with ``S = -(beta/N) sum Re tr U_mu(x) A_mu(x) + ...``."""
+        site = gauge.SITE_AXIS
+        total = torch.zeros_like(links[:, mu])
+        for nu in range(self.dimension):
+            if nu == mu:
+                continue
+            u_mu, u_nu = links[:, mu], links[:, nu]
+            up = shift(u_nu, mu, 1, site) @ dagger(shift(u_mu, nu, 1, site)) @ dagger(u_nu)
+            u_nu_down = shift(u_nu, nu, -1, site)
+            down = dagger(shift(u_nu_down, mu, 1, site)) @ dagger(shift(u_mu, nu, -1, site)) @ u_nu_down
+            total = total + up + down
+        return total
+
+    def force(self, links):
+        """Analytic su(N) force ``F_mu(x) = (beta/N) P_su(N)(U_mu(x) A_mu(x))`` from the staples
+        (the autograd force of the base class agrees)."""
+        forces = [traceless_antihermitian(links[:, mu] @ self.staples(links, mu)) for mu in range(self.dimension)]
+        return (self.couplings["beta"] / self.n_colors) * torch.stack(forces, dim=1)
 
     def links_as_matrices(self, links):
         return links

@@ -46,8 +46,24 @@ class U1(GaugeTheory):
         return (self.dimension, *self.lattice_shape)
 
     def action(self, theta):
+        self.check_field(theta)
         cosines = sum(torch.cos(plaquette_angles(theta, mu, nu)) for mu, nu in planes(self.dimension))
         return -self.couplings["beta"] * sum_per_config(cosines)
+
+    def force(self, theta):
+        """Analytic ``dS/dtheta_mu(x) = beta sum_{nu != mu} [sin theta_{mu nu}(x) - sin theta_{mu nu}(x - nu)]``
+        with ``theta_{nu mu} = -theta_{mu nu}`` (the autograd force of the base class agrees)."""
+        d = self.dimension
+        sines = {(mu, nu): torch.sin(plaquette_angles(theta, mu, nu)) for mu, nu in planes(d)}
+        components = []
+        for mu in range(d):
+            total = torch.zeros_like(theta[:, mu])
+            for nu in range(d):
+                if nu != mu:
+                    s = sines[mu, nu] if mu < nu else -sines[nu, mu]
+                    total = total + s - shift(s, nu, -1, SITE_AXIS)
+            components.append(total)
+        return self.couplings["beta"] * torch.stack(components, dim=1)
 
     def links_as_matrices(self, theta):
         return u1_links_to_matrices(theta)

@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--trajectory-length", type=float, default=1.0, help="molecular-dynamics time per trajectory (default: 1.0)")
     group.add_argument("--steps", type=int, default=10, help="initial integration steps per trajectory (default: 10)")
     group.add_argument("--integrator", default="omelyan", choices=("omelyan", "leapfrog"), help="(default: omelyan)")
+    group.add_argument("--jitter", type=float, default=0.2,
+                       help="each trajectory's step size is drawn from step*[1-j, 1+j]; keeps HMC ergodic (default: 0.2)")
     group.add_argument("--no-tune", dest="tune", action="store_false",
                        help="keep --steps fixed instead of tuning it during thermalisation")
     group.add_argument("--target-acceptance", type=float, default=0.8, help="tuning target (default: 0.8)")
@@ -83,7 +85,7 @@ def run_hmc(args) -> int:
         raise CommandError("--threads must be at least 1")
     torch.set_num_threads(args.threads)
     theory = make_theory(args.theory, args.lattice, **_couplings(args))
-    params = HMCParameters(args.trajectory_length, args.steps, args.integrator)
+    params = HMCParameters(args.trajectory_length, args.steps, args.integrator, args.jitter)
     summary = generate_ensemble(
         theory,
         args.out,

@@ -1,0 +1,114 @@
+"""The gaugeflow command line: end to end, bad input, signals."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def gaugeflow(*args, **kwargs):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "scripts.cli", *map(str, args)], capture_output=True, text=True, env=env, cwd=ROOT, **kwargs
+    )
+
+
+SMALL_RUN = ["--lattice", "4x4", "--n-configs", 8, "--therm", 5, "--chains", 2, "--quiet"]
+
+
+def test_hmc_then_analyze_json(tmp_path):
+    out = tmp_path / "ens.h5"
+    result = gaugeflow("hmc", "--theory", "u1", "--beta", 2.0, *SMALL_RUN, "--out", out)
+    assert result.returncode == 0, result.stderr
+    analysis = gaugeflow("analyze", out, "--json")
+    assert analysis.returncode == 0, analysis.stderr
+    results = json.loads(analysis.stdout)
+    assert {"plaquette", "topological_charge", "topological_susceptibility", "acceptance"} <= set(results)
+    assert set(results["plaquette"]) == {"mean", "error", "tau_int"}
+    assert 0 < results["plaquette"]["mean"] < 1
+    table = gaugeflow("analyze", out)
+    assert table.returncode == 0 and "plaquette" in table.stdout and "tau_int" in table.stdout
+
+
+def test_phi4_run_reports_chi_2pt(tmp_path):
+    out = tmp_path / "phi4.h5"
+    result = gaugeflow("hmc", "--theory", "phi4", "--m2", -4, "--lam", 8, *SMALL_RUN, "--out", out, "--trajectory-length", 0.2)
+    assert result.returncode == 0, result.stderr
+    assert "chi_2pt" in json.loads(gaugeflow("analyze", out, "--json").stdout)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--theory", "u7", "--beta", 1], "unknown theory 'u7'"),
+        (["--theory", "u1"], "needs coupling(s) --beta"),
+        (["--theory", "phi4", "--m2", 1], "--lam"),
+        (["--theory", "u1", "--beta", 1, "--lattice", "8xx8"], "lattice shape"),
+        (["--theory", "u1", "--beta", 1, "--device", "cuda"], "cuda"),
+        (["--theory", "u1", "--beta", 1, "--n-configs", 7], "multiple of --chains"),
+    ],
+)
+def test_bad_input_is_one_line_without_traceback(tmp_path, args, message):
+    out = tmp_path / "ens.h5"
+    base = ["--lattice", "4x4", "--n-configs", 8, "--therm", 2, "--chains", 2, "--quiet", "--out", out]
+    result = gaugeflow("hmc", *base, *args)  # later options override earlier ones
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_unwritable_output_and_foreign_input(tmp_path):
+    result = gaugeflow("hmc", "--theory", "u1", "--beta", 1, *SMALL_RUN, "--out", tmp_path / "no" / "such" / "dir.h5")
+    assert result.returncode == 2 and "does not exist" in result.stderr and "Traceback" not in result.stderr
+    foreign = tmp_path / "foreign.h5"
+    with h5py.File(foreign, "w") as f:
+        f["x"] = 1
+    result = gaugeflow("analyze", foreign)
+    assert result.returncode == 2 and "not a gaugeflow ensemble" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_existing_output_is_kept(tmp_path):
+    out = tmp_path / "ens.h5"
+    assert gaugeflow("hmc", "--theory", "u1", "--beta", 2, *SMALL_RUN, "--out", out).returncode == 0
+    before = out.read_bytes()
+    result = gaugeflow("hmc", "--theory", "u1", "--beta", 2, *SMALL_RUN, "--out", out)
+    assert result.returncode == 2 and "--resume" in result.stderr
+    assert out.read_bytes() == before
+
+
+def test_sigterm_saves_and_resume_completes(tmp_path):
+    """A real SIGTERM (as Slurm sends it): clean exit 3, nothing lost, --resume finishes the job."""
+    out = tmp_path / "ens.h5"
+    common = ["hmc", "--theory", "u1", "--beta", 2, "--lattice", "8x8", "--chains", 2, "--therm", 2, "--quiet", "--out", out]
+    args = common + ["--n-configs", 200000]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    process = subprocess.Popen([sys.executable, "-m", "scripts.cli", *map(str, args)], cwd=ROOT, env=env,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not out.exists():
+        time.sleep(0.2)
+    time.sleep(2.0)  # let it store some rows
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 3, stderr
+    assert "rerun with --resume" in stderr
+    with h5py.File(out, "r") as f:
+        stored = int(f.attrs["n_configs"])
+    assert 0 < stored < 200000
+    target = stored + 4
+    resumed = gaugeflow(*common, "--n-configs", target, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    with h5py.File(out, "r") as f:
+        assert int(f.attrs["n_configs"]) == target
+        steps = f["step"][:target]
+    assert list(steps[-4:]) == [steps[-5] + 1] * 2 + [steps[-5] + 2] * 2

@@ -1,0 +1,200 @@
+"""HDF5 ensembles: schema, round trip, append, resume (bit for bit), interruption, bad files."""
+
+import hashlib
+import os
+import signal
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from hmc.hmc import HMCParameters
+from hmc.run import Interrupted, generate_ensemble
+from lattice.ensemble import FORMAT_NAME, EnsembleError, open_ensemble
+from lattice.theories import make_theory
+
+
+def u1_theory():
+    return make_theory("u1", "4x4", beta=2.0)
+
+
+def run(path, n_configs, theory=None, **kwargs):
+    options = dict(n_therm=6, n_chains=2, seed=7, params=HMCParameters(1.0, 4), progress=False)
+    options.update(kwargs)
+    return generate_ensemble(theory or u1_theory(), path, n_configs=n_configs, **options)
+
+
+def digest(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def test_schema_and_round_trip(tmp_path):
+    path = tmp_path / "ens.h5"
+    summary = run(path, 10)
+    assert summary.n_configs == 10 and summary.n_new == 10
+    with h5py.File(path, "r") as f:  # plain h5py reads everything
+        assert f.attrs["format"] == FORMAT_NAME and f.attrs["format_version"] == 1
+        assert f.attrs["theory"] == "u1" and list(f.attrs["lattice_shape"]) == [4, 4]
+        assert f.attrs["beta"] == 2.0 and f.attrs["sampler"] == "hmc" and f.attrs["seed"] == 7
+        assert "created" in f.attrs and "software_version" in f.attrs
+        assert f["configs"].shape == (10, 2, 4, 4) and f["configs"].dtype == np.float64
+        assert f["configs"].maxshape == (None, 2, 4, 4) and f["configs"].chunks is not None
+        assert list(f["chain"][:]) == [0, 1] * 5
+        assert list(f["step"][:]) == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+        assert f["accepted"].dtype == np.bool_
+        configs = f["configs"][:]
+        assert configs.min() > -np.pi and configs.max() <= np.pi
+        stored_plaquette = f["observables/plaquette"][:]
+    recomputed = u1_theory().observables(torch.as_tensor(configs))["plaquette"].numpy()
+    assert np.allclose(stored_plaquette, recomputed, atol=1e-14)
+    with open_ensemble(path) as ensemble:
+        assert len(ensemble) == 10 and ensemble.couplings == {"beta": 2.0}
+        chains = ensemble.per_chain(ensemble.column("step"))
+        assert [list(c) for c in chains] == [[1, 2, 3, 4, 5]] * 2
+
+
+def test_sun_configurations_are_complex128(tmp_path):
+    path = tmp_path / "su2.h5"
+    run(path, 4, theory=make_theory("su2", "2x2", beta=1.0), precision=torch.float32)
+    with h5py.File(path, "r") as f:
+        assert f["configs"].shape == (4, 2, 2, 2, 2, 2) and f["configs"].dtype == np.complex128
+        u = f["configs"][:]
+    assert np.allclose(u @ np.conj(np.swapaxes(u, -1, -2)), np.eye(2), atol=1e-5)
+
+
+def test_resume_continues_bit_for_bit(tmp_path):
+    whole, split = tmp_path / "whole.h5", tmp_path / "split.h5"
+    run(whole, 12)
+    run(split, 4)
+    summary = run(split, 12, resume=True)
+    assert summary.n_new == 8
+    with h5py.File(whole, "r") as a, h5py.File(split, "r") as b:
+        for name in ("configs", "chain", "step", "accepted", "delta_h", "observables/topological_charge"):
+            assert np.array_equal(a[name][:], b[name][:]), name
+
+
+def test_resume_of_a_complete_file_adds_nothing(tmp_path):
+    path = tmp_path / "ens.h5"
+    run(path, 4)
+    assert run(path, 4, resume=True).n_new == 0
+    assert len(open_ensemble(path)) == 4
+
+
+def test_resume_without_file_starts_a_new_run(tmp_path):
+    path = tmp_path / "new.h5"
+    assert run(path, 4, resume=True).n_configs == 4
+
+
+def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch):
+    """SIGUSR1 mid-run: everything stored so far survives, and resuming matches an uninterrupted run."""
+    whole, interrupted = tmp_path / "whole.h5", tmp_path / "interrupted.h5"
+    run(whole, 12)
+
+    theory = u1_theory()
+    original, calls = theory.observables, {"n": 0}
+
+    def observables_then_signal(field):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the first call lists observable names; then one per stored row
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return original(field)
+
+    monkeypatch.setattr(theory, "observables", observables_then_signal)
+    with pytest.raises(Interrupted, match="SIGUSR1"):
+        run(interrupted, 12, theory=theory)
+    assert 0 < len(open_ensemble(interrupted)) < 12
+    run(interrupted, 12, resume=True)
+    with h5py.File(whole, "r") as a, h5py.File(interrupted, "r") as b:
+        assert np.array_equal(a["configs"][:], b["configs"][:])
+        assert np.array_equal(a["step"][:], b["step"][:])
+
+
+def test_rows_past_n_configs_are_ignored_and_overwritten(tmp_path):
+    """A write cut short leaves rows beyond n_configs; readers ignore them, appends replace them."""
+    path, whole = tmp_path / "ens.h5", tmp_path / "whole.h5"
+    run(whole, 8)
+    run(path, 4)
+    with h5py.File(path, "r+") as f:  # simulate a partial write of two more rows
+        for name in ("configs", "chain", "step", "accepted", "delta_h"):
+            f[name].resize(6, axis=0)
+        f["configs"][4:] = 99.0
+    assert len(open_ensemble(path)) == 4
+    assert open_ensemble(path).configs().shape[0] == 4
+    run(path, 8, resume=True)
+    with h5py.File(whole, "r") as a, h5py.File(path, "r") as b:
+        assert np.array_equal(a["configs"][:], b["configs"][:])
+
+
+def test_existing_file_is_never_overwritten(tmp_path):
+    path = tmp_path / "ens.h5"
+    run(path, 4)
+    before = digest(path)
+    with pytest.raises(EnsembleError, match="already exists"):
+        run(path, 8)
+    assert digest(path) == before
+
+
+@pytest.mark.parametrize(
+    "theory, kwargs, message",
+    [
+        (make_theory("u1", "4x4", beta=2.5), {}, "beta=2.0, not beta=2.5"),
+        (make_theory("u1", "6x6", beta=2.0), {}, "lattice 4x4, not 6x6"),
+        (make_theory("su2", "4x4", beta=2.0), {}, "theory 'u1', not 'su2'"),
+        (None, {"n_chains": 4}, "n_chains=2"),
+        (None, {"seed": 8}, "seed=7"),
+    ],
+)
+def test_resume_with_other_parameters_is_rejected_and_loses_nothing(tmp_path, theory, kwargs, message):
+    path = tmp_path / "ens.h5"
+    run(path, 4)
+    before = digest(path)
+    with pytest.raises(EnsembleError, match=message):
+        run(path, 8, theory=theory, resume=True, **kwargs)
+    assert digest(path) == before
+
+
+def test_foreign_files_are_rejected(tmp_path):
+    text = tmp_path / "notes.h5"
+    text.write_text("not hdf5 at all")
+    with pytest.raises(EnsembleError, match="not an HDF5 file"):
+        open_ensemble(text)
+    foreign = tmp_path / "foreign.h5"
+    with h5py.File(foreign, "w") as f:
+        f["data"] = np.arange(3)
+    with pytest.raises(EnsembleError, match="not a gaugeflow ensemble"):
+        open_ensemble(foreign)
+    future = tmp_path / "future.h5"
+    run(future, 2)
+    with h5py.File(future, "r+") as f:
+        f.attrs["format_version"] = 99
+    with pytest.raises(EnsembleError, match="format version 99"):
+        open_ensemble(future)
+    with pytest.raises(EnsembleError, match="no such file"):
+        open_ensemble(tmp_path / "missing.h5")
+
+
+def test_truncated_file_is_reported(tmp_path):
+    path = tmp_path / "ens.h5"
+    run(path, 4)
+    data = open(path, "rb").read()
+    broken = tmp_path / "broken.h5"
+    broken.write_bytes(data[: len(data) // 3])
+    with pytest.raises(EnsembleError):
+        open_ensemble(broken).configs()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"n_chains": 3}, "multiple of --chains"), ({"save_every": 0}, "save-every"), ({"start": "warm"}, "start")],
+)
+def test_bad_run_parameters(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        run(tmp_path / "x.h5", 4, **kwargs)
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_save_every_stores_every_kth_trajectory(tmp_path):
+    path = tmp_path / "ens.h5"
+    run(path, 6, save_every=3)
+    assert list(open_ensemble(path).column("step")) == [3, 3, 6, 6, 9, 9]
