@@ -14,9 +14,7 @@ after the trajectory in progress has been stored; :class:`Interrupted` is then r
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import time
 from dataclasses import dataclass, replace
 
@@ -26,14 +24,9 @@ from tqdm.auto import tqdm
 
 from lattice.backend import make_generator, resolve_device
 from lattice.ensemble import EnsembleError, create_ensemble, open_ensemble
+from lattice.jobcontrol import EXIT_INTERRUPTED, Interrupted, stop_on_signals  # noqa: F401 (re-exported)
 
 from .hmc import HMCParameters, acceptance_probability, hmc_trajectory, retuned_steps
-
-EXIT_INTERRUPTED = 3  # exit status of the CLI after a clean, resumable stop
-
-
-class Interrupted(RuntimeError):
-    """The run stopped on a signal after storing everything done so far."""
 
 
 @dataclass
@@ -44,27 +37,6 @@ class RunSummary:
     acceptance: float
     n_steps: int
     seconds: float
-
-
-@contextlib.contextmanager
-def stop_on_signals(signals=(signal.SIGTERM, signal.SIGUSR1)):
-    """Yield a dict whose ``'signal'`` entry is set when one of ``signals`` arrives."""
-    received = {"signal": None}
-
-    def handler(signum, _frame):
-        received["signal"] = signal.Signals(signum).name
-
-    previous = {}
-    try:
-        for s in signals:
-            previous[s] = signal.signal(s, handler)
-    except ValueError:  # not in the main thread: no signal handling
-        pass
-    try:
-        yield received
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
 
 
 def _rows_from(theory, field, step, result):

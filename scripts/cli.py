@@ -2,6 +2,8 @@
 
     gaugeflow hmc --theory u1 --lattice 8x8 --beta 2.0 --n-configs 1000 --out ens.h5
     gaugeflow analyze ens.h5 [--json]
+    gaugeflow train --theory u1 --lattice 8x8 --beta 2.0 --steps 2000 --out model.pt
+    gaugeflow plot model.metrics.csv --out curves.png
 
 Errors in the input exit with status 2 and a one-line message; a run stopped by
 SIGTERM/SIGUSR1 exits with status 3 after saving everything (rerun with ``--resume``).
@@ -27,12 +29,12 @@ def _add_theory_options(parser):
     group.add_argument("--lam", type=float, help="quartic coupling (phi4)")
 
 
-def _add_run_options(parser):
+def _add_run_options(parser, precision="float64"):
     group = parser.add_argument_group("execution")
     group.add_argument("--seed", type=int, default=1, help="random seed (default: 1)")
     group.add_argument("--device", default="cpu", help="cpu, cuda[:i] or xpu[:i] (default: cpu)")
-    group.add_argument("--dtype", default="float64", choices=("float32", "float64"),
-                       help="field precision; energies and accept/reject are always float64 (default: float64)")
+    group.add_argument("--dtype", default=precision, choices=("float32", "float64"),
+                       help=f"working precision; energies and accept/reject are always float64 (default: {precision})")
     group.add_argument("--threads", type=int, default=1,
                        help="CPU threads for torch (default: 1; one per MPI rank is best on shared nodes)")
     group.add_argument("--quiet", action="store_true", help="no progress bar or summary")
@@ -70,6 +72,37 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("ensemble", help="HDF5 ensemble file")
     analyze.add_argument("--json", action="store_true", help="print {name: {mean, error, tau_int}} as JSON")
     analyze.add_argument("--stau", type=float, default=1.5, help="Wolff's S_tau for automatic windowing (default: 1.5)")
+    train = sub.add_parser("train", help="train a flow model by reverse-KL self-training",
+                           description="Train a (gauge-equivariant) normalizing flow for a lattice theory "
+                                       "by minimising the reverse Kullback-Leibler divergence to exp(-S).")
+    _add_theory_options(train)
+    group = train.add_argument_group("model (defaults depend on the theory; see README)")
+    group.add_argument("--layers", type=int, help="coupling layers (default: 8 for phi4, 16 for gauge theories)")
+    group.add_argument("--kernel", help="element-wise transform: spline (default), ncp (u1) or affine (phi4)")
+    group.add_argument("--hidden", help="hidden channels of each conditioner CNN, comma separated (default: 16,16)")
+    group.add_argument("--kernel-size", type=int, help="convolution kernel size, odd (default: 3)")
+    group.add_argument("--bins", type=int, help="spline bins (default: 8)")
+    group.add_argument("--mixture", type=int, help="NCP mixture components (default: 6)")
+    group = train.add_argument_group("training")
+    group.add_argument("--steps", type=int, default=2000, help="optimizer steps in total (default: 2000)")
+    group.add_argument("--batch-size", type=int, default=256, help="samples per step (default: 256)")
+    group.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (default: 2e-3)")
+    group.add_argument("--schedule", default="cosine", choices=("cosine", "constant"),
+                       help="learning-rate schedule (default: cosine decay to 1%%)")
+    group.add_argument("--grad-clip", type=float, default=1.0, help="gradient-norm clipping (default: 1.0)")
+    group.add_argument("--estimator", default="path", choices=("path", "reparam", "reinforce"),
+                       help="gradient estimator: path gradient (default), reparameterisation or REINFORCE")
+    group.add_argument("--log-every", type=int, default=50, help="metrics every N steps (default: 50)")
+    group.add_argument("--checkpoint-every", type=int, default=250, help="checkpoint every N steps (default: 250)")
+    group.add_argument("--eval-batches", type=int, default=4, help="batches in the evaluation sample for ESS/acceptance (default: 4)")
+    group.add_argument("--out", required=True, help="checkpoint file (metrics go to <out>.metrics.csv)")
+    group.add_argument("--resume", action="store_true", help="continue training from --out (starts anew if absent)")
+    group.add_argument("--plot", action="store_true", help="also draw the training curves to <out>.png")
+    _add_run_options(train, precision="float32")
+
+    plot = sub.add_parser("plot", help="draw training curves (loss, ESS, acceptance) to PNG")
+    plot.add_argument("metrics", help="a training log, <model>.metrics.csv")
+    plot.add_argument("--out", help="PNG file (default: the log's name with .png)")
     return parser
 
 
@@ -112,6 +145,53 @@ def run_hmc(args) -> int:
     return 0
 
 
+def run_train(args) -> int:
+    import os
+
+    import torch
+
+    from flows import TrainConfig, architecture, build_flow, plot_training, train_flow
+    from lattice.backend import resolve_device, resolve_precision
+    from lattice.theories import make_theory
+
+    if args.threads < 1:
+        raise CommandError("--threads must be at least 1")
+    torch.set_num_threads(args.threads)
+    theory = make_theory(args.theory, args.lattice, **_couplings(args))
+    try:
+        hidden = [int(c) for c in args.hidden.split(",")] if args.hidden else None
+    except ValueError:
+        raise CommandError(f"--hidden must be comma-separated integers, got {args.hidden!r}") from None
+    arch = architecture(theory, n_layers=args.layers, kernel=args.kernel, hidden_channels=hidden,
+                        kernel_size=args.kernel_size, n_bins=args.bins, n_mixture=args.mixture)
+    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, schedule=args.schedule,
+                         grad_clip=args.grad_clip, estimator=args.estimator, log_every=args.log_every,
+                         checkpoint_every=args.checkpoint_every, eval_batches=args.eval_batches, seed=args.seed)
+    torch.manual_seed(args.seed)  # initial weights
+    model = build_flow(arch).to(device=resolve_device(args.device), dtype=resolve_precision(args.dtype))
+    summary = train_flow(model, config, args.out, resume=args.resume, progress=not args.quiet)
+    if not args.quiet:
+        m = summary.metrics
+        print(f"{args.out}: step {summary.step}, loss {m.get('loss', float('nan')):.4f}, ESS {m.get('ess', float('nan')):.3f}, "
+              f"acceptance {m.get('acceptance', float('nan')):.3f}, {summary.seconds:.1f} s; metrics in {summary.log_path}",
+              file=sys.stderr)
+    if args.plot:
+        png = plot_training(summary.log_path, os.path.splitext(args.out)[0] + ".png", title=args.out)
+        if not args.quiet:
+            print(f"curves: {png}", file=sys.stderr)
+    return 0
+
+
+def run_plot(args) -> int:
+    import os
+
+    from flows.plotting import plot_training
+
+    out = args.out or os.path.splitext(args.metrics)[0] + ".png"
+    print(plot_training(args.metrics, out))
+    return 0
+
+
 def _couplings(args) -> dict:
     return {name: getattr(args, name) for name in ("beta", "m2", "lam") if getattr(args, name) is not None}
 
@@ -124,12 +204,12 @@ def run_analyze(args) -> int:
     return 0
 
 
-COMMANDS = {"hmc": run_hmc, "analyze": run_analyze}
+COMMANDS = {"hmc": run_hmc, "analyze": run_analyze, "train": run_train, "plot": run_plot}
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from hmc.run import EXIT_INTERRUPTED, Interrupted
+    from lattice.jobcontrol import EXIT_INTERRUPTED, Interrupted
 
     try:
         return COMMANDS[args.command](args)

@@ -1,0 +1,94 @@
+"""Convolutional conditioners: translation-equivariant networks with periodic padding.
+
+A coupling layer's parameters at site ``x`` are computed from the frozen degrees of freedom
+by a small CNN whose convolutions wrap around the torus, so the network commutes with
+lattice translations and a model trained on one volume runs unchanged on another.  Input
+and output are ``[batch, channels, x_0, ..., x_{D-1}]`` for D = 1..4 (PyTorch has no 4D
+convolution; :class:`PeriodicConv` builds one from 3D convolutions, one per kernel offset
+along the last axis).
+
+The last convolution is initialised to zero weight and a chosen bias (``output_bias``), so
+an untrained coupling layer outputs constant parameters -- chosen by each layer to make it
+the identity map, which makes an untrained flow exactly its prior.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+
+
+class PeriodicConv(nn.Module):
+    """``D``-dimensional convolution with circular padding (odd kernel size), D = 1..4."""
+
+    def __init__(self, dimension: int, in_channels: int, out_channels: int, kernel_size: int = 3):
+        super().__init__()
+        if kernel_size % 2 != 1:
+            raise ValueError(f"kernel size must be odd to keep translation equivariance, got {kernel_size}")
+        if dimension not in (1, 2, 3, 4):
+            raise ValueError(f"convolutions are available for 1 to 4 dimensions, not {dimension}")
+        self.dimension = dimension
+        self.pad = kernel_size // 2
+        if dimension <= 3:
+            self.convs = nn.ModuleList(
+                [_CONV[dimension](in_channels, out_channels, kernel_size, padding=self.pad, padding_mode="circular")]
+            )
+        else:
+            # sum over offsets along the last axis of 3D convolutions of shifted inputs
+            self.convs = nn.ModuleList(
+                [
+                    nn.Conv3d(in_channels, out_channels, kernel_size, padding=self.pad, padding_mode="circular", bias=(j == 0))
+                    for j in range(kernel_size)
+                ]
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dimension <= 3:
+            return self.convs[0](x)
+        b, c, l0, l1, l2, l3 = x.shape
+        out = 0
+        for j, conv in enumerate(self.convs):
+            shifted = torch.roll(x, shifts=self.pad - j, dims=-1)  # input at x_3 + (j - pad)
+            slices = shifted.permute(0, 5, 1, 2, 3, 4).reshape(b * l3, c, l0, l1, l2)
+            out = out + conv(slices)
+        out = out.reshape(b, l3, -1, l0, l1, l2).permute(0, 2, 3, 4, 5, 1)
+        return out
+
+    def zero_(self, bias: torch.Tensor | None = None) -> None:
+        """Zero all weights; set the bias (default 0)."""
+        with torch.no_grad():
+            for conv in self.convs:
+                conv.weight.zero_()
+                if conv.bias is not None:
+                    conv.bias.zero_()
+            if bias is not None:
+                self.convs[0].bias.copy_(bias)
+
+
+class ConvNet(nn.Module):
+    """Periodic CNN ``in_channels -> hidden... -> out_channels`` with ``activation`` between layers."""
+
+    def __init__(
+        self,
+        dimension: int,
+        in_channels: int,
+        out_channels: int,
+        hidden_channels=(32, 32),
+        kernel_size: int = 3,
+        activation=nn.GELU,
+        output_bias: torch.Tensor | None = None,
+    ):
+        super().__init__()
+        sizes = [in_channels, *hidden_channels, out_channels]
+        layers = []
+        for i, (c_in, c_out) in enumerate(zip(sizes, sizes[1:])):
+            layers.append(PeriodicConv(dimension, c_in, c_out, kernel_size))
+            if i < len(sizes) - 2:
+                layers.append(activation())
+        self.layers = nn.Sequential(*layers)
+        self.layers[-1].zero_(output_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)

@@ -1,0 +1,202 @@
+"""Gauge-equivariant spectral coupling layers for SU(N) links.
+
+Following Boyda et al., "Sampling using SU(N) gauge equivariant flows" (arXiv:2008.05456),
+adapted to the masks of :func:`flows.masks.gauge_link_masks`.
+
+Layer ``(mu, nu, offset)``
+--------------------------
+* Active links ``U_mu(x)`` with ``x_nu = offset (mod 4)``.  Each is the first factor of exactly
+  one *active* plaquette ``P(x) = U_mu(x) U_nu(x+mu) U_mu(x+nu)^dagger U_nu(x)^dagger``
+  (oriented ``(mu, nu)`` plaquette, also for ``mu > nu``); the other three links of ``P(x)``
+  are not active, so ``P(x) = U_mu(x) S(x)`` with a staple ``S(x)`` the layer leaves unchanged.
+* Conditioner: the gauge-invariant features ``Re tr P / N`` (and ``Im tr P / N`` for N >= 3;
+  the trace of an SU(2) matrix is real) of the *frozen* plaquettes of every plane, set to 0 on
+  plaquettes that are not frozen, go through a periodic :class:`flows.conditioners.ConvNet`.
+  Its output at an active site gives ``N - 1`` rational-quadratic splines with ``n_bins`` bins.
+  Frozen plaquettes contain no active link, so the parameters are the same in both directions.
+* Kernel: ``P -> P' = V diag(exp(i theta')) V^dagger`` for ``P = V diag(exp(i theta))
+  V^dagger``, with ``theta' = f(theta)`` a bijection of the maximal torus commuting with the
+  Weyl group, built on the canonical cell (see :mod:`flows.sun_spectral`):
+
+  - SU(2): eigenphases ``+-phi``, ``phi`` in ``[0, pi]``; ``phi' = pi h(phi / pi)`` with
+    ``h`` a monotone rational-quadratic spline of ``[0, 1]`` fixing 0 and 1.
+  - SU(3) (and any N): the canonical cell ``theta_1 >= theta_2 >= theta_3 >= theta_1 - 2 pi``,
+    ``sum theta = 0`` is the triangle (2-simplex) of gaps ``g = (theta_1 - theta_2,
+    theta_2 - theta_3, theta_3 - theta_1 + 2 pi)``, ``g >= 0``, ``sum g = 2 pi``.  As in the
+    paper, the cell is mapped to a box -- here by stick breaking, ``u_1 = g_1 / 2 pi``,
+    ``u_2 = g_2 / (g_2 + g_3)`` -- where independent monotone splines ``u_k -> h_k(u_k)``
+    fixing the faces act, then mapped back.  Faces (coincident eigenvalues) are mapped to
+    themselves, so the map extends continuously and permutation-equivariantly to the whole
+    torus; the sum of the phases is kept at 0, so ``P'`` stays in SU(3).  We chose this over
+    a sum-over-permutations construction because it is an exact bijection with a closed-form
+    inverse and triangular Jacobian, and the same code serves every N.
+* Update: ``U_mu(x) -> X(x) U_mu(x)`` with ``X = P' P^dagger = V diag(exp(i (theta' -
+  theta))) V^dagger`` on active links (so the new plaquette is ``P'``); all other links are
+  unchanged.
+
+Gauge equivariance: under ``U_mu(x) -> Omega(x) U_mu(x) Omega(x+mu)^dagger`` the features are
+invariant and ``P(x) -> Omega(x) P(x) Omega(x)^dagger``, so ``X -> Omega X Omega^dagger`` and
+the new links transform like the old ones.  Translation equivariance holds for shifts that
+preserve the mask (multiples of 4 along ``nu``, anything along the other axes).
+
+Log-determinant
+---------------
+The density is with respect to the product Haar measure of all links.  Each active link's new
+value depends only on itself and on unchanged links, so the Jacobian is block diagonal, one
+block per active link.  ``U -> P = U S`` is a right translation (Haar-preserving), so each
+block's log-det is that of the kernel ``P -> P'`` with respect to Haar measure on SU(N).  By
+the Weyl integration formula, ``dP = dmu(V) J(theta) d theta_1 ... d theta_{N-1}`` with
+``J(theta) = prod_{i<j} |e^{i theta_i} - e^{i theta_j}|^2`` (``4 sin^2 phi`` for SU(2)); the
+kernel keeps the eigenvector part ``V`` and moves the phases, so the Haar density of ``P'`` is
+
+    q(P') = q(P) / ( |det d theta'/d theta| J(theta') / J(theta) ),
+
+i.e. ``log_det = log|det d theta'/d theta| + log J(theta') - log J(theta)``, summed over active
+links.  In the cell coordinates ``log|det d theta'/d theta| = sum_k log h_k'(u_k) +
+sum_{k>=2} (log R'_k - log R_k)`` with ``R_k = g_k + ... + g_N`` (stick-breaking Jacobian; for
+SU(2) just ``log h'(u)``), and ``|e^{i theta_i} - e^{i theta_j}| = 2 sin((g_i + ... +
+g_{j-1}) / 2)``.
+
+``forward`` is the sampling direction (prior -> target) and returns ``log|det J_forward|``;
+``inverse`` returns ``log|det J_inverse| = -log|det J_forward|`` at the corresponding point.
+With the conditioner's zero last layer and identity output bias (uniform bins, unit knot
+derivatives) the layer is the identity map up to rounding (~1e-15) and ``log_det = 0``.
+"""
+
+from __future__ import annotations
+
+import torch
+from normflows.flows import Flow
+
+from lattice.gauge import planes, plaquettes
+from lattice.groups import real_dtype
+
+from .conditioners import ConvNet
+from .masks import gauge_layer_schedule, gauge_link_masks
+from .sun_spectral import identity_spline_params, spectral_map, spline_param_count
+
+__all__ = ["SUNSpectralCoupling", "make_sun_flow_layers"]
+
+
+class SUNSpectralCoupling(Flow):
+    """Gauge-equivariant spectral coupling layer for SU(N) links ``[B, D, x..., N, N]``.
+
+    Parameters
+    ----------
+    lattice_shape : extents ``(L_0, ..., L_{D-1})``; ``L_nu`` must be a multiple of 4.
+    n_colors : N (tested for 2 and 3).
+    mu, nu, offset : the layer's mask (see :func:`flows.masks.gauge_link_masks`).
+    hidden_channels, kernel_size : conditioner :class:`~flows.conditioners.ConvNet` shape.
+    n_bins : bins of every rational-quadratic spline.
+    """
+
+    def __init__(
+        self,
+        lattice_shape,
+        n_colors: int,
+        mu: int,
+        nu: int,
+        offset: int,
+        hidden_channels=(32, 32),
+        kernel_size: int = 3,
+        n_bins: int = 8,
+    ):
+        super().__init__()
+        self.lattice_shape = tuple(int(n) for n in lattice_shape)
+        self.dimension = len(self.lattice_shape)
+        if self.dimension < 2:
+            raise ValueError("a gauge flow needs at least 2 dimensions")
+        if mu == nu or not (0 <= mu < self.dimension and 0 <= nu < self.dimension):
+            raise ValueError(f"invalid plane ({mu}, {nu}) for a {self.dimension}-dimensional lattice")
+        if n_colors < 2:
+            raise ValueError("SU(N) needs N >= 2")
+        self.n_colors = int(n_colors)
+        self.mu, self.nu, self.offset = int(mu), int(nu), int(offset)
+        self.n_bins = int(n_bins)
+
+        masks = gauge_link_masks(self.lattice_shape, self.mu, self.nu, self.offset)
+        self.register_buffer("active", masks["active"], persistent=False)
+        self.register_buffer("frozen", masks["frozen"], persistent=False)
+        self.planes = planes(self.dimension)
+
+        self.features_per_plane = 1 if self.n_colors == 2 else 2
+        in_channels = self.features_per_plane * len(self.planes)
+        self.n_splines = self.n_colors - 1
+        out_channels = self.n_splines * spline_param_count(self.n_bins)
+        bias = identity_spline_params(self.n_bins).repeat(self.n_splines)
+        self.conditioner = ConvNet(
+            self.dimension,
+            in_channels,
+            out_channels,
+            hidden_channels=tuple(hidden_channels),
+            kernel_size=kernel_size,
+            output_bias=bias,
+        )
+
+    # ------------------------------------------------------------------ pieces
+    def _features(self, links: torch.Tensor) -> torch.Tensor:
+        """Gauge-invariant traces of the frozen plaquettes, ``[B, C, x...]``."""
+        channels = []
+        for index, (rho, sigma) in enumerate(self.planes):
+            trace = torch.diagonal(plaquettes(links, rho, sigma), dim1=-2, dim2=-1).sum(-1) / self.n_colors
+            mask = self.frozen[index]
+            channels.append(torch.where(mask, trace.real, torch.zeros_like(trace.real)))
+            if self.features_per_plane == 2:
+                channels.append(torch.where(mask, trace.imag, torch.zeros_like(trace.imag)))
+        return torch.stack(channels, dim=1)
+
+    def _spline_params(self, links: torch.Tensor) -> torch.Tensor:
+        """Spline parameters at the active sites, ``[B, n_active, N-1, 3 K + 1]`` (links' real dtype)."""
+        weight = next(self.conditioner.parameters())
+        features = self._features(links).to(weight.dtype)
+        out = self.conditioner(features)  # [B, C, x...]
+        out = out.movedim(1, -1)[:, self.active]  # [B, n_active, C]
+        out = out.to(real_dtype(links.dtype))
+        return out.reshape(*out.shape[:-1], self.n_splines, spline_param_count(self.n_bins))
+
+    def _check(self, links: torch.Tensor) -> None:
+        expected = (self.dimension, *self.lattice_shape, self.n_colors, self.n_colors)
+        if links.dim() != len(expected) + 1 or tuple(links.shape[1:]) != expected:
+            raise ValueError(f"expected links of shape [batch, {', '.join(map(str, expected))}], got {list(links.shape)}")
+        if not links.is_complex():
+            raise ValueError("SU(N) links must be a complex tensor")
+
+    def _transform(self, links: torch.Tensor, inverse: bool):
+        self._check(links)
+        params = self._spline_params(links)
+        plaq = plaquettes(links, self.mu, self.nu)[:, self.active]  # [B, n_active, N, N]
+        factor, log_det = spectral_map(plaq, params, inverse=inverse)
+        u_mu = links[:, self.mu]
+        new_mu = u_mu.clone()
+        new_mu[:, self.active] = factor @ u_mu[:, self.active]
+        new_links = torch.stack(
+            [new_mu if d == self.mu else links[:, d] for d in range(self.dimension)], dim=1
+        )
+        return new_links, log_det.sum(-1)
+
+    # ------------------------------------------------------------------ Flow API
+    def forward(self, links: torch.Tensor):
+        """Sampling direction: ``(new_links, log|det J|)`` with ``log_det`` of shape ``[B]``."""
+        return self._transform(links, inverse=False)
+
+    def inverse(self, links: torch.Tensor):
+        """Inverse map: ``(old_links, log|det J_inverse|)``."""
+        return self._transform(links, inverse=True)
+
+    def extra_repr(self) -> str:
+        return (
+            f"lattice_shape={self.lattice_shape}, n_colors={self.n_colors}, mu={self.mu}, nu={self.nu}, "
+            f"offset={self.offset}, n_bins={self.n_bins}"
+        )
+
+
+def make_sun_flow_layers(lattice_shape, n_colors: int, n_layers: int, **kwargs) -> list[SUNSpectralCoupling]:
+    """``n_layers`` coupling layers following :func:`flows.masks.gauge_layer_schedule`.
+
+    ``kwargs`` (``hidden_channels``, ``kernel_size``, ``n_bins``) go to every layer.
+    """
+    dimension = len(tuple(lattice_shape))
+    return [
+        SUNSpectralCoupling(lattice_shape, n_colors, mu, nu, offset, **kwargs)
+        for mu, nu, offset in gauge_layer_schedule(dimension, n_layers)
+    ]

@@ -1,0 +1,39 @@
+"""Clean stops for long jobs under batch schedulers.
+
+Slurm sends SIGTERM (and, with ``--signal``, SIGUSR1) before killing a job.  Long loops run
+inside :func:`stop_on_signals` and poll the returned dict; when a signal has arrived they
+save their state and raise :class:`Interrupted`, which the command line turns into exit
+status :data:`EXIT_INTERRUPTED` so that batch scripts can requeue and rerun with ``--resume``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+
+EXIT_INTERRUPTED = 3
+
+
+class Interrupted(RuntimeError):
+    """A job stopped on a signal after saving everything done so far."""
+
+
+@contextlib.contextmanager
+def stop_on_signals(signals=(signal.SIGTERM, signal.SIGUSR1)):
+    """Yield a dict whose ``'signal'`` entry becomes the signal's name when one arrives."""
+    received = {"signal": None}
+
+    def handler(signum, _frame):
+        received["signal"] = signal.Signals(signum).name
+
+    previous = {}
+    try:
+        for s in signals:
+            previous[s] = signal.signal(s, handler)
+    except ValueError:  # not in the main thread: no signal handling
+        pass
+    try:
+        yield received
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)

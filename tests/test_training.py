@@ -1,0 +1,167 @@
+"""Reverse-KL training: it learns, checkpoints resume bit for bit, failures are loud."""
+
+import csv
+import os
+import signal
+
+import pytest
+import torch
+
+from flows import TrainConfig, TrainingError, architecture, build_flow, load_checkpoint, train_flow
+from flows.train import exact_log_partition_function, reverse_kl_step_terms
+from lattice import exact
+from lattice.jobcontrol import Interrupted
+from lattice.theories import make_theory
+
+
+def model_for(name="u1", shape="4x4", n_layers=8, hidden=(8,), **couplings):
+    couplings = couplings or ({"beta": 1.0} if name == "u1" else {"m2": -4.0, "lam": 8.0})
+    theory = make_theory(name, shape, **couplings)
+    torch.manual_seed(0)  # initial weights
+    return build_flow(architecture(theory, n_layers=n_layers, hidden_channels=list(hidden))).double()
+
+
+def read_log(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def config(**overrides):
+    base = dict(steps=12, batch_size=32, log_every=4, checkpoint_every=4, eval_batches=2, seed=3)
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+@pytest.mark.parametrize("estimator", ["path", "reparam", "reinforce"])
+def test_training_lowers_the_loss_and_raises_ess(tmp_path, estimator):
+    """U(1) 4x4 at beta=1: the KL to the exact distribution drops and the ESS rises."""
+    torch.manual_seed(0)
+    model = model_for(beta=1.0)
+    steps = 150 if estimator != "reinforce" else 250
+    summary = train_flow(model, config(steps=steps, batch_size=64, log_every=25, learning_rate=5e-3, estimator=estimator),
+                         tmp_path / "m.pt", progress=False)
+    rows = read_log(summary.log_path)
+    first, last = rows[0], rows[-1]
+    assert float(last["kl"]) < 0.5 * float(first["kl"])
+    assert float(last["kl"]) > -0.05  # KL >= 0 up to the noise of the estimate
+    assert float(last["ess"]) > float(first["ess"]) + 0.1
+
+
+def test_kl_uses_the_exact_partition_function():
+    """Untrained (prior) model: E_prior[log q - log p] + log Z = log sum_n I_n^V (Haar KL)."""
+    theory = make_theory("u1", "4x4", beta=1.0)
+    model = build_flow(architecture(theory, n_layers=2, hidden_channels=[4])).double()
+    torch.manual_seed(1)
+    _, loss, _, _ = reverse_kl_step_terms(model, 20000, "reparam")
+    kl = loss.item() + exact_log_partition_function(theory)
+    assert kl == pytest.approx(exact.u1_log_partition_function(1.0, 16), abs=0.05)
+
+
+def test_resume_continues_bit_for_bit(tmp_path):
+    """Extending a finished run (constant learning rate, so the schedule does not depend on --steps)."""
+    whole, split = tmp_path / "whole.pt", tmp_path / "split.pt"
+    train_flow(model_for(), config(steps=12, schedule="constant"), whole, progress=False)
+    train_flow(model_for(), config(steps=8, schedule="constant"), split, progress=False)
+    train_flow(model_for(), config(steps=12, schedule="constant"), split, resume=True, progress=False)
+    a, b = load_checkpoint(whole), load_checkpoint(split)
+    assert a["step"] == b["step"] == 12
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert [r["loss"] for r in read_log(tmp_path / "whole.metrics.csv")] == [r["loss"] for r in read_log(tmp_path / "split.metrics.csv")]
+
+
+def test_signal_saves_a_checkpoint_and_resume_finishes(tmp_path, monkeypatch):
+    path, whole = tmp_path / "m.pt", tmp_path / "whole.pt"
+    train_flow(model_for(), config(steps=10, checkpoint_every=100), whole, progress=False)
+    model = model_for()
+    import flows.train as train_module
+
+    original, calls = train_module.reverse_kl_step_terms, {"n": 0}
+
+    def terms_then_signal(*args):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(*args)
+
+    monkeypatch.setattr(train_module, "reverse_kl_step_terms", terms_then_signal)
+    with pytest.raises(Interrupted, match="SIGTERM at step 3"):
+        train_flow(model, config(steps=10, checkpoint_every=100), path, progress=False)
+    assert load_checkpoint(path)["step"] == 3
+    monkeypatch.setattr(train_module, "reverse_kl_step_terms", original)
+    train_flow(model_for(), config(steps=10, checkpoint_every=100), path, resume=True, progress=False)
+    a, b = load_checkpoint(whole)["model"], load_checkpoint(path)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoint_of_another_model_is_rejected(tmp_path):
+    path = tmp_path / "m.pt"
+    train_flow(model_for(n_layers=2), config(steps=4), path, progress=False)
+    before = open(path, "rb").read()
+    with pytest.raises(TrainingError, match="2 spline layers.*requested u1 4x4 \\(beta=1\\), 8 spline layers"):
+        train_flow(model_for(n_layers=8), config(steps=8), path, resume=True, progress=False)
+    with pytest.raises(TrainingError, match="beta=1.*beta=2"):
+        train_flow(model_for(n_layers=2, beta=2.0), config(steps=8), path, resume=True, progress=False)
+    assert open(path, "rb").read() == before
+
+
+def test_existing_checkpoint_is_not_overwritten(tmp_path):
+    path = tmp_path / "m.pt"
+    train_flow(model_for(n_layers=2), config(steps=4), path, progress=False)
+    with pytest.raises(TrainingError, match="already exists"):
+        train_flow(model_for(n_layers=2), config(steps=4), path, progress=False)
+
+
+def test_foreign_and_corrupt_checkpoints(tmp_path):
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    with pytest.raises(TrainingError, match="not a gaugeflow checkpoint"):
+        load_checkpoint(foreign)
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"garbage" * 100)
+    with pytest.raises(TrainingError, match="not a readable gaugeflow checkpoint"):
+        load_checkpoint(corrupt)
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"schema": Evil()}, evil)
+    with pytest.raises(TrainingError, match="not a readable"):
+        load_checkpoint(evil)  # weights_only=True refuses to unpickle code
+
+
+def test_non_finite_loss_is_skipped_then_reported(tmp_path, monkeypatch):
+    model = model_for()
+    import flows.train as train_module
+
+    original, calls = train_module.reverse_kl_step_terms, {"n": 0}
+
+    def sometimes_nan(*args):
+        calls["n"] += 1
+        surrogate, loss, log_q, log_p = original(*args)
+        if calls["n"] in (2, 3):
+            return surrogate * float("nan"), loss * float("nan"), log_q, log_p
+        return surrogate, loss, log_q, log_p
+
+    monkeypatch.setattr(train_module, "reverse_kl_step_terms", sometimes_nan)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    summary = train_flow(model, config(steps=4, log_every=4), tmp_path / "m.pt", progress=False)
+    assert summary.metrics["skipped"] == 2
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+    def always_nan(*args):
+        surrogate, loss, log_q, log_p = original(*args)
+        return surrogate * float("nan"), loss, log_q, log_p
+
+    monkeypatch.setattr(train_module, "reverse_kl_step_terms", always_nan)
+    with pytest.raises(TrainingError, match="diverged: non-finite loss or gradient in 5 consecutive steps"):
+        train_flow(model_for(), config(steps=20, max_nonfinite=5), tmp_path / "n.pt", progress=False)
+
+
+@pytest.mark.parametrize("bad, message", [(dict(estimator="adjoint"), "unknown estimator"), (dict(steps=0), "steps"),
+                                          (dict(schedule="linear"), "schedule"), (dict(learning_rate=-1.0), "learning rate")])
+def test_bad_training_configuration(bad, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**bad)
