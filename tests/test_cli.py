@@ -112,3 +112,66 @@ def test_sigterm_saves_and_resume_completes(tmp_path):
         assert int(f.attrs["n_configs"]) == target
         steps = f["step"][:target]
     assert list(steps[-4:]) == [steps[-5] + 1] * 2 + [steps[-5] + 2] * 2
+
+
+def test_train_resume_and_plot(tmp_path):
+    out = tmp_path / "model.pt"
+    args = ["train", "--theory", "u1", "--lattice", "4x4", "--beta", 1.0, "--layers", 2, "--hidden", "4",
+            "--batch-size", 16, "--log-every", 2, "--checkpoint-every", 2, "--quiet", "--out", out]
+    first = gaugeflow(*args, "--steps", 4)
+    assert first.returncode == 0, first.stderr
+    resumed = gaugeflow(*args, "--steps", 6, "--resume", "--plot")
+    assert resumed.returncode == 0, resumed.stderr
+    rows = (tmp_path / "model.metrics.csv").read_text().strip().splitlines()
+    assert rows[0].startswith("step,loss") and [r.split(",")[0] for r in rows[1:]] == ["2", "4", "6"]
+    png = tmp_path / "model.png"
+    assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    plotted = gaugeflow("plot", tmp_path / "model.metrics.csv", "--out", tmp_path / "curves.png")
+    assert plotted.returncode == 0 and (tmp_path / "curves.png").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--theory", "u1", "--beta", 1, "--lattice", "6x6"], "divisible by 4"),
+        (["--theory", "u1", "--beta", 1, "--lattice", "4x4", "--kernel", "affine"], "not available for u1"),
+        (["--theory", "phi4", "--m2", 1, "--lam", 1, "--lattice", "4x4", "--hidden", "a,b"], "--hidden"),
+        (["--theory", "u1", "--beta", 1, "--lattice", "4x4", "--estimator", "magic"], "invalid choice"),
+    ],
+)
+def test_train_bad_input(tmp_path, args, message):
+    result = gaugeflow("train", *args, "--steps", 2, "--quiet", "--out", tmp_path / "m.pt")
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_train_rejects_a_foreign_checkpoint(tmp_path):
+    out = tmp_path / "model.pt"
+    out.write_bytes(b"not a checkpoint")
+    result = gaugeflow("train", "--theory", "u1", "--beta", 1, "--lattice", "4x4", "--steps", 2, "--quiet",
+                       "--out", out, "--resume")
+    assert result.returncode == 2 and "not a readable gaugeflow checkpoint" in result.stderr
+    assert out.read_bytes() == b"not a checkpoint"
+
+
+def test_batch_wrapper_forwards_the_warning_signal(tmp_path):
+    """scripts/resumable.sh (what the Slurm/PBS templates exec) passes USR1 on to the run,
+    which stores its state and exits 3; the wrapper exits 3 too (it would requeue under Slurm)."""
+    out = tmp_path / "ens.h5"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    env.pop("SLURM_JOB_ID", None)
+    env.pop("PBS_JOBID", None)
+    command = [os.path.join(ROOT, "scripts", "resumable.sh"), sys.executable, "-m", "scripts.cli", "hmc",
+               "--theory", "u1", "--beta", "2", "--lattice", "8x8", "--chains", "2", "--therm", "2",
+               "--n-configs", "200000", "--quiet", "--resume", "--out", str(out)]
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not out.exists():
+        time.sleep(0.2)
+    time.sleep(2.0)
+    process.send_signal(signal.SIGUSR1)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 3, stderr
+    assert "SIGUSR1" in stderr and "requeueing" in stderr
+    with h5py.File(out, "r") as f:
+        assert int(f.attrs["n_configs"]) > 0
