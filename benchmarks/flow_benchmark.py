@@ -76,7 +76,7 @@ def make_model(case, args, seed):
     return build_flow(arch).to(torch.float32)
 
 
-def probe_step_time(model, args, n_steps=8):
+def probe_step_time(model, args, n_steps=5):
     """Seconds per optimizer step (forward + backward + Adam) on a throw-away copy."""
     probe = copy.deepcopy(model)
     optimizer = torch.optim.Adam(probe.parameters(), lr=args.lr)

@@ -7,6 +7,11 @@ and output are ``[batch, channels, x_0, ..., x_{D-1}]`` for D = 1..4 (PyTorch ha
 convolution; :class:`PeriodicConv` builds one from 3D convolutions, one per kernel offset
 along the last axis).
 
+Conditioning on a coupling (one model for a range of ``beta`` or ``lam``): with
+``context_channels = k`` the network takes per-sample context ``[batch, k]`` and appends it
+to the input as ``k`` constant channels (constant over the lattice, so translation
+equivariance is kept).
+
 The last convolution is initialised to zero weight and a chosen bias (``output_bias``), so
 an untrained coupling layer outputs constant parameters -- chosen by each layer to make it
 the identity map, which makes an untrained flow exactly its prior.
@@ -79,9 +84,11 @@ class ConvNet(nn.Module):
         kernel_size: int = 3,
         activation=nn.GELU,
         output_bias: torch.Tensor | None = None,
+        context_channels: int = 0,
     ):
         super().__init__()
-        sizes = [in_channels, *hidden_channels, out_channels]
+        self.context_channels = context_channels
+        sizes = [in_channels + context_channels, *hidden_channels, out_channels]
         layers = []
         for i, (c_in, c_out) in enumerate(zip(sizes, sizes[1:])):
             layers.append(PeriodicConv(dimension, c_in, c_out, kernel_size))
@@ -90,5 +97,10 @@ class ConvNet(nn.Module):
         self.layers = nn.Sequential(*layers)
         self.layers[-1].zero_(output_bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        if self.context_channels:
+            if context is None:
+                raise ValueError("this model is conditioned on a coupling: pass its value as context")
+            context = context.to(x.dtype).reshape(x.shape[0], self.context_channels, *[1] * (x.dim() - 2))
+            x = torch.cat([x, context.expand(-1, -1, *x.shape[2:])], dim=1)
         return self.layers(x)

@@ -82,7 +82,8 @@ class SplineTransform:
 class ScalarCoupling(Flow):
     """Checkerboard coupling for fields ``[B, x...]``; ``parity`` selects the active sublattice."""
 
-    def __init__(self, lattice_shape, parity: int, transform, hidden_channels=(32, 32), kernel_size: int = 3):
+    def __init__(self, lattice_shape, parity: int, transform, hidden_channels=(32, 32), kernel_size: int = 3,
+                 context_channels: int = 0):
         super().__init__()
         self.transform = transform
         self.register_buffer("active", checkerboard(lattice_shape, parity), persistent=False)
@@ -93,22 +94,23 @@ class ScalarCoupling(Flow):
             hidden_channels,
             kernel_size,
             output_bias=transform.identity_params(),
+            context_channels=context_channels,
         )
 
-    def _params(self, phi):
+    def _params(self, phi, context):
         frozen = torch.where(self.active, torch.zeros_like(phi), phi)
-        return self.net(frozen[:, None]).movedim(1, -1)
+        return self.net(frozen[:, None], context).movedim(1, -1)
 
-    def _couple(self, phi, inverse):
-        params = self._params(phi)
+    def _couple(self, phi, inverse, context):
+        params = self._params(phi, context)
         apply = self.transform.inverse if inverse else self.transform.forward
         new, log_derivative = apply(phi, params)
         new = torch.where(self.active, new, phi)
         log_det = torch.where(self.active, log_derivative, torch.zeros_like(log_derivative))
         return new, log_det.reshape(phi.shape[0], -1).sum(-1).to(torch.float64)
 
-    def forward(self, z):
-        return self._couple(z, inverse=False)
+    def forward(self, z, context=None):
+        return self._couple(z, False, context)
 
-    def inverse(self, z):
-        return self._couple(z, inverse=True)
+    def inverse(self, z, context=None):
+        return self._couple(z, True, context)

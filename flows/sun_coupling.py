@@ -100,6 +100,7 @@ class SUNSpectralCoupling(Flow):
         hidden_channels=(32, 32),
         kernel_size: int = 3,
         n_bins: int = 8,
+        context_channels: int = 0,
     ):
         super().__init__()
         self.lattice_shape = tuple(int(n) for n in lattice_shape)
@@ -131,6 +132,7 @@ class SUNSpectralCoupling(Flow):
             hidden_channels=tuple(hidden_channels),
             kernel_size=kernel_size,
             output_bias=bias,
+            context_channels=context_channels,
         )
 
     # ------------------------------------------------------------------ pieces
@@ -145,11 +147,11 @@ class SUNSpectralCoupling(Flow):
                 channels.append(torch.where(mask, trace.imag, torch.zeros_like(trace.imag)))
         return torch.stack(channels, dim=1)
 
-    def _spline_params(self, links: torch.Tensor) -> torch.Tensor:
+    def _spline_params(self, links: torch.Tensor, context=None) -> torch.Tensor:
         """Spline parameters at the active sites, ``[B, n_active, N-1, 3 K + 1]`` (links' real dtype)."""
         weight = next(self.conditioner.parameters())
         features = self._features(links).to(weight.dtype)
-        out = self.conditioner(features)  # [B, C, x...]
+        out = self.conditioner(features, context)  # [B, C, x...]
         out = out.movedim(1, -1)[:, self.active]  # [B, n_active, C]
         out = out.to(real_dtype(links.dtype))
         return out.reshape(*out.shape[:-1], self.n_splines, spline_param_count(self.n_bins))
@@ -161,9 +163,9 @@ class SUNSpectralCoupling(Flow):
         if not links.is_complex():
             raise ValueError("SU(N) links must be a complex tensor")
 
-    def _transform(self, links: torch.Tensor, inverse: bool):
+    def _transform(self, links: torch.Tensor, inverse: bool, context=None):
         self._check(links)
-        params = self._spline_params(links)
+        params = self._spline_params(links, context)
         plaq = plaquettes(links, self.mu, self.nu)[:, self.active]  # [B, n_active, N, N]
         factor, log_det = spectral_map(plaq, params, inverse=inverse)
         u_mu = links[:, self.mu]
@@ -175,13 +177,13 @@ class SUNSpectralCoupling(Flow):
         return new_links, log_det.sum(-1)
 
     # ------------------------------------------------------------------ Flow API
-    def forward(self, links: torch.Tensor):
+    def forward(self, links: torch.Tensor, context=None):
         """Sampling direction: ``(new_links, log|det J|)`` with ``log_det`` of shape ``[B]``."""
-        return self._transform(links, inverse=False)
+        return self._transform(links, False, context)
 
-    def inverse(self, links: torch.Tensor):
+    def inverse(self, links: torch.Tensor, context=None):
         """Inverse map: ``(old_links, log|det J_inverse|)``."""
-        return self._transform(links, inverse=True)
+        return self._transform(links, True, context)
 
     def extra_repr(self) -> str:
         return (

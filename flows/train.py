@@ -111,24 +111,28 @@ def frozen_parameters(module):
 
 def reverse_kl_step_terms(model, batch_size: int, estimator: str):
     """``(surrogate, loss, log_q, log_p)``: ``surrogate.backward()`` gives the estimator's
-    gradient; ``loss`` is the reverse-KL loss estimate; ``log_q``, ``log_p`` are detached."""
-    target = model.p
+    gradient; ``loss`` is the reverse-KL loss estimate; ``log_q``, ``log_p`` are detached.
+
+    Conditioned models are trained on couplings drawn uniformly from their range.
+    """
+    device = next(model.parameters()).device
+    context = model.random_coupling_values(batch_size, device)
     if estimator == "reparam":
-        x, log_q = model.sample(batch_size)
-        log_p = target.log_prob(x)
+        x, log_q = model.sample(batch_size, context)
+        log_p = model.target_log_prob(x, context)
         surrogate = (log_q - log_p).mean()
         return surrogate, surrogate.detach(), log_q.detach(), log_p.detach()
     if estimator == "path":
-        x, log_q_sampled = model.sample(batch_size)
+        x, log_q_sampled = model.sample(batch_size, context)
         with frozen_parameters(model):
-            log_q = model.log_prob(x)  # depends on the parameters only through x
-        log_p = target.log_prob(x)
+            log_q = model.log_prob(x, context)  # depends on the parameters only through x
+        log_p = model.target_log_prob(x, context)
         surrogate = (log_q - log_p).mean()
         return surrogate, surrogate.detach(), log_q_sampled.detach(), log_p.detach()
     with torch.no_grad():
-        x, log_q_sampled = model.sample(batch_size)
-        log_p = target.log_prob(x)
-    log_q = model.log_prob(x)
+        x, log_q_sampled = model.sample(batch_size, context)
+        log_p = model.target_log_prob(x, context)
+    log_q = model.log_prob(x, context)
     signal = (log_q_sampled - log_p).detach()
     surrogate = ((signal - signal.mean()) * log_q).mean()
     return surrogate, signal.mean(), log_q_sampled, log_p
@@ -136,11 +140,11 @@ def reverse_kl_step_terms(model, batch_size: int, estimator: str):
 
 @torch.no_grad()
 def evaluate(model, batch_size: int, n_batches: int) -> dict:
-    """Large-sample diagnostics: ESS and independence-Metropolis acceptance."""
+    """Large-sample diagnostics at the model's own couplings: ESS and independence-Metropolis acceptance."""
     log_weights = []
     for _ in range(n_batches):
         x, log_q = model.sample(batch_size)
-        log_weights.append(model.p.log_prob(x) - log_q)
+        log_weights.append(model.target_log_prob(x) - log_q)
     log_weights = torch.cat(log_weights)
     return {"ess": effective_sample_size(log_weights), "acceptance": acceptance_rate(log_weights)}
 

@@ -29,7 +29,8 @@ from .masks import gauge_link_masks
 
 
 class U1PlaquetteCoupling(Flow):
-    def __init__(self, lattice_shape, mu: int, nu: int, offset: int, kernel, hidden_channels=(32, 32), kernel_size=3):
+    def __init__(self, lattice_shape, mu: int, nu: int, offset: int, kernel, hidden_channels=(32, 32), kernel_size=3,
+                 context_channels: int = 0):
         super().__init__()
         self.mu, self.nu, self.kernel = mu, nu, kernel
         masks = gauge_link_masks(lattice_shape, mu, nu, offset)
@@ -43,15 +44,16 @@ class U1PlaquetteCoupling(Flow):
             hidden_channels,
             kernel_size,
             output_bias=kernel.identity_params(),
+            context_channels=context_channels,
         )
 
-    def _params(self, theta):
+    def _params(self, theta, context):
         angles = torch.stack([plaquette_angles(theta, rho, sigma) for rho, sigma in self.planes], dim=1)
         features = torch.cat([torch.cos(angles), torch.sin(angles)], dim=1) * self.frozen.repeat(2, *[1] * (theta.dim() - 2))
-        return self.net(features).movedim(1, -1)
+        return self.net(features, context).movedim(1, -1)
 
-    def _couple(self, theta, inverse: bool):
-        params = self._params(theta)  # frozen plaquettes are identical before and after the layer
+    def _couple(self, theta, inverse: bool, context):
+        params = self._params(theta, context)  # frozen plaquettes are identical before and after the layer
         plaquette = wrap_angle(plaquette_angles(theta, self.mu, self.nu))
         apply = self.kernel.inverse if inverse else self.kernel.forward
         new_plaquette, log_derivative = apply(plaquette, params)
@@ -61,8 +63,8 @@ class U1PlaquetteCoupling(Flow):
         log_det = torch.where(self.active, log_derivative, torch.zeros_like(log_derivative))
         return new_theta, log_det.reshape(theta.shape[0], -1).sum(-1).to(torch.float64)
 
-    def forward(self, z):
-        return self._couple(z, inverse=False)
+    def forward(self, z, context=None):
+        return self._couple(z, False, context)
 
-    def inverse(self, z):
-        return self._couple(z, inverse=True)
+    def inverse(self, z, context=None):
+        return self._couple(z, True, context)

@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--kernel-size", type=int, help="convolution kernel size, odd (default: 3)")
     group.add_argument("--bins", type=int, help="spline bins (default: 8)")
     group.add_argument("--mixture", type=int, help="NCP mixture components (default: 6)")
+    group.add_argument("--condition", metavar="NAME:LOW:HIGH",
+                       help="one model for a range of a coupling, e.g. beta:1.5:2.5 (trained on values drawn uniformly)")
     group = train.add_argument_group("training")
     group.add_argument("--steps", type=int, default=2000, help="optimizer steps in total (default: 2000)")
     group.add_argument("--batch-size", type=int, default=256, help="samples per step (default: 256)")
@@ -162,7 +164,16 @@ def run_train(args) -> int:
         hidden = [int(c) for c in args.hidden.split(",")] if args.hidden else None
     except ValueError:
         raise CommandError(f"--hidden must be comma-separated integers, got {args.hidden!r}") from None
-    arch = architecture(theory, n_layers=args.layers, kernel=args.kernel, hidden_channels=hidden,
+    condition = None
+    if args.condition:
+        parts = args.condition.split(":")
+        try:
+            condition = (parts[0], float(parts[1]), float(parts[2])) if len(parts) == 3 else None
+        except ValueError:
+            condition = None
+        if condition is None:
+            raise CommandError(f"--condition must look like beta:1.5:2.5, got {args.condition!r}")
+    arch = architecture(theory, condition=condition, n_layers=args.layers, kernel=args.kernel, hidden_channels=hidden,
                         kernel_size=args.kernel_size, n_bins=args.bins, n_mixture=args.mixture)
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, schedule=args.schedule,
                          grad_clip=args.grad_clip, estimator=args.estimator, log_every=args.log_every,

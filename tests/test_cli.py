@@ -116,7 +116,7 @@ def test_sigterm_saves_and_resume_completes(tmp_path):
 
 def test_train_resume_and_plot(tmp_path):
     out = tmp_path / "model.pt"
-    args = ["train", "--theory", "u1", "--lattice", "4x4", "--beta", 1.0, "--layers", 2, "--hidden", "4",
+    args = ["train", "--theory", "u1", "--lattice", "4x4", "--beta", 1.0, "--layers", 2, "--hidden", "4", "--condition", "beta:0.5:1.5",
             "--batch-size", 16, "--log-every", 2, "--checkpoint-every", 2, "--quiet", "--out", out]
     first = gaugeflow(*args, "--steps", 4)
     assert first.returncode == 0, first.stderr
@@ -137,6 +137,8 @@ def test_train_resume_and_plot(tmp_path):
         (["--theory", "u1", "--beta", 1, "--lattice", "4x4", "--kernel", "affine"], "not available for u1"),
         (["--theory", "phi4", "--m2", 1, "--lam", 1, "--lattice", "4x4", "--hidden", "a,b"], "--hidden"),
         (["--theory", "u1", "--beta", 1, "--lattice", "4x4", "--estimator", "magic"], "invalid choice"),
+        (["--theory", "u1", "--beta", 1, "--lattice", "4x4", "--condition", "beta:2"], "--condition must look like"),
+        (["--theory", "u1", "--beta", 1, "--lattice", "4x4", "--condition", "beta:2:3"], "outside the conditioning range"),
     ],
 )
 def test_train_bad_input(tmp_path, args, message):
