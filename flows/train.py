@@ -280,7 +280,7 @@ def train_flow(model, config: TrainConfig, checkpoint_path, *, resume: bool = Fa
     nonfinite_in_a_row, skipped = 0, 0
     step = start
     with log_handle, stop_on_signals() as received:
-        bar = tqdm(total=config.steps, initial=start, disable=not progress, desc="train", unit="step", leave=False)
+        bar = tqdm(total=config.steps, initial=start, disable=None if progress else True, desc="train", unit="step", leave=False)
         try:
             for step in range(start + 1, config.steps + 1):
                 optimizer.zero_grad(set_to_none=True)

@@ -1,7 +1,8 @@
-"""Generate an HMC ensemble into an HDF5 file, resumably.
+"""Generate an ensemble of Markov chains into an HDF5 file, resumably.
 
-This is the logic behind ``gaugeflow hmc``: thermalise ``n_chains`` independent chains
-(tuning the number of integration steps), then run production trajectories, appending
+This is the logic behind ``gaugeflow hmc`` and ``gaugeflow sample``: thermalise ``n_chains``
+independent chains (for HMC, tuning the number of integration steps), then run production
+updates (HMC trajectories, or flow independence-Metropolis steps), appending
 every ``save_every``-th configuration of every chain to the ensemble together with its
 observables, and the complete sampler state (current fields, RNG state, integration steps)
 after every append.  Rerunning with ``resume=True`` continues from that state, so an
@@ -35,7 +36,7 @@ class RunSummary:
     n_configs: int
     n_new: int
     acceptance: float
-    n_steps: int
+    postfix: dict  # sampler details, e.g. {"steps": 7} for HMC
     seconds: float
 
 
@@ -63,17 +64,66 @@ def _check_resumable(ensemble, theory, run_parameters):
             raise EnsembleError(f"{ensemble.path} was generated with {key}={stored}; cannot resume with {key}={value}")
 
 
+class HMCSampler:
+    """HMC as the Markov-chain update of :func:`run_chains` (state: the tuned step count)."""
+
+    name = "hmc"
+
+    def __init__(self, theory, params: HMCParameters | None = None, tune: bool = True, target_acceptance: float = 0.8):
+        if not 0 < target_acceptance < 1:
+            raise ValueError("target acceptance must lie strictly between 0 and 1")
+        self.theory, self.params = theory, params or HMCParameters()
+        self.tune, self.target_acceptance = tune, target_acceptance
+
+    def run_parameters(self) -> dict:
+        return {
+            "integrator": self.params.integrator,
+            "trajectory_length": float(self.params.trajectory_length),
+            "step_size_jitter": float(self.params.jitter),
+        }
+
+    def update(self, field, generator):
+        return hmc_trajectory(self.theory, field, self.params, generator)
+
+    def thermalise(self, field, n_therm, generator, progress=False, received=None):
+        field, self.params = thermalise(
+            self.theory, field, self.params, n_therm, generator, self.tune, self.target_acceptance, progress, received
+        )
+        return field
+
+    def resume_attributes(self) -> dict:
+        return {"n_steps": self.params.n_steps}
+
+    def restore(self, state: dict) -> None:
+        self.params = replace(self.params, n_steps=int(state["n_steps"]))
+
+    def postfix(self) -> dict:
+        return {"steps": self.params.n_steps}
+
+
 def generate_ensemble(
     theory,
     path,
+    *,
+    params: HMCParameters | None = None,
+    tune: bool = True,
+    target_acceptance: float = 0.8,
+    **options,
+) -> RunSummary:
+    """Run HMC and store ``n_configs`` configurations in total (over all chains) in ``path``;
+    ``options`` are those of :func:`run_chains`."""
+    return run_chains(theory, path, HMCSampler(theory, params, tune, target_acceptance), **options)
+
+
+def run_chains(
+    theory,
+    path,
+    sampler,
     *,
     n_configs: int,
     n_therm: int = 200,
     n_chains: int = 4,
     seed: int = 1,
-    params: HMCParameters | None = None,
-    tune: bool = True,
-    target_acceptance: float = 0.8,
     save_every: int = 1,
     start: str = "hot",
     resume: bool = False,
@@ -81,13 +131,14 @@ def generate_ensemble(
     precision: torch.dtype = torch.float64,
     progress: bool = True,
 ) -> RunSummary:
-    """Run HMC and store ``n_configs`` configurations in total (over all chains) in ``path``.
+    """Run ``n_chains`` Markov chains with ``sampler`` (:class:`HMCSampler`,
+    :class:`hmc.flow_metropolis.FlowMetropolisSampler`) and store ``n_configs`` configurations
+    in total in ``path``.
 
     ``resume=True`` tops up an existing file to ``n_configs`` (or starts a new file if
     ``path`` does not exist yet); without it an existing ``path`` is an error and is never
     touched.
     """
-    params = params or HMCParameters()
     if n_chains < 1:
         raise ValueError("need at least one chain")
     if n_configs < 0 or n_configs % n_chains:
@@ -96,26 +147,26 @@ def generate_ensemble(
         raise ValueError("--save-every must be at least 1")
     if n_therm < 0:
         raise ValueError("--therm must be non-negative")
-    if not 0 < target_acceptance < 1:
-        raise ValueError("target acceptance must lie strictly between 0 and 1")
     if start not in ("hot", "cold"):
         raise ValueError("start must be 'hot' or 'cold'")
     device = resolve_device(device)
     run_parameters = {
         "n_chains": n_chains,
         "seed": seed,
-        "integrator": params.integrator,
-        "trajectory_length": float(params.trajectory_length),
-        "step_size_jitter": float(params.jitter),
         "save_every": save_every,
         "n_therm": n_therm,
         "start": start,
+        **sampler.run_parameters(),
     }
     began = time.perf_counter()
     generator = make_generator(seed, device)
 
     if resume and os.path.exists(path):
         ensemble = open_ensemble(path, "a")
+        stored_sampler = ensemble.attrs.get("sampler")
+        if stored_sampler != sampler.name:
+            ensemble.close()
+            raise EnsembleError(f"{path} was generated by sampler {stored_sampler!r}, not {sampler.name!r}")
     else:
         if os.path.exists(path):
             raise EnsembleError(f"{path} already exists; pass --resume to continue it, or choose another output")
@@ -126,7 +177,7 @@ def generate_ensemble(
             path,
             theory=theory,
             observable_names=theory.observable_names(),
-            sampler="hmc",
+            sampler=sampler.name,
             seed=seed,
             parameters=run_parameters,
         )
@@ -138,40 +189,38 @@ def generate_ensemble(
         if state is not None:
             field = torch.as_tensor(state["field"]).to(device=device, dtype=theory.storage_dtype(precision))
             generator.set_state(torch.as_tensor(state["rng_state"], dtype=torch.uint8))
-            params = replace(params, n_steps=int(state["n_steps"]))
-            trajectory = int(state["next_trajectory"])
+            sampler.restore(state)
+            step = int(state["next_trajectory"])
         else:
             if start == "hot":
                 field = theory.hot_start(n_chains, generator=generator, device=device, precision=precision)
             else:
                 field = theory.cold_start(n_chains, device=device, precision=precision)
-            field, params = thermalise(
-                theory, field, params, n_therm, generator, tune, target_acceptance, progress, received
-            )
-            trajectory = 0
+            field = sampler.thermalise(field, n_therm, generator, progress, received)
+            step = 0
             if received["signal"]:
                 raise Interrupted(f"stopped by {received['signal']} during thermalisation; rerun with --resume")
 
         n_start = len(ensemble)
         remaining_rows = max(0, n_configs - n_start) // n_chains
-        bar = tqdm(total=remaining_rows * n_chains, disable=not progress, desc="hmc", unit="cfg", leave=False)
+        bar = tqdm(total=remaining_rows * n_chains, disable=None if progress else True, desc=sampler.name, unit="cfg", leave=False)
         try:
             while len(ensemble) < n_configs:
-                result = hmc_trajectory(theory, field, params, generator)
+                result = sampler.update(field, generator)
                 field = result.field
-                trajectory += 1
+                step += 1
                 accept_sum += result.accepted.double().mean().item()
                 accept_count += 1
-                if trajectory % save_every == 0:
-                    ensemble.append(**_rows_from(theory, field, trajectory, result))
+                if step % save_every == 0:
+                    ensemble.append(**_rows_from(theory, field, step, result))
                     bar.update(n_chains)
-                    bar.set_postfix(acc=f"{accept_sum / accept_count:.2f}", steps=params.n_steps)
+                    bar.set_postfix(acc=f"{accept_sum / accept_count:.2f}", **sampler.postfix())
                 ensemble.write_resume_state(
                     {
                         "field": field.detach().to(theory.storage_dtype(torch.float64)).cpu().numpy(),
                         "rng_state": generator.get_state().numpy(),
                     },
-                    {"next_trajectory": trajectory, "n_steps": params.n_steps},
+                    {"next_trajectory": step, **sampler.resume_attributes()},
                 )
                 if received["signal"] and len(ensemble) < n_configs:
                     raise Interrupted(
@@ -185,7 +234,7 @@ def generate_ensemble(
             n_configs=len(ensemble),
             n_new=len(ensemble) - n_start,
             acceptance=accept_sum / accept_count if accept_count else float("nan"),
-            n_steps=params.n_steps,
+            postfix=sampler.postfix(),
             seconds=time.perf_counter() - began,
         )
 
@@ -194,7 +243,7 @@ def thermalise(theory, field, params, n_therm, generator, tune, target, progress
     """Run ``n_therm`` trajectories (not stored), retuning the step count every window."""
     window = max(5, min(20, n_therm // 10))
     probabilities = []
-    for t in tqdm(range(n_therm), disable=not progress, desc="thermalise", unit="traj", leave=False):
+    for t in tqdm(range(n_therm), disable=None if progress else True, desc="thermalise", unit="traj", leave=False):
         result = hmc_trajectory(theory, field, params, generator)
         field = result.field
         probabilities.append(acceptance_probability(result.delta_h).mean().item())

@@ -3,6 +3,7 @@
     gaugeflow hmc --theory u1 --lattice 8x8 --beta 2.0 --n-configs 1000 --out ens.h5
     gaugeflow analyze ens.h5 [--json]
     gaugeflow train --theory u1 --lattice 8x8 --beta 2.0 --steps 2000 --out model.pt
+    gaugeflow sample --model model.pt --n-configs 1000 --out flow.h5
     gaugeflow plot model.metrics.csv --out curves.png
 
 Errors in the input exit with status 2 and a one-line message; a run stopped by
@@ -102,6 +103,20 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--plot", action="store_true", help="also draw the training curves to <out>.png")
     _add_run_options(train, precision="float32")
 
+    sample = sub.add_parser("sample", help="generate an ensemble with a trained flow (independence Metropolis)",
+                            description="Generate an exact ensemble from a trained flow: every chain proposes flow "
+                                        "samples and accepts them with the Metropolis probability min(1, w'/w), "
+                                        "w = exp(-S)/q.  Same HDF5 format and resume semantics as 'gaugeflow hmc'.")
+    sample.add_argument("--model", required=True, help="checkpoint written by 'gaugeflow train'")
+    sample.add_argument("--lattice", help="run the model on another lattice of the same dimension (default: its own)")
+    sample.add_argument("--n-configs", type=int, default=1000, help="configurations stored in total (default: 1000)")
+    sample.add_argument("--therm", type=int, default=10, help="Metropolis steps per chain before storing (default: 10)")
+    sample.add_argument("--chains", type=int, default=4, help="independent chains (default: 4)")
+    sample.add_argument("--save-every", type=int, default=1, help="store every k-th step (default: 1)")
+    sample.add_argument("--out", required=True, help="output HDF5 file; never overwritten")
+    sample.add_argument("--resume", action="store_true", help="top --out up to --n-configs")
+    _add_run_options(sample)
+
     plot = sub.add_parser("plot", help="draw training curves (loss, ESS, acceptance) to PNG")
     plot.add_argument("metrics", help="a training log, <model>.metrics.csv")
     plot.add_argument("--out", help="PNG file (default: the log's name with .png)")
@@ -141,7 +156,7 @@ def run_hmc(args) -> int:
     if not args.quiet:
         print(
             f"{summary.path}: {summary.n_configs} configurations ({summary.n_new} new), "
-            f"acceptance {summary.acceptance:.3f}, {summary.n_steps} steps/trajectory, {summary.seconds:.1f} s",
+            f"acceptance {summary.acceptance:.3f}, {summary.postfix['steps']} steps/trajectory, {summary.seconds:.1f} s",
             file=sys.stderr,
         )
     return 0
@@ -193,6 +208,40 @@ def run_train(args) -> int:
     return 0
 
 
+def run_sample(args) -> int:
+    import torch
+
+    from flows import build_flow, load_checkpoint, transfer_weights
+    from hmc.flow_metropolis import FlowMetropolisSampler
+    from hmc.run import run_chains
+    from lattice.backend import resolve_device
+    from lattice.geometry import parse_lattice_shape
+
+    if args.threads < 1:
+        raise CommandError("--threads must be at least 1")
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    payload = load_checkpoint(args.model, map_location=device)
+    arch = dict(payload["architecture"])
+    if args.lattice:
+        shape = list(parse_lattice_shape(args.lattice))
+        if len(shape) != len(arch["lattice"]):
+            raise CommandError(f"the model is {len(arch['lattice'])}-dimensional; --lattice {args.lattice} is not")
+        arch["lattice"] = shape
+    model = build_flow(arch)
+    transfer_weights(model, payload["model"])
+    model = model.to(device)
+    summary = run_chains(
+        model.theory, args.out, FlowMetropolisSampler(model, source=args.model),
+        n_configs=args.n_configs, n_therm=args.therm, n_chains=args.chains, seed=args.seed,
+        save_every=args.save_every, resume=args.resume, device=args.device, progress=not args.quiet,
+    )
+    if not args.quiet:
+        print(f"{summary.path}: {summary.n_configs} configurations ({summary.n_new} new), "
+              f"Metropolis acceptance {summary.acceptance:.3f}, {summary.seconds:.1f} s", file=sys.stderr)
+    return 0
+
+
 def run_plot(args) -> int:
     import os
 
@@ -215,7 +264,7 @@ def run_analyze(args) -> int:
     return 0
 
 
-COMMANDS = {"hmc": run_hmc, "analyze": run_analyze, "train": run_train, "plot": run_plot}
+COMMANDS = {"hmc": run_hmc, "analyze": run_analyze, "train": run_train, "sample": run_sample, "plot": run_plot}
 
 
 def main(argv=None) -> int:

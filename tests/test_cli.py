@@ -177,3 +177,26 @@ def test_batch_wrapper_forwards_the_warning_signal(tmp_path):
     assert "SIGUSR1" in stderr and "requeueing" in stderr
     with h5py.File(out, "r") as f:
         assert int(f.attrs["n_configs"]) > 0
+
+
+def test_sample_from_a_trained_flow_and_resume(tmp_path):
+    model, out = tmp_path / "model.pt", tmp_path / "flow.h5"
+    trained = gaugeflow("train", "--theory", "u1", "--lattice", "4x4", "--beta", 1.0, "--layers", 4, "--hidden", "4",
+                        "--steps", 4, "--batch-size", 16, "--quiet", "--out", model)
+    assert trained.returncode == 0, trained.stderr
+    args = ["sample", "--model", model, "--chains", 2, "--therm", 2, "--quiet", "--out", out]
+    assert gaugeflow(*args, "--n-configs", 6).returncode == 0
+    resumed = gaugeflow(*args, "--n-configs", 10, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    with h5py.File(out, "r") as f:
+        assert f.attrs["sampler"] == "flow" and int(f.attrs["n_configs"]) == 10
+        assert list(f["step"][:]) == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+    larger = gaugeflow("sample", "--model", model, "--lattice", "8x8", "--chains", 2, "--therm", 1, "--n-configs", 2,
+                       "--quiet", "--out", tmp_path / "large.h5")
+    assert larger.returncode == 0, larger.stderr
+    with h5py.File(tmp_path / "large.h5", "r") as f:
+        assert f["configs"].shape == (2, 2, 8, 8)
+    hmc_file = tmp_path / "hmc.h5"
+    assert gaugeflow("hmc", "--theory", "u1", "--beta", 1.0, *SMALL_RUN, "--out", hmc_file).returncode == 0
+    mixed = gaugeflow("sample", "--model", model, "--chains", 2, "--n-configs", 10, "--quiet", "--out", hmc_file, "--resume")
+    assert mixed.returncode == 2 and "sampler 'hmc', not 'flow'" in mixed.stderr
