@@ -56,3 +56,10 @@ def gauge_link_masks(lattice_shape, mu: int, nu: int, offset: int, device=None) 
         touched = links[rho] | shift(links[sigma], rho, 1, 0) | shift(links[rho], sigma, 1, 0) | links[sigma]
         frozen.append(~touched)
     return {"links": links, "active": active.clone(), "frozen": torch.stack(frozen)}
+
+
+def sum_over_active(values: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+    """Per-sample float64 sum of ``values [B, x...]`` over the sites where ``active`` is True
+    (the log-determinant of an element-wise coupling)."""
+    kept = torch.where(active, values, torch.zeros_like(values))
+    return kept.reshape(values.shape[0], -1).sum(-1).to(torch.float64)

@@ -20,7 +20,7 @@ from normflows.flows import Flow
 from normflows.utils.splines import DEFAULT_MIN_DERIVATIVE, unconstrained_rational_quadratic_spline
 
 from .conditioners import ConvNet
-from .masks import checkerboard
+from .masks import checkerboard, sum_over_active
 
 
 class AffineTransform:
@@ -106,8 +106,7 @@ class ScalarCoupling(Flow):
         apply = self.transform.inverse if inverse else self.transform.forward
         new, log_derivative = apply(phi, params)
         new = torch.where(self.active, new, phi)
-        log_det = torch.where(self.active, log_derivative, torch.zeros_like(log_derivative))
-        return new, log_det.reshape(phi.shape[0], -1).sum(-1).to(torch.float64)
+        return new, sum_over_active(log_derivative, self.active)
 
     def forward(self, z, context=None):
         return self._couple(z, False, context)

@@ -25,7 +25,7 @@ from lattice.groups import wrap_angle
 from lattice.u1 import plaquette_angles
 
 from .conditioners import ConvNet
-from .masks import gauge_link_masks
+from .masks import gauge_link_masks, sum_over_active
 
 
 class U1PlaquetteCoupling(Flow):
@@ -60,8 +60,7 @@ class U1PlaquetteCoupling(Flow):
         moved = wrap_angle(theta[:, self.mu] + new_plaquette - plaquette)
         new_theta = theta.clone()
         new_theta[:, self.mu] = torch.where(self.active, moved, theta[:, self.mu])
-        log_det = torch.where(self.active, log_derivative, torch.zeros_like(log_derivative))
-        return new_theta, log_det.reshape(theta.shape[0], -1).sum(-1).to(torch.float64)
+        return new_theta, sum_over_active(log_derivative, self.active)
 
     def forward(self, z, context=None):
         return self._couple(z, False, context)
