@@ -139,13 +139,16 @@ def reverse_kl_step_terms(model, batch_size: int, estimator: str):
 
 
 @torch.no_grad()
-def evaluate(model, batch_size: int, n_batches: int) -> dict:
-    """Large-sample diagnostics at the model's own couplings: ESS and independence-Metropolis acceptance."""
+def evaluate(model, batch_size: int, n_batches: int, communicator=None) -> dict:
+    """Large-sample diagnostics at the model's own couplings: ESS and independence-Metropolis
+    acceptance (over the samples of all ranks when ``communicator`` is given)."""
     log_weights = []
     for _ in range(n_batches):
         x, log_q = model.sample(batch_size)
         log_weights.append(model.target_log_prob(x) - log_q)
     log_weights = torch.cat(log_weights)
+    if communicator is not None:
+        log_weights = communicator.concatenate(log_weights)
     return {"ess": effective_sample_size(log_weights), "acceptance": acceptance_rate(log_weights)}
 
 
@@ -166,8 +169,10 @@ def _set_rng_state(state):
         torch.xpu.set_rng_state_all(state["xpu"])
 
 
-def save_checkpoint(path, model, optimizer, scheduler, step: int, config: TrainConfig, metrics: dict) -> None:
-    """Write atomically (temporary file, then rename): a crash never leaves a torn checkpoint."""
+def save_checkpoint(path, model, optimizer, scheduler, step: int, config: TrainConfig, metrics: dict, rng_states=None) -> None:
+    """Write atomically (temporary file, then rename): a crash never leaves a torn checkpoint.
+
+    ``rng_states`` holds one RNG state per MPI rank (default: this process's)."""
     payload = {
         "schema": CHECKPOINT_SCHEMA,
         "schema_version": CHECKPOINT_VERSION,
@@ -177,7 +182,7 @@ def save_checkpoint(path, model, optimizer, scheduler, step: int, config: TrainC
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
-        "rng": _rng_state(),
+        "rng": rng_states if rng_states is not None else [_rng_state()],
         "metrics": {k: float(v) for k, v in metrics.items()},
     }
     temporary = f"{path}.tmp{os.getpid()}"
@@ -246,12 +251,26 @@ class TrainSummary:
     log_path: str
 
 
-def train_flow(model, config: TrainConfig, checkpoint_path, *, resume: bool = False, progress: bool = True) -> TrainSummary:
+def _rank_seed(seed: int, rank: int) -> int:
+    return seed + 7919 * rank  # rank 0 uses the seed itself, as a single process does
+
+
+def train_flow(
+    model, config: TrainConfig, checkpoint_path, *, resume: bool = False, progress: bool = True, communicator=None
+) -> TrainSummary:
     """Train ``model`` (already on its device and precision) and checkpoint to ``checkpoint_path``.
 
     With ``resume=True`` an existing checkpoint is continued (its architecture must match
-    ``model.architecture``); otherwise an existing checkpoint is an error.
+    ``model.architecture``); otherwise an existing checkpoint is an error.  With an MPI
+    ``communicator`` (:class:`flows.distributed.Communicator`) training is data parallel:
+    ``config.batch_size`` is the global batch, split evenly over the ranks.
     """
+    from .distributed import SingleProcess
+
+    comm = communicator or SingleProcess()
+    if config.batch_size % comm.size:
+        raise TrainingError(f"--batch-size {config.batch_size} must be divisible by the number of MPI ranks ({comm.size})")
+    local_batch = config.batch_size // comm.size
     directory = os.path.dirname(os.path.abspath(checkpoint_path))
     if not os.path.isdir(directory):
         raise TrainingError(f"cannot write {checkpoint_path}: directory {directory} does not exist")
@@ -267,27 +286,33 @@ def train_flow(model, config: TrainConfig, checkpoint_path, *, resume: bool = Fa
         model.load_state_dict(payload["model"])
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
-        _set_rng_state(payload["rng"])
         start, metrics = int(payload["step"]), dict(payload["metrics"])
-        log_handle, log_writer = _open_log(metrics_log_path(checkpoint_path), start)
+        if len(payload["rng"]) == comm.size:
+            _set_rng_state(payload["rng"][comm.rank])
+        else:  # another number of ranks: statistically equivalent, not bit for bit
+            torch.manual_seed(_rank_seed(config.seed, comm.rank) + 1_000_003 * start)
+        log_handle, log_writer = _open_log(metrics_log_path(checkpoint_path), start) if comm.is_root else (None, None)
     else:
         if os.path.exists(checkpoint_path):
             raise TrainingError(f"{checkpoint_path} already exists; pass --resume to continue it, or choose another output")
-        torch.manual_seed(config.seed)
-        log_handle, log_writer = _open_log(metrics_log_path(checkpoint_path), None)
+        torch.manual_seed(_rank_seed(config.seed, comm.rank))
+        comm.broadcast_parameters(model)
+        log_handle, log_writer = _open_log(metrics_log_path(checkpoint_path), None) if comm.is_root else (None, None)
 
     began = time.perf_counter()
     nonfinite_in_a_row, skipped = 0, 0
     step = start
-    with log_handle, stop_on_signals() as received:
-        bar = tqdm(total=config.steps, initial=start, disable=None if progress else True, desc="train", unit="step", leave=False)
+    show = progress and comm.is_root
+    with log_handle or contextlib.nullcontext(), stop_on_signals() as received:
+        bar = tqdm(total=config.steps, initial=start, disable=None if show else True, desc="train", unit="step", leave=False)
         try:
             for step in range(start + 1, config.steps + 1):
                 optimizer.zero_grad(set_to_none=True)
-                surrogate, loss, log_q, log_p = reverse_kl_step_terms(model, config.batch_size, config.estimator)
-                finite = bool(torch.isfinite(surrogate))
+                surrogate, loss, log_q, log_p = reverse_kl_step_terms(model, local_batch, config.estimator)
+                finite = comm.all(torch.isfinite(surrogate).item())
                 if finite:
                     surrogate.backward()
+                    comm.average_gradients(model)
                     grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip))
                     finite = math.isfinite(grad_norm)
                 if finite:
@@ -297,7 +322,7 @@ def train_flow(model, config: TrainConfig, checkpoint_path, *, resume: bool = Fa
                 else:
                     optimizer.zero_grad(set_to_none=True)
                     grad_norm, skipped, nonfinite_in_a_row = float("nan"), skipped + 1, nonfinite_in_a_row + 1
-                    tqdm.write(f"step {step}: non-finite loss or gradient, step skipped") if progress else None
+                    tqdm.write(f"step {step}: non-finite loss or gradient, step skipped") if show else None
                     if nonfinite_in_a_row >= config.max_nonfinite:
                         raise TrainingError(
                             f"training diverged: non-finite loss or gradient in {nonfinite_in_a_row} consecutive steps "
@@ -306,6 +331,8 @@ def train_flow(model, config: TrainConfig, checkpoint_path, *, resume: bool = Fa
                 bar.update(1)
 
                 if step % config.log_every == 0 or step == config.steps:
+                    log_q, log_p = comm.concatenate(log_q), comm.concatenate(log_p)
+                    loss = comm.concatenate(loss.reshape(1)).mean()
                     log_weights = log_p - log_q
                     metrics = {
                         "step": step,
@@ -313,20 +340,24 @@ def train_flow(model, config: TrainConfig, checkpoint_path, *, resume: bool = Fa
                         "loss_std": float((log_q - log_p).std()),
                         "kl": float(loss) + log_z if log_z is not None else float("nan"),
                         "ess_batch": effective_sample_size(log_weights),
-                        **evaluate(model, config.batch_size, config.eval_batches),
+                        **evaluate(model, local_batch, config.eval_batches, comm),
                         "learning_rate": optimizer.param_groups[0]["lr"],
                         "grad_norm": grad_norm,
                         "skipped": skipped,
                         "seconds": time.perf_counter() - began,
                     }
-                    log_writer.writerow(metrics)
-                    log_handle.flush()
+                    if comm.is_root:
+                        log_writer.writerow(metrics)
+                        log_handle.flush()
                     bar.set_postfix(loss=f"{metrics['loss']:.3f}", ess=f"{metrics['ess']:.2f}", acc=f"{metrics['acceptance']:.2f}")
-                if step % config.checkpoint_every == 0 or step == config.steps or received["signal"]:
-                    save_checkpoint(checkpoint_path, model, optimizer, scheduler, step, config, metrics)
-                if received["signal"] and step < config.steps:
+                stopping = comm.any(received["signal"] is not None)
+                if step % config.checkpoint_every == 0 or step == config.steps or stopping:
+                    rng_states = comm.gather(_rng_state())
+                    if comm.is_root:
+                        save_checkpoint(checkpoint_path, model, optimizer, scheduler, step, config, metrics, rng_states)
+                if stopping and step < config.steps:
                     raise Interrupted(
-                        f"stopped by {received['signal']} at step {step} of {config.steps}; "
+                        f"stopped by {received['signal'] or 'a signal to another rank'} at step {step} of {config.steps}; "
                         f"checkpoint saved to {checkpoint_path}; rerun with --resume to continue"
                     )
         finally:

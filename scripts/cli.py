@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--out", required=True, help="checkpoint file (metrics go to <out>.metrics.csv)")
     group.add_argument("--resume", action="store_true", help="continue training from --out (starts anew if absent)")
     group.add_argument("--plot", action="store_true", help="also draw the training curves to <out>.png")
+    group.add_argument("--mpi", action="store_true",
+                       help="data-parallel training over the MPI ranks this was launched with (mpiexec/srun); "
+                            "--batch-size is the global batch; --device cuda/xpu picks the GPU of the local rank")
     _add_run_options(train, precision="float32")
 
     sample = sub.add_parser("sample", help="generate an ensemble with a trained flow (independence Metropolis)",
@@ -168,6 +171,7 @@ def run_train(args) -> int:
     import torch
 
     from flows import TrainConfig, architecture, build_flow, plot_training, train_flow
+    from flows.distributed import Communicator, local_device
     from lattice.backend import resolve_device, resolve_precision
     from lattice.theories import make_theory
 
@@ -193,9 +197,15 @@ def run_train(args) -> int:
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, schedule=args.schedule,
                          grad_clip=args.grad_clip, estimator=args.estimator, log_every=args.log_every,
                          checkpoint_every=args.checkpoint_every, eval_batches=args.eval_batches, seed=args.seed)
+    communicator = Communicator() if args.mpi else None
+    root = communicator is None or communicator.is_root
+    device = resolve_device(local_device(communicator, args.device))
     torch.manual_seed(args.seed)  # initial weights
-    model = build_flow(arch).to(device=resolve_device(args.device), dtype=resolve_precision(args.dtype))
-    summary = train_flow(model, config, args.out, resume=args.resume, progress=not args.quiet)
+    model = build_flow(arch).to(device=device, dtype=resolve_precision(args.dtype))
+    summary = train_flow(model, config, args.out, resume=args.resume, progress=not args.quiet and root,
+                         communicator=communicator)
+    if not root:
+        return 0
     if not args.quiet:
         m = summary.metrics
         print(f"{args.out}: step {summary.step}, loss {m.get('loss', float('nan')):.4f}, ESS {m.get('ess', float('nan')):.3f}, "
