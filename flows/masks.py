@@ -58,8 +58,24 @@ def gauge_link_masks(lattice_shape, mu: int, nu: int, offset: int, device=None) 
     return {"links": links, "active": active.clone(), "frozen": torch.stack(frozen)}
 
 
-def sum_over_active(values: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
-    """Per-sample float64 sum of ``values [B, x...]`` over the sites where ``active`` is True
-    (the log-determinant of an element-wise coupling)."""
-    kept = torch.where(active, values, torch.zeros_like(values))
-    return kept.reshape(values.shape[0], -1).sum(-1).to(torch.float64)
+def transform_active_sites(field, params, active_index, transform):
+    """Apply an element-wise ``transform(values, params) -> (new, log_derivative)`` at the
+    active sites only.
+
+    ``field`` is ``[B, x...]``, ``params`` ``[B, x..., P]`` and ``active_index`` the flat site
+    indices of the active mask (``mask.flatten().nonzero()``): transforming only those sites
+    (rather than all, then masking) saves the work and memory of the frozen ones.  Returns the
+    new active values ``[B, n_active]``, the old ones, and the per-sample float64 log-det.
+    """
+    batch = field.shape[0]
+    values = field.reshape(batch, -1)[:, active_index]
+    site_params = params.reshape(batch, -1, params.shape[-1])[:, active_index]
+    new, log_derivative = transform(values, site_params)
+    return new, values, log_derivative.sum(-1).to(torch.float64)
+
+
+def scatter_active_sites(field, new_values, active_index):
+    """``field`` with the active sites replaced by ``new_values [B, n_active]``."""
+    flat = field.reshape(field.shape[0], -1).clone()
+    flat[:, active_index] = new_values
+    return flat.reshape(field.shape)

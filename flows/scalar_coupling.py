@@ -20,7 +20,7 @@ from normflows.flows import Flow
 from normflows.utils.splines import DEFAULT_MIN_DERIVATIVE, unconstrained_rational_quadratic_spline
 
 from .conditioners import ConvNet
-from .masks import checkerboard, sum_over_active
+from .masks import checkerboard, scatter_active_sites, transform_active_sites
 
 
 class AffineTransform:
@@ -87,6 +87,7 @@ class ScalarCoupling(Flow):
         super().__init__()
         self.transform = transform
         self.register_buffer("active", checkerboard(lattice_shape, parity), persistent=False)
+        self.register_buffer("active_index", self.active.flatten().nonzero().squeeze(-1), persistent=False)
         self.net = ConvNet(
             len(lattice_shape),
             1,
@@ -104,9 +105,8 @@ class ScalarCoupling(Flow):
     def _couple(self, phi, inverse, context):
         params = self._params(phi, context)
         apply = self.transform.inverse if inverse else self.transform.forward
-        new, log_derivative = apply(phi, params)
-        new = torch.where(self.active, new, phi)
-        return new, sum_over_active(log_derivative, self.active)
+        new, _, log_det = transform_active_sites(phi, params, self.active_index, apply)
+        return scatter_active_sites(phi, new, self.active_index), log_det
 
     def forward(self, z, context=None):
         return self._couple(z, False, context)

@@ -25,7 +25,7 @@ from lattice.groups import wrap_angle
 from lattice.u1 import plaquette_angles
 
 from .conditioners import ConvNet
-from .masks import gauge_link_masks, sum_over_active
+from .masks import gauge_link_masks, scatter_active_sites, transform_active_sites
 
 
 class U1PlaquetteCoupling(Flow):
@@ -36,6 +36,7 @@ class U1PlaquetteCoupling(Flow):
         masks = gauge_link_masks(lattice_shape, mu, nu, offset)
         self.register_buffer("active", masks["active"], persistent=False)
         self.register_buffer("frozen", masks["frozen"], persistent=False)
+        self.register_buffer("active_index", masks["active"].flatten().nonzero().squeeze(-1), persistent=False)
         self.planes = planes(len(lattice_shape))
         self.net = ConvNet(
             len(lattice_shape),
@@ -56,11 +57,12 @@ class U1PlaquetteCoupling(Flow):
         params = self._params(theta, context)  # frozen plaquettes are identical before and after the layer
         plaquette = wrap_angle(plaquette_angles(theta, self.mu, self.nu))
         apply = self.kernel.inverse if inverse else self.kernel.forward
-        new_plaquette, log_derivative = apply(plaquette, params)
-        moved = wrap_angle(theta[:, self.mu] + new_plaquette - plaquette)
+        new_plaquette, old_plaquette, log_det = transform_active_sites(plaquette, params, self.active_index, apply)
+        links = theta[:, self.mu]
+        moved = wrap_angle(links.reshape(len(links), -1)[:, self.active_index] + new_plaquette - old_plaquette)
         new_theta = theta.clone()
-        new_theta[:, self.mu] = torch.where(self.active, moved, theta[:, self.mu])
-        return new_theta, sum_over_active(log_derivative, self.active)
+        new_theta[:, self.mu] = scatter_active_sites(links, moved, self.active_index)
+        return new_theta, log_det
 
     def forward(self, z, context=None):
         return self._couple(z, False, context)
