@@ -136,6 +136,25 @@ def throughput(model, batch, repeats, block):
     return rate(lambda: model.sample(batch)), rate(lambda: model.log_prob(x))
 
 
+def evaluate_checkpoint(path, case, args):
+    """Float64 evaluation and throughput of an already trained checkpoint (no training)."""
+    from flows import load_checkpoint
+    from flows.train import metrics_log_path
+
+    payload = load_checkpoint(path)
+    model = build_flow(payload["architecture"])
+    model.load_state_dict(payload["model"])
+    config = payload["train_config"]
+    history = []
+    if os.path.exists(metrics_log_path(path)):
+        import csv
+        with open(metrics_log_path(path)) as f:
+            history = [{k: float(r[k]) for k in ("step", "loss", "ess", "acceptance", "seconds")} for r in csv.DictReader(f)]
+    seconds = history[-1]["seconds"] if history else float("nan")
+    return finish_case(case, args, model, payload["architecture"], int(payload["step"]), config["batch_size"],
+                       config["learning_rate"], config["estimator"], seconds, payload["metrics"], history, None)
+
+
 def run_case(case, args, workdir):
     model = make_model(case, args, args.seed)
     arch = model.architecture
@@ -164,6 +183,12 @@ def run_case(case, args, workdir):
         for row in csv.DictReader(f):
             history.append({k: float(row[k]) for k in ("step", "loss", "ess", "acceptance", "seconds")})
 
+    return finish_case(case, args, model, arch, steps, args.batch, args.lr, args.estimator, summary.seconds, m, history,
+                       probe)
+
+
+def finish_case(case, args, model, arch, steps, batch, lr, estimator, seconds, m, history, probe):
+    n_params = sum(p.numel() for p in model.parameters())
     model = model.double().eval()
     result = evaluate_float64(model, args.eval_samples)
     log(f"[{case}] float64, {args.eval_samples} samples: ESS {result['ess']:.3f}, acceptance {result['acceptance']:.3f}")
@@ -178,8 +203,8 @@ def run_case(case, args, workdir):
         "case": case, "tag": args.tag or "",
         "layers": arch["n_layers"], "kernel": arch["kernel"], "hidden": arch["hidden_channels"],
         "kernel_size": arch["kernel_size"], "parameters": n_params,
-        "steps": steps, "batch": args.batch, "lr": args.lr, "estimator": args.estimator,
-        "train_seconds": summary.seconds, "ms_per_step": summary.seconds / steps * 1e3,
+        "steps": steps, "batch": batch, "lr": lr, "estimator": estimator,
+        "train_seconds": seconds, "ms_per_step": seconds / steps * 1e3,
         "probe_ms_per_step": probe * 1e3 if probe else None,
         "loss": m["loss"], "kl": m["loss"] + log_z if log_z is not None else None,
         **result,
@@ -253,6 +278,8 @@ def main(argv=None):
     parser.add_argument("--tag", help="label stored with the results (e.g. the variant tried)")
     parser.add_argument("--results", help="append one JSON line per case to this file")
     parser.add_argument("--collect", nargs="+", metavar="FILE", help="only print the table of rows stored in these files")
+    parser.add_argument("--evaluate", metavar="CHECKPOINT",
+                        help="skip training: evaluate this trained checkpoint (e.g. from gaugeflow train) as case --cases")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
     parser.add_argument("--progress", action="store_true", help="show train_flow's progress bar")
     args = parser.parse_args(argv)
@@ -269,6 +296,14 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     log(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), load average {os.getloadavg()[0]:.2f}")
     rows = []
+    if args.evaluate:
+        rows.append(evaluate_checkpoint(args.evaluate, args.cases[0], args))
+        rows[-1]["tag"] = args.tag or ""
+        if args.results:
+            with open(args.results, "a") as f:
+                f.write(json.dumps(rows[-1]) + "\n")
+        print(format_table(rows, args.markdown))
+        return 0
     with tempfile.TemporaryDirectory(prefix="flow_benchmark_") as workdir:
         for case in args.cases:
             row = run_case(case, args, workdir)

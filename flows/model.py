@@ -38,10 +38,11 @@ KERNELS = {"phi4": ("spline", "affine"), "u1": ("spline", "ncp"), "su": ("spline
 
 
 def default_architecture(theory_name: str) -> dict:
-    """Defaults chosen for good acceptance at modest CPU cost (see benchmarks/)."""
+    """Defaults chosen for good acceptance per minute on a CPU (benchmarks/README.md):
+    phi^4 affine couplings reached acceptance 0.62 on 8x8 in 4.5 minutes (spline: 0.67 in 11)."""
     base = {"kernel_size": 3, "n_bins": 8, "n_mixture": 6}
     if theory_name == "phi4":
-        return {**base, "n_layers": 8, "kernel": "spline", "hidden_channels": [16, 16]}
+        return {**base, "n_layers": 8, "kernel": "affine", "hidden_channels": [16, 16]}
     if theory_name == "u1":
         return {**base, "n_layers": 16, "kernel": "spline", "hidden_channels": [16, 16]}
     return {**base, "n_layers": 16, "kernel": "spline", "hidden_channels": [16, 16]}

@@ -181,11 +181,19 @@ def spectral_map(matrices: torch.Tensor, params: torch.Tensor, inverse: bool = F
         log_det = log|det d theta'/d theta| + log Haar(theta') - log Haar(theta).
 
     With ``inverse=True`` the inverse map is applied (same parameters) and its log-det returned.
+
+    The eigendecomposition is always done in complex128: PyTorch's ``linalg.eig`` backward
+    checks that the loss does not depend on the (arbitrary) eigenvector phases, and in
+    complex64 rounding alone fails that check (path-gradient training of SU(3) stopped with
+    "eigenvectors ... ill-defined").  The factor is returned in the input's precision.
     """
+    input_dtype = matrices.dtype
+    matrices = matrices.to(torch.complex128)
+    params = params.to(torch.float64)
     gaps, vectors = canonical_decomposition(matrices)
     new_gaps, log_det = cell_transform(gaps, params, inverse=inverse)
     log_det = log_det + haar_log_density(new_gaps) - haar_log_density(gaps)
     delta = phase_shifts(gaps, new_gaps)
     phases = torch.polar(torch.ones_like(delta), delta).to(matrices.dtype)
     factor = (vectors * phases[..., None, :]) @ vectors.transpose(-1, -2).conj()
-    return factor, log_det
+    return factor.to(input_dtype), log_det

@@ -56,7 +56,7 @@ class TrainingError(ValueError):
 @dataclass
 class TrainConfig:
     steps: int = 2000
-    batch_size: int = 256
+    batch_size: int = 64  # best acceptance per CPU minute (benchmarks/README.md); raise on GPUs
     learning_rate: float = 2e-3
     schedule: str = "cosine"  # or "constant"
     grad_clip: float = 1.0

@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_theory_options(train)
     group = train.add_argument_group("model (defaults depend on the theory; see README)")
     group.add_argument("--layers", type=int, help="coupling layers (default: 8 for phi4, 16 for gauge theories)")
-    group.add_argument("--kernel", help="element-wise transform: spline (default), ncp (u1) or affine (phi4)")
+    group.add_argument("--kernel", help="element-wise transform: affine (phi4 default), spline (u1/suN default), ncp (u1)")
     group.add_argument("--hidden", help="hidden channels of each conditioner CNN, comma separated (default: 16,16)")
     group.add_argument("--kernel-size", type=int, help="convolution kernel size, odd (default: 3)")
     group.add_argument("--bins", type=int, help="spline bins (default: 8)")
@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="one model for a range of a coupling, e.g. beta:1.5:2.5 (trained on values drawn uniformly)")
     group = train.add_argument_group("training")
     group.add_argument("--steps", type=int, default=2000, help="optimizer steps in total (default: 2000)")
-    group.add_argument("--batch-size", type=int, default=256, help="samples per step (default: 256)")
+    group.add_argument("--batch-size", type=int, default=64,
+                       help="samples per step, over all MPI ranks (default: 64, best per CPU minute; use 1024+ on GPUs)")
     group.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (default: 2e-3)")
     group.add_argument("--schedule", default="cosine", choices=("cosine", "constant"),
                        help="learning-rate schedule (default: cosine decay to 1%%)")
