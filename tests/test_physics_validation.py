@@ -27,6 +27,7 @@ def assert_agrees(comparisons):
     """comparisons: {name: (mc_mean, mc_error, exact_value)}"""
     pulls = {name: (mean - value) / error for name, (mean, error, value) in comparisons.items()}
     report = ", ".join(f"{n}: {m:.5f} +- {e:.5f} (exact {v:.5f}, pull {pulls[n]:+.2f})" for n, (m, e, v) in comparisons.items())
+    print(report)  # shown with pytest -s
     assert all(abs(p) < 3 for p in pulls.values()), report
     total = sum(p * p for p in pulls.values())
     assert total < chi2.ppf(0.999, len(pulls)), report
