@@ -93,7 +93,7 @@ class FlowMetropolisSampler:
         proposal = proposal.to(field.dtype)
         new_log_weight = self.model.target_log_prob(proposal) - log_q
         if self.log_weight is None:
-            self.log_weight = self._log_weights(field.to(proposal.dtype) if not field.is_complex() else field)
+            self.log_weight = self._log_weights(field.to(proposal.dtype))
         log_ratio = new_log_weight - self.log_weight
         uniform = torch.rand(n, generator=generator, dtype=torch.float64, device=device)
         accepted = (torch.log(uniform) < log_ratio) & torch.isfinite(new_log_weight)

@@ -16,6 +16,7 @@ import math
 
 import torch
 
+from . import gauge
 from .geometry import check_field_shape, format_lattice_shape
 
 
@@ -132,8 +133,6 @@ class GaugeTheory(Theory):
         return [(r, t) for r, t in self.wilson_loop_sizes if max(r, t) <= largest]
 
     def observables(self, field):
-        from . import gauge
-
         links = self.links_as_matrices(field)
         result = {
             "action_density": self.action(field) / self.volume,
