@@ -2,15 +2,15 @@
 
 For each case it
 
-1. builds the flow (``flows.architecture`` + ``flows.build_flow``; theory defaults unless
-   overridden) and trains it in float32 with ``flows.train_flow`` for a fixed number of
+1. builds the flow (``gaugeflow.flows.architecture`` + ``gaugeflow.flows.build_flow``; theory defaults unless
+   overridden) and trains it in float32 with ``gaugeflow.flows.train_flow`` for a fixed number of
    steps (``--steps``) or for a wall-clock budget (``--minutes``: the step count is set from
    the time of a few untimed probe steps on a throw-away copy, so the cosine schedule
    still runs to its end);
 2. evaluates the trained model in float64 (``model.double()``) on ``--eval-samples``
    samples drawn in batches of 256: the ESS of reweighting ``q`` to ``p`` and the
    acceptance of an independence-Metropolis chain over those proposals
-   (``hmc.flow_metropolis``);
+   (``gaugeflow.hmc.flow_metropolis``);
 3. measures the sampling throughput (samples/s, median of several timed blocks) of
    ``model.sample(256)`` (forward: prior draw + flow) and ``model.log_prob(x)`` (inverse),
    in float32 and float64, without autograd.
@@ -44,10 +44,10 @@ import time
 
 import torch
 
-from flows import TrainConfig, architecture, build_flow, train_flow
-from flows.train import exact_log_partition_function, reverse_kl_step_terms
-from hmc.flow_metropolis import acceptance_rate, effective_sample_size
-from lattice.theories import make_theory
+from gaugeflow.flows import TrainConfig, architecture, build_flow, train_flow
+from gaugeflow.flows.diagnostics import acceptance_rate, effective_sample_size
+from gaugeflow.flows.train import reverse_kl_step_terms
+from gaugeflow.lattice.theories import make_theory
 
 CASES = {  # name: (theory, lattice, couplings)
     "phi4-8": ("phi4", "8x8", {"m2": -4.0, "lam": 8.0}),
@@ -137,12 +137,11 @@ def throughput(model, batch, repeats, block):
 
 def evaluate_checkpoint(path, case, args):
     """Float64 evaluation and throughput of an already trained checkpoint (no training)."""
-    from flows import load_checkpoint
-    from flows.train import metrics_log_path
+    from gaugeflow.flows import load_checkpoint, load_flow
+    from gaugeflow.flows.train import metrics_log_path
 
     payload = load_checkpoint(path)
-    model = build_flow(payload["architecture"])
-    model.load_state_dict(payload["model"])
+    model = load_flow(path)
     config = payload["train_config"]
     history = []
     if os.path.exists(metrics_log_path(path)):
@@ -197,7 +196,7 @@ def finish_case(case, args, model, arch, steps, batch, lr, estimator, seconds, m
         rates[str(dtype).removeprefix("torch.")] = throughput(model, THROUGHPUT_BATCH, args.repeats, args.block)
     log(f"[{case}] samples/s fwd/inv: float32 {rates['float32'][0]:.0f}/{rates['float32'][1]:.0f}, "
         f"float64 {rates['float64'][0]:.0f}/{rates['float64'][1]:.0f}")
-    log_z = exact_log_partition_function(model.theory)
+    log_z = model.theory.exact_log_partition_function()
     return {
         "case": case, "tag": args.tag or "",
         "layers": arch["n_layers"], "kernel": arch["kernel"], "hidden": arch["hidden_channels"],

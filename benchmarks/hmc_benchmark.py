@@ -3,7 +3,7 @@
 For each case (U(1) 16x16 and 64x64 at beta=2, SU(3) 4^4 at beta=5.5, phi^4 16x16 at
 m2=-4, lam=8), all in float64, and each torch thread count, it measures
 
-* trajectories/s: full ``hmc.hmc.hmc_trajectory`` calls (momenta, leapfrog with a fixed
+* trajectories/s: full ``gaugeflow.hmc.hmc.hmc_trajectory`` calls (momenta, leapfrog with a fixed
   number of steps, Metropolis), after a few untimed thermalisation trajectories;
 * force evaluations/s: ``theory.force(field)`` alone, on the thermalised field.
 
@@ -33,8 +33,8 @@ import time
 import numpy as np
 import torch
 
-from hmc.hmc import HMCParameters, hmc_trajectory, molecular_dynamics
-from lattice.theories import make_theory
+from gaugeflow.hmc.hmc import HMCParameters, hmc_trajectory, molecular_dynamics
+from gaugeflow.lattice.theories import make_theory
 
 CASES = [  # label, theory name, lattice, couplings
     ("U(1) 16x16 beta=2", "u1", "16x16", {"beta": 2.0}),
@@ -47,7 +47,7 @@ PARAMS = HMCParameters(trajectory_length=1.0, n_steps=10, integrator="leapfrog")
 
 # -- plain numpy reference: 2D U(1) Wilson action, theta of shape [B, 2, L0, L1] -------------
 def np_wrap(a):
-    """Angles to (-pi, pi], as ``lattice.groups.wrap_angle``."""
+    """Angles to (-pi, pi], as ``gaugeflow.lattice.groups.wrap_angle``."""
     return np.pi - np.mod(np.pi - a, 2 * np.pi)
 
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from gaugeflow.lattice.errors import InputError
+
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 
 
@@ -31,9 +33,9 @@ class PeriodicConv(nn.Module):
     def __init__(self, dimension: int, in_channels: int, out_channels: int, kernel_size: int = 3):
         super().__init__()
         if kernel_size % 2 != 1:
-            raise ValueError(f"kernel size must be odd to keep translation equivariance, got {kernel_size}")
+            raise InputError(f"kernel size must be odd to keep translation equivariance, got {kernel_size}")
         if dimension not in (1, 2, 3, 4):
-            raise ValueError(f"convolutions are available for 1 to 4 dimensions, not {dimension}")
+            raise InputError(f"convolutions are available for 1 to 4 dimensions, not {dimension}")
         self.dimension = dimension
         self.pad = kernel_size // 2
         if dimension <= 3:
@@ -100,7 +102,7 @@ class ConvNet(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         if self.context_channels:
             if context is None:
-                raise ValueError("this model is conditioned on a coupling: pass its value as context")
+                raise InputError("this model is conditioned on a coupling: pass its value as context")
             context = context.to(x.dtype).reshape(x.shape[0], self.context_channels, *[1] * (x.dim() - 2))
             x = torch.cat([x, context.expand(-1, -1, *x.shape[2:])], dim=1)
         return self.layers(x)

@@ -12,7 +12,7 @@ channels for that element, last axis; leading axes broadcast against ``theta``),
 
 element-wise, with the new angles in ``(-pi, pi]``.  Every kernel is orientation preserving
 (``h' > 0``) and ``identity_params()`` makes it exactly the identity map; the conditioners
-(:mod:`flows.conditioners`) zero their last layer and use these as the output bias, so an
+(:mod:`gaugeflow.flows.conditioners`) zero their last layer and use these as the output bias, so an
 untrained flow is exactly its prior.
 
 Kernels:
@@ -44,34 +44,24 @@ from __future__ import annotations
 import math
 
 import torch
+from normflows.utils.splines import DEFAULT_MIN_BIN_HEIGHT, DEFAULT_MIN_BIN_WIDTH, DEFAULT_MIN_DERIVATIVE
 from torch.nn import functional as F
 
-from normflows.utils.splines import DEFAULT_MIN_BIN_HEIGHT, DEFAULT_MIN_BIN_WIDTH, DEFAULT_MIN_DERIVATIVE
+from gaugeflow.lattice.errors import InputError
+from gaugeflow.lattice.groups import wrap_angle
 
-__all__ = ["CircleKernel", "NCPKernel", "CircularSplineKernel", "circular_rq_spline", "wrap_to_interval"]
+from .transforms import ElementwiseTransform, spline_derivative_shift
+
+__all__ = ["CircleKernel", "NCPKernel", "CircularSplineKernel", "circular_rq_spline"]
 
 _PI = math.pi
 _TWO_PI = 2.0 * math.pi
 
 
-def wrap_to_interval(angles: torch.Tensor) -> torch.Tensor:
-    """Map angles to ``(-pi, pi]`` (same convention as ``lattice.groups.wrap_angle``).
-
-    Angles already inside the interval are returned bit-for-bit unchanged (``pi - (pi - x)``
-    would round away small angles), and the rounding case where ``remainder`` returns exactly
-    ``2 pi`` (giving ``-pi``) is mapped to ``+pi``.  In float32 the interval ends are the float32
-    value of pi, consistently with comparisons against the Python float ``math.pi``.
-    """
-    wrapped = _PI - torch.remainder(_PI - angles, _TWO_PI)
-    wrapped = torch.where(wrapped <= -_PI, wrapped + _TWO_PI, wrapped)
-    inside = (angles > -_PI) & (angles <= _PI)
-    return torch.where(inside, angles, wrapped)
-
-
 def _broadcast(theta: torch.Tensor, params: torch.Tensor, n_params: int):
     """Common dtype and broadcast shapes: ``theta [...]``, ``params [..., n_params]``."""
     if params.shape[-1] != n_params:
-        raise ValueError(f"expected {n_params} parameters on the last axis, got shape {tuple(params.shape)}")
+        raise InputError(f"expected {n_params} parameters on the last axis, got shape {tuple(params.shape)}")
     dtype = torch.promote_types(theta.dtype, params.dtype)
     if not dtype.is_floating_point:
         dtype = torch.get_default_dtype()
@@ -81,34 +71,14 @@ def _broadcast(theta: torch.Tensor, params: torch.Tensor, n_params: int):
     return theta.expand(shape), params.expand(*shape, n_params)
 
 
-class CircleKernel:
+class CircleKernel(ElementwiseTransform):
     """Base class of element-wise, orientation-preserving diffeomorphisms of the circle.
 
-    Subclasses set ``n_params`` and implement :meth:`forward`, :meth:`inverse` and
-    :meth:`identity_params`.  ``theta`` has any shape ``[...]``; ``params`` has shape
-    ``[..., n_params]`` broadcastable against ``theta``; outputs are angles in ``(-pi, pi]`` and
-    the log-derivative per element (shape of the broadcast ``theta``).
+    An :class:`~gaugeflow.flows.transforms.ElementwiseTransform` whose inputs and outputs are
+    angles in ``(-pi, pi]``: ``theta`` has any shape ``[...]``, ``params`` has shape
+    ``[..., n_params]`` broadcastable against ``theta``; ``forward`` returns
+    ``(h(theta), log h'(theta))`` and ``inverse`` ``(h^{-1}(theta), -log h'(h^{-1}(theta)))``.
     """
-
-    n_params: int
-
-    def forward(self, theta: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(h(theta), log h'(theta))``."""
-        raise NotImplementedError
-
-    def inverse(self, theta: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(h^{-1}(theta), log (h^{-1})'(theta))``; the log-derivative is ``-log h'(h^{-1}(theta))``."""
-        raise NotImplementedError
-
-    def identity_params(self, dtype=torch.float32, device=None) -> torch.Tensor:
-        """``[n_params]`` parameters making the kernel exactly the identity map."""
-        raise NotImplementedError
-
-    def __call__(self, theta: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.forward(theta, params)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(n_params={self.n_params})"
 
 
 class NCPKernel(CircleKernel):
@@ -147,15 +117,13 @@ class NCPKernel(CircleKernel):
     """
 
     BISECTION_STEPS = 56
+    options = ("n_mixture",)
 
     def __init__(self, n_mixture: int = 6):
         if n_mixture < 1:
-            raise ValueError(f"n_mixture must be positive, got {n_mixture}")
+            raise InputError(f"n_mixture must be positive, got {n_mixture}")
         self.n_mixture = int(n_mixture)
         self.n_params = 2 * self.n_mixture + 1
-
-    def identity_params(self, dtype=torch.float32, device=None) -> torch.Tensor:
-        return torch.zeros(self.n_params, dtype=dtype, device=device)
 
     def _split(self, params: torch.Tensor):
         k = self.n_mixture
@@ -182,12 +150,12 @@ class NCPKernel(CircleKernel):
         theta, params = _broadcast(theta, params, self.n_params)
         s, log_w, t = self._split(params)
         lift, logdet = self._lift(theta, s, log_w)
-        return wrap_to_interval(lift + t), logdet
+        return wrap_angle(lift + t), logdet
 
     def inverse(self, theta, params):
         theta, params = _broadcast(theta, params, self.n_params)
         s, log_w, t = self._split(params)
-        z = wrap_to_interval(theta - t)
+        z = wrap_angle(theta - t)
         work = theta.dtype if theta.device.type == "mps" else torch.float64  # MPS has no float64
         with torch.no_grad():
             z_d, s_d, log_w_d = z.detach().to(work), s.detach().to(work), log_w.detach().to(work)
@@ -203,7 +171,7 @@ class NCPKernel(CircleKernel):
         f0, log_d0 = self._lift(x0, s, log_w)
         x = x0 - (f0 - z) * torch.exp(-log_d0)
         logdet = self._lift(x, s, log_w)[1]
-        return wrap_to_interval(x), -logdet
+        return wrap_angle(x), -logdet
 
 
 def circular_rq_spline(
@@ -246,7 +214,7 @@ def circular_rq_spline(
     """
     num_bins = unnormalized_widths.shape[-1]
     if min_bin_width * num_bins > 1.0 or min_bin_height * num_bins > 1.0:
-        raise ValueError("minimal bin width/height too large for the number of bins")
+        raise InputError("minimal bin width/height too large for the number of bins")
 
     def knots(unnormalized, min_size):
         sizes = F.softmax(unnormalized, dim=-1)
@@ -348,6 +316,8 @@ class CircularSplineKernel(CircleKernel):
     to rounding (~1e-16 in float64, checked to 1e-12).
     """
 
+    options = ("n_bins",)
+
     def __init__(
         self,
         n_bins: int = 8,
@@ -356,23 +326,12 @@ class CircularSplineKernel(CircleKernel):
         min_derivative: float = DEFAULT_MIN_DERIVATIVE,
     ):
         if n_bins < 1:
-            raise ValueError(f"n_bins must be positive, got {n_bins}")
+            raise InputError(f"n_bins must be positive, got {n_bins}")
         self.n_bins = int(n_bins)
         self.min_bin_width = float(min_bin_width)
         self.min_bin_height = float(min_bin_height)
         self.min_derivative = float(min_derivative)
         self.n_params = 3 * self.n_bins + 1
-        self._derivative_shift: dict[torch.dtype, float] = {}
-
-    def identity_params(self, dtype=torch.float32, device=None) -> torch.Tensor:
-        return torch.zeros(self.n_params, dtype=dtype, device=device)
-
-    def derivative_shift(self, dtype: torch.dtype) -> float:
-        """``u_0 = log(expm1(1 - min_d))`` rounded in ``dtype`` (exactly representable there)."""
-        if dtype not in self._derivative_shift:
-            one_minus = torch.tensor(1.0 - self.min_derivative, dtype=dtype)  # host scalar, once
-            self._derivative_shift[dtype] = torch.log(torch.expm1(one_minus)).item()
-        return self._derivative_shift[dtype]
 
     def _spline(self, x: torch.Tensor, params: torch.Tensor, inverse: bool):
         n = self.n_bins
@@ -380,7 +339,7 @@ class CircularSplineKernel(CircleKernel):
             x,
             params[..., :n],
             params[..., n : 2 * n],
-            params[..., 2 * n : 3 * n] + self.derivative_shift(params.dtype),
+            params[..., 2 * n : 3 * n] + spline_derivative_shift(params.dtype, self.min_derivative),
             inverse=inverse,
             min_bin_width=self.min_bin_width,
             min_bin_height=self.min_bin_height,
@@ -389,11 +348,11 @@ class CircularSplineKernel(CircleKernel):
 
     def forward(self, theta, params):
         theta, params = _broadcast(theta, params, self.n_params)
-        y, logdet = self._spline(wrap_to_interval(theta), params, inverse=False)
-        return wrap_to_interval(y + params[..., 3 * self.n_bins]), logdet
+        y, logdet = self._spline(wrap_angle(theta), params, inverse=False)
+        return wrap_angle(y + params[..., 3 * self.n_bins]), logdet
 
     def inverse(self, theta, params):
         theta, params = _broadcast(theta, params, self.n_params)
-        z = wrap_to_interval(theta - params[..., 3 * self.n_bins])
+        z = wrap_angle(theta - params[..., 3 * self.n_bins])
         x, logdet = self._spline(z, params, inverse=True)
-        return wrap_to_interval(x), logdet
+        return wrap_angle(x), logdet

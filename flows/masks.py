@@ -18,8 +18,9 @@ import itertools
 
 import torch
 
-from lattice.gauge import planes
-from lattice.geometry import shift
+from gaugeflow.lattice.errors import InputError
+from gaugeflow.lattice.gauge import planes
+from gaugeflow.lattice.geometry import shift
 
 
 def checkerboard(lattice_shape, parity: int = 0, device=None) -> torch.Tensor:
@@ -39,11 +40,11 @@ def gauge_link_masks(lattice_shape, mu: int, nu: int, offset: int, device=None) 
 
     Returns ``links`` ``[D, x...]`` (active links), ``active`` ``[x...]`` (sites whose
     ``(mu, nu)`` plaquette is transformed) and ``frozen`` ``[n_planes, x...]`` (plaquettes, in
-    :func:`lattice.gauge.planes` order, that contain no active link).
+    :func:`gaugeflow.lattice.gauge.planes` order, that contain no active link).
     """
     dimension = len(lattice_shape)
     if lattice_shape[nu] % 4:
-        raise ValueError(f"gauge-equivariant flows need lattice extents divisible by 4; axis {nu} has {lattice_shape[nu]}")
+        raise InputError(f"gauge-equivariant flows need lattice extents divisible by 4; axis {nu} has {lattice_shape[nu]}")
     coordinate = torch.arange(lattice_shape[nu], device=device)
     view = [1] * dimension
     view[nu] = -1
@@ -56,26 +57,3 @@ def gauge_link_masks(lattice_shape, mu: int, nu: int, offset: int, device=None) 
         touched = links[rho] | shift(links[sigma], rho, 1, 0) | shift(links[rho], sigma, 1, 0) | links[sigma]
         frozen.append(~touched)
     return {"links": links, "active": active.clone(), "frozen": torch.stack(frozen)}
-
-
-def transform_active_sites(field, params, active_index, transform):
-    """Apply an element-wise ``transform(values, params) -> (new, log_derivative)`` at the
-    active sites only.
-
-    ``field`` is ``[B, x...]``, ``params`` ``[B, x..., P]`` and ``active_index`` the flat site
-    indices of the active mask (``mask.flatten().nonzero()``): transforming only those sites
-    (rather than all, then masking) saves the work and memory of the frozen ones.  Returns the
-    new active values ``[B, n_active]``, the old ones, and the per-sample float64 log-det.
-    """
-    batch = field.shape[0]
-    values = field.reshape(batch, -1)[:, active_index]
-    site_params = params.reshape(batch, -1, params.shape[-1])[:, active_index]
-    new, log_derivative = transform(values, site_params)
-    return new, values, log_derivative.sum(-1).to(torch.float64)
-
-
-def scatter_active_sites(field, new_values, active_index):
-    """``field`` with the active sites replaced by ``new_values [B, n_active]``."""
-    flat = field.reshape(field.shape[0], -1).clone()
-    flat[:, active_index] = new_values
-    return flat.reshape(field.shape)

@@ -1,19 +1,20 @@
 """Flow models for lattice theories: architecture description, construction, sampling.
 
 A model is a :class:`LatticeFlow`, i.e. a ``normflows.NormalizingFlow`` with the theory's
-prior (:mod:`flows.priors`), a stack of coupling layers and the target ``exp(-S)``.  It is
-fully described by a JSON-able *architecture* dict (stored in checkpoints), e.g.::
+prior (:mod:`gaugeflow.flows.priors`), a stack of coupling layers and the target ``exp(-S)``.
+It is fully described by a JSON-able, versioned *architecture* dict (stored in checkpoints)::
 
-    {"theory": "u1", "lattice": [8, 8], "couplings": {"beta": 2.0}, "n_layers": 16,
-     "kernel": "spline", "hidden_channels": [32, 32], "kernel_size": 3, "n_bins": 8,
-     "n_mixture": 6}
+    {"architecture_version": 1, "theory": "u1", "lattice": [8, 8], "couplings": {"beta": 2.0},
+     "n_layers": 16, "kernel": "spline", "hidden_channels": [16, 16], "kernel_size": 3,
+     "n_bins": 8, "n_mixture": 6, "condition": None}
 
-Layers per theory:
+Layers are chosen by the theory's field type (never by its name), through the registry of
+:class:`LayerFamily` (:func:`register_layers`):
 
-* phi4: checkerboard couplings (``kernel`` = ``affine`` or ``spline``), alternating parity;
-* u1: gauge-equivariant plaquette couplings (``kernel`` = ``spline`` or ``ncp``) cycling over
-  ordered planes and mask offsets;
-* suN: gauge-equivariant spectral couplings (:mod:`flows.sun_coupling`).
+* real fields (phi^4): checkerboard couplings, alternating parity; kernels ``affine``, ``spline``;
+* U(1) angles: gauge-equivariant plaquette couplings cycling over ordered planes and mask
+  offsets; kernels ``spline``, ``ncp``;
+* SU(N) links: gauge-equivariant spectral couplings; kernel ``spline``.
 
 With ``"condition": {"coupling": "beta", "low": 1.5, "high": 2.5}`` one model serves a range
 of a coupling: its value (rescaled to [-1, 1]) is an extra constant input channel of every
@@ -25,27 +26,115 @@ same dimension (:func:`transfer_weights`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Callable
+
 import torch
 from normflows import NormalizingFlow
 
-from lattice.theories import make_theory
+from gaugeflow.lattice.errors import InputError
+from gaugeflow.lattice.fields import AngleField, RealField, SUNField
+from gaugeflow.lattice.theories import make_theory
 
+from .kernels import CircularSplineKernel, NCPKernel
 from .masks import gauge_layer_schedule
 from .priors import prior_for
+from .scalar_coupling import ScalarCoupling
+from .sun_coupling import SpectralTransform, make_sun_flow_layers
 from .target import LatticeTarget
+from .transforms import AffineTransform, SplineTransform
+from .u1_coupling import U1PlaquetteCoupling
 
-KERNELS = {"phi4": ("spline", "affine"), "u1": ("spline", "ncp"), "su": ("spline",)}
+ARCHITECTURE_VERSION = 1
+COMMON_DEFAULTS = {"kernel_size": 3, "n_bins": 8, "n_mixture": 6}
 
 
-def default_architecture(theory_name: str) -> dict:
-    """Defaults chosen for good acceptance per minute on a CPU (benchmarks/README.md):
-    phi^4 affine couplings reached acceptance 0.62 on 8x8 in 4.5 minutes (spline: 0.67 in 11)."""
-    base = {"kernel_size": 3, "n_bins": 8, "n_mixture": 6}
-    if theory_name == "phi4":
-        return {**base, "n_layers": 8, "kernel": "affine", "hidden_channels": [16, 16]}
-    if theory_name == "u1":
-        return {**base, "n_layers": 16, "kernel": "spline", "hidden_channels": [16, 16]}
-    return {**base, "n_layers": 16, "kernel": "spline", "hidden_channels": [16, 16]}
+@dataclass(frozen=True)
+class LayerFamily:
+    """How flows are built for one field type.
+
+    ``build(theory, arch, transform, context_channels)`` returns the coupling layers;
+    ``kernels`` maps kernel names to element-wise transform classes; ``defaults`` holds the
+    architecture defaults (chosen for acceptance per CPU minute, benchmarks/README.md).
+    """
+
+    build: Callable
+    kernels: dict
+    defaults: dict = field(default_factory=dict)
+
+
+_FAMILIES: dict[type, LayerFamily] = {}
+
+
+def register_layers(field_type: type, family: LayerFamily) -> None:
+    """Use ``family`` for theories whose field is a ``field_type`` (or a subclass of it)."""
+    _FAMILIES[field_type] = family
+
+
+def _family_of_type(field_type: type) -> LayerFamily:
+    for cls in field_type.__mro__:
+        if cls in _FAMILIES:
+            return _FAMILIES[cls]
+    raise InputError(f"no flow layers for fields of type {field_type.__name__}")
+
+
+def layer_family(theory) -> LayerFamily:
+    """The layer family for ``theory``'s field type (the nearest registered base class)."""
+    return _family_of_type(type(theory.field))
+
+
+def register_kernel(field_type: type, name: str, transform_class: type) -> None:
+    """Offer an element-wise transform as ``kernel=name`` for flows of ``field_type``."""
+    _family_of_type(field_type).kernels[name] = transform_class
+
+
+def _checkerboard_layers(theory, arch, transform, context_channels):
+    return [
+        ScalarCoupling(theory.lattice_shape, i % 2, transform, arch["hidden_channels"], arch["kernel_size"], context_channels)
+        for i in range(arch["n_layers"])
+    ]
+
+
+def _u1_layers(theory, arch, transform, context_channels):
+    if not theory.is_gauge_theory:
+        raise InputError(f"the U(1) flow layers are gauge-equivariant plaquette couplings; {theory.name} is no gauge theory")
+    return [
+        U1PlaquetteCoupling(theory.lattice_shape, mu, nu, offset, transform, arch["hidden_channels"], arch["kernel_size"],
+                            context_channels)
+        for mu, nu, offset in gauge_layer_schedule(theory.dimension, arch["n_layers"])
+    ]
+
+
+def _sun_layers(theory, arch, transform, context_channels):
+    return make_sun_flow_layers(theory.lattice_shape, transform.n_colors, arch["n_layers"],
+                                hidden_channels=arch["hidden_channels"], kernel_size=arch["kernel_size"],
+                                n_bins=transform.n_bins, context_channels=context_channels)
+
+
+register_layers(RealField, LayerFamily(
+    _checkerboard_layers, {"affine": AffineTransform, "spline": SplineTransform},
+    {"n_layers": 8, "kernel": "affine", "hidden_channels": [16, 16]},  # affine: 0.62 in 4.5 CPU min (spline 0.67 in 11)
+))
+register_layers(AngleField, LayerFamily(
+    _u1_layers, {"spline": CircularSplineKernel, "ncp": NCPKernel},
+    {"n_layers": 16, "kernel": "spline", "hidden_channels": [16, 16]},
+))
+register_layers(SUNField, LayerFamily(
+    _sun_layers, {"spline": SpectralTransform}, {"n_layers": 16, "kernel": "spline", "hidden_channels": [16, 16]},
+))
+
+
+def kernel_class(theory, name: str):
+    """The element-wise transform class registered as ``name`` for ``theory``'s field type."""
+    kernels = layer_family(theory).kernels
+    if name not in kernels:
+        raise InputError(f"kernel {name!r} is not available for {theory.name}; choose {', '.join(kernels)}")
+    return kernels[name]
+
+
+def default_architecture(theory) -> dict:
+    """The model options used when none are given, for ``theory``'s field type."""
+    return {**COMMON_DEFAULTS, **layer_family(theory).defaults}
 
 
 def _condition(theory, condition):
@@ -53,12 +142,12 @@ def _condition(theory, condition):
         return None
     name, low, high = condition
     if name not in theory.couplings:
-        raise ValueError(f"cannot condition on {name!r}: {theory.name} has couplings {', '.join(theory.couplings)}")
+        raise InputError(f"cannot condition on {name!r}: {theory.name} has couplings {', '.join(theory.couplings)}")
     low, high = float(low), float(high)
     if not low < high:
-        raise ValueError(f"conditioning range for {name} must have low < high, got {low}..{high}")
+        raise InputError(f"conditioning range for {name} must have low < high, got {low}..{high}")
     if not low <= theory.couplings[name] <= high:
-        raise ValueError(f"{name}={theory.couplings[name]:g} lies outside the conditioning range {low:g}..{high:g}")
+        raise InputError(f"{name}={theory.couplings[name]:g} lies outside the conditioning range {low:g}..{high:g}")
     return {"coupling": name, "low": low, "high": high}
 
 
@@ -67,21 +156,45 @@ def architecture(theory, condition=None, **overrides) -> dict:
 
     ``condition=("beta", 1.5, 2.5)`` makes the model serve that range of the coupling.
     """
-    arch = default_architecture(theory.name)
+    arch = default_architecture(theory)
     arch.update({k: v for k, v in overrides.items() if v is not None})
+    unknown = sorted(set(arch) - set(default_architecture(theory)))
+    if unknown:
+        raise InputError(f"unknown architecture option(s) {', '.join(unknown)}")
     arch["hidden_channels"] = [int(c) for c in arch["hidden_channels"]]
-    allowed = KERNELS["su" if theory.name.startswith("su") else theory.name]
-    if arch["kernel"] not in allowed:
-        raise ValueError(f"kernel {arch['kernel']!r} is not available for {theory.name}; choose {', '.join(allowed)}")
-    if int(arch["n_layers"]) < 1:
-        raise ValueError("a flow needs at least one layer")
+    kernel_class(theory, arch["kernel"])
+    for key in ("n_layers", "kernel_size", "n_bins", "n_mixture"):
+        arch[key] = int(arch[key])
+        if arch[key] < 1:
+            raise InputError(f"{key} must be at least 1, got {arch[key]}")
+    if any(c < 1 for c in arch["hidden_channels"]):
+        raise InputError(f"hidden_channels must all be at least 1, got {arch['hidden_channels']}")
     return {
+        "architecture_version": ARCHITECTURE_VERSION,
         "theory": theory.name,
         "lattice": list(theory.lattice_shape),
         "couplings": dict(theory.couplings),
         **arch,
         "condition": _condition(theory, condition),
     }
+
+
+def upgrade_architecture(arch: dict) -> dict:
+    """An architecture dict in the current version (checkpoints before versioning are version 0:
+    the same keys, conditioners stored as ``net``)."""
+    arch = dict(arch)
+    version = arch.setdefault("architecture_version", 0)
+    if version > ARCHITECTURE_VERSION:
+        raise InputError(f"architecture version {version} is newer than this gaugeflow's {ARCHITECTURE_VERSION}")
+    arch["architecture_version"] = ARCHITECTURE_VERSION
+    return arch
+
+
+def upgrade_state_dict(state_dict: dict, architecture_version: int) -> dict:
+    """Model weights of an older architecture version under today's parameter names."""
+    if architecture_version >= 1:
+        return state_dict
+    return {key.replace(".net.", ".conditioner."): value for key, value in state_dict.items()}
 
 
 class LatticeFlow(NormalizingFlow):
@@ -155,36 +268,15 @@ class LatticeFlow(NormalizingFlow):
         return self.p.log_prob(x, self.coupling_values(context, len(x), x.device))
 
 
-def _layers(theory, arch):
-    context = 1 if arch.get("condition") else 0
-    from .kernels import CircularSplineKernel, NCPKernel
-    from .scalar_coupling import AffineTransform, ScalarCoupling, SplineTransform
-    from .u1_coupling import U1PlaquetteCoupling
-
-    hidden, size, n = arch["hidden_channels"], arch["kernel_size"], int(arch["n_layers"])
-    if theory.name == "phi4":
-        transform = AffineTransform() if arch["kernel"] == "affine" else SplineTransform(arch["n_bins"])
-        return [ScalarCoupling(theory.lattice_shape, i % 2, transform, hidden, size, context) for i in range(n)]
-    if theory.name == "u1":
-        kernel = NCPKernel(arch["n_mixture"]) if arch["kernel"] == "ncp" else CircularSplineKernel(arch["n_bins"])
-        return [
-            U1PlaquetteCoupling(theory.lattice_shape, mu, nu, offset, kernel, hidden, size, context)
-            for mu, nu, offset in gauge_layer_schedule(theory.dimension, n)
-        ]
-    from .sun_coupling import make_sun_flow_layers
-
-    return make_sun_flow_layers(
-        theory.lattice_shape, theory.n_colors, n, hidden_channels=tuple(hidden), kernel_size=size, n_bins=arch["n_bins"],
-        context_channels=context,
-    )
-
-
 def build_flow(arch: dict) -> LatticeFlow:
     """Construct an untrained model (exactly its prior) from an architecture dict."""
+    arch = upgrade_architecture(arch)
     theory = make_theory(arch["theory"], arch["lattice"], **arch["couplings"])
+    transform = kernel_class(theory, arch["kernel"]).from_architecture(theory, arch)
     condition = arch.get("condition")
+    layers = layer_family(theory).build(theory, arch, transform, 1 if condition else 0)
     target = LatticeTarget(theory, condition["coupling"] if condition else None)
-    return LatticeFlow(prior_for(theory), _layers(theory, arch), target, dict(arch))
+    return LatticeFlow(prior_for(theory), layers, target, arch)
 
 
 def transfer_weights(model: LatticeFlow, state_dict: dict) -> None:
@@ -196,4 +288,4 @@ def transfer_weights(model: LatticeFlow, state_dict: dict) -> None:
     result = model.load_state_dict(layer_state, strict=False)
     missing = [k for k in result.missing_keys if k.startswith("flows.")]
     if missing or result.unexpected_keys:
-        raise ValueError(f"weights do not fit this architecture (missing {missing[:3]}, unexpected {result.unexpected_keys[:3]})")
+        raise InputError(f"weights do not fit this architecture (missing {missing[:3]}, unexpected {result.unexpected_keys[:3]})")

@@ -8,12 +8,14 @@ from __future__ import annotations
 import csv
 import math
 
+from gaugeflow.lattice.errors import InputError
+
 
 def read_metrics(csv_path) -> dict[str, list[float]]:
     with open(csv_path, newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows:
-        raise ValueError(f"{csv_path} holds no metrics yet")
+        raise InputError(f"{csv_path} holds no metrics yet")
     return {key: [float(r[key]) for r in rows] for key in rows[0]}
 
 
@@ -25,7 +27,7 @@ def plot_training(csv_path, png_path, title: str | None = None) -> str:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ValueError("plotting needs matplotlib: pip install matplotlib") from None
+        raise InputError("plotting needs matplotlib: pip install matplotlib") from None
     metrics = read_metrics(csv_path)
     steps = metrics["step"]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), constrained_layout=True)

@@ -4,8 +4,11 @@
   (-pi, pi], density ``(2 pi)^{-n}`` with respect to Lebesgue measure on the angles.
 * :class:`HaarSUN` -- Haar measure on SU(N) links; ``log_prob = 0`` because densities of
   SU(N) fields are taken with respect to the (normalised) Haar measure.
-* phi^4 uses ``normflows.distributions.DiagGaussian(shape, trainable=False)`` (a standard
-  normal), see :func:`prior_for`.
+* real fields use ``normflows.distributions.DiagGaussian(shape, trainable=False)`` (a
+  standard normal).
+
+:func:`prior_for` chooses by the theory's field type (:mod:`gaugeflow.lattice.fields`); a new
+field type registers its prior with ``prior_for_field.register``.
 
 normflows' own ``Uniform`` keeps its bounds as plain tensors that do not follow
 ``.to(device)`` / ``.double()``; these priors carry an empty buffer instead, so a model moved
@@ -14,12 +17,15 @@ with ``.to(device, dtype)`` samples on that device and in that precision.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 from normflows.distributions import BaseDistribution, DiagGaussian
 
-from lattice.groups import complex_dtype, haar_random_sun
+from gaugeflow.lattice.errors import InputError
+from gaugeflow.lattice.fields import AngleField, RealField, SUNField
+from gaugeflow.lattice.groups import complex_dtype, haar_random_sun
 
 
 class _FollowsModule(BaseDistribution):
@@ -67,12 +73,27 @@ class HaarSUN(_FollowsModule):
         return torch.zeros(z.shape[0], device=z.device, dtype=torch.float64)
 
 
+@functools.singledispatch
+def prior_for_field(field, theory) -> BaseDistribution:
+    """The natural prior of ``theory``, chosen by the type of its ``field``."""
+    raise InputError(f"no flow prior for fields of type {type(field).__name__} (theory {theory.name})")
+
+
+@prior_for_field.register
+def _(field: RealField, theory):
+    return DiagGaussian(theory.config_shape, trainable=False)
+
+
+@prior_for_field.register
+def _(field: AngleField, theory):
+    return UniformAngles(theory.config_shape)
+
+
+@prior_for_field.register
+def _(field: SUNField, theory):
+    return HaarSUN((theory.dimension, *theory.lattice_shape), field.n_colors)
+
+
 def prior_for(theory) -> BaseDistribution:
-    """The natural prior of a theory: Gaussian (phi^4), uniform angles (U(1)), Haar (SU(N))."""
-    if theory.name == "phi4":
-        return DiagGaussian(theory.config_shape, trainable=False)
-    if theory.name == "u1":
-        return UniformAngles(theory.config_shape)
-    if theory.name.startswith("su"):
-        return HaarSUN((theory.dimension, *theory.lattice_shape), theory.n_colors)
-    raise ValueError(f"no prior for theory {theory.name!r}")
+    """Gaussian for real fields, uniform angles for U(1), Haar for SU(N)."""
+    return prior_for_field(theory.field, theory)

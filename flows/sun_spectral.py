@@ -1,6 +1,6 @@
 """Spectral (eigenphase) maps for conjugation-equivariant SU(N) flows -- private helpers.
 
-Used by :mod:`flows.sun_coupling`.  A matrix ``P`` in SU(N) is written
+Used by :mod:`gaugeflow.flows.sun_coupling`.  A matrix ``P`` in SU(N) is written
 ``P = V diag(exp(i theta)) V^dagger``; a conjugation-equivariant map changes the eigenphases
 ``theta -> theta'`` and keeps ``V``.  For the map to be well defined on SU(N) it must commute
 with the Weyl group (permutations of the eigenvalues) and respect the ``2 pi`` periodicity of
@@ -44,7 +44,9 @@ from __future__ import annotations
 import math
 
 import torch
-from normflows.utils.splines import DEFAULT_MIN_DERIVATIVE, rational_quadratic_spline
+from normflows.utils.splines import rational_quadratic_spline
+
+from .transforms import spline_derivative_shift
 
 TWO_PI = 2 * math.pi
 _TINY = 1e-300
@@ -53,12 +55,6 @@ _TINY = 1e-300
 def spline_param_count(n_bins: int) -> int:
     """Number of unconstrained parameters per rational-quadratic spline (widths, heights, derivatives)."""
     return 3 * n_bins + 1
-
-
-# raw derivative parameters are shifted by this constant before the spline, so that raw
-# parameters 0 give knot derivatives ``min_derivative + softplus(shift) = 1`` exactly (the
-# shift is added in the links' precision: a float32 conditioner bias could not hold it exactly)
-_DERIVATIVE_SHIFT = math.log(math.expm1(1.0 - DEFAULT_MIN_DERIVATIVE))
 
 
 def identity_spline_params(n_bins: int) -> torch.Tensor:
@@ -159,7 +155,7 @@ def cell_transform(gaps: torch.Tensor, params: torch.Tensor, inverse: bool = Fal
         u,
         params[..., :n_bins],
         params[..., n_bins : 2 * n_bins],
-        params[..., 2 * n_bins :] + _DERIVATIVE_SHIFT,
+        params[..., 2 * n_bins :] + spline_derivative_shift(params.dtype),
         inverse=inverse,
         left=0.0,
         right=1.0,

@@ -5,8 +5,9 @@
 ``-loss`` is a variational lower bound on ``log Z``.  Densities are with respect to the same
 reference measure as the prior's: Lebesgue on real fields and U(1) angles, Haar on SU(N).
 
-For models conditioned on a coupling ``c`` (``beta``, ``m2`` or ``lam``), ``log_prob(x, context)``
-takes per-sample values of ``c``.  Every action here is affine in each coupling, so
+For models conditioned on a coupling ``c`` (e.g. ``beta``, ``m2`` or ``lam``),
+``log_prob(x, context)`` takes per-sample values of ``c``.  Only couplings the theory declares
+affine (:class:`gaugeflow.lattice.theory.Coupling`) can be conditioned on: then
 ``S(x; c) = S(x; 0) + c [S(x; 1) - S(x; 0)]`` is evaluated exactly from two fixed theories.
 """
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 import torch
 from normflows.distributions import Target
 
-from lattice.theories import make_theory
+from gaugeflow.lattice.errors import InputError
 
 
 class LatticeTarget(Target):
@@ -24,14 +25,12 @@ class LatticeTarget(Target):
         self.theory = theory
         self.conditioned_coupling = conditioned_coupling
         if conditioned_coupling is not None:
-            if conditioned_coupling not in theory.couplings:
-                raise ValueError(f"{theory.name} has no coupling {conditioned_coupling!r} to condition on")
-
-            def at(value):
-                couplings = dict(theory.couplings, **{conditioned_coupling: value})
-                return make_theory(theory.name, theory.lattice_shape, **couplings)
-
-            self._at_zero, self._at_one = at(0.0), at(1.0)
+            if not theory.coupling(conditioned_coupling).affine:
+                raise InputError(
+                    f"cannot condition on {conditioned_coupling}: the {theory.name} action is not affine in it"
+                )
+            self._at_zero = theory.with_couplings(**{conditioned_coupling: 0.0})
+            self._at_one = theory.with_couplings(**{conditioned_coupling: 1.0})
 
     def log_prob(self, x, context=None):
         if context is None or self.conditioned_coupling is None:

@@ -1,7 +1,7 @@
 """Observable averages with autocorrelation-aware errors for a stored ensemble.
 
 Primary observables (one number per configuration) get the Gamma method
-(:func:`hmc.autocorrelation.gamma_method`) with every Markov chain as a replica.
+(:func:`gaugeflow.hmc.autocorrelation.gamma_method`) with every Markov chain as a replica.
 Derived quantities use the binned jackknife:
 
 * ``chi_2pt`` (phi^4) ``= V (<m^2> - <m>^2)`` with ``m`` the magnetisation per site, i.e. the
@@ -18,7 +18,8 @@ import math
 
 import numpy as np
 
-from lattice.ensemble import open_ensemble
+from gaugeflow.lattice.ensemble import open_ensemble
+from gaugeflow.lattice.errors import InputError
 
 from .autocorrelation import gamma_method, jackknife
 
@@ -35,7 +36,7 @@ def analyze_ensemble(path, S: float = 1.5) -> dict[str, dict]:
     """
     with open_ensemble(path) as ensemble:
         if len(ensemble) == 0:
-            raise ValueError(f"{path} holds no configurations yet")
+            raise InputError(f"{path} holds no configurations yet")
         volume = math.prod(ensemble.lattice_shape)
         per_chain = {name: ensemble.per_chain(values) for name, values in ensemble.observables().items()}
         accepted = ensemble.per_chain(ensemble.column("accepted").astype(np.float64))

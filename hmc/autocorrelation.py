@@ -75,6 +75,8 @@ from typing import Callable
 
 import numpy as np
 
+from gaugeflow.lattice.errors import InputError
+
 __all__ = ["GammaResult", "gamma_method", "normalized_autocorrelation", "jackknife"]
 
 
@@ -110,33 +112,33 @@ def _as_chains(chains, name: str = "chains") -> list[np.ndarray]:
         elif chains.ndim == 2:
             raw = list(chains)
         else:
-            raise ValueError(f"{name}: expected a 1-D or 2-D array, got {chains.ndim}-D")
+            raise InputError(f"{name}: expected a 1-D or 2-D array, got {chains.ndim}-D")
     elif isinstance(chains, (list, tuple)):
         if len(chains) == 0:
-            raise ValueError(f"{name}: input is empty")
+            raise InputError(f"{name}: input is empty")
         # A flat list of numbers is a single chain; otherwise one entry per chain.
         if all(np.ndim(c) == 0 for c in chains):
             raw = [chains]
         else:
             raw = list(chains)
     else:
-        raise ValueError(f"{name}: expected an array or a list of arrays, got {type(chains).__name__}")
+        raise InputError(f"{name}: expected an array or a list of arrays, got {type(chains).__name__}")
 
     if len(raw) == 0:
-        raise ValueError(f"{name}: input is empty (no chains)")
+        raise InputError(f"{name}: input is empty (no chains)")
     out = []
     for r, c in enumerate(raw):
         if np.iscomplexobj(c):
-            raise ValueError(f"{name}: chain {r} is complex; only real data are supported")
+            raise InputError(f"{name}: chain {r} is complex; only real data are supported")
         arr = np.asarray(c, dtype=np.float64)
         if arr.ndim != 1:
-            raise ValueError(f"{name}: chain {r} is not one-dimensional (shape {arr.shape})")
+            raise InputError(f"{name}: chain {r} is not one-dimensional (shape {arr.shape})")
         if arr.size == 0:
-            raise ValueError(f"{name}: chain {r} is empty")
+            raise InputError(f"{name}: chain {r} is empty")
         if not np.all(np.isfinite(arr)):
-            raise ValueError(f"{name}: chain {r} contains non-finite values (NaN or inf)")
+            raise InputError(f"{name}: chain {r} contains non-finite values (NaN or inf)")
         if arr.size < 2:
-            raise ValueError(f"{name}: chain {r} has {arr.size} sample; at least 2 are required")
+            raise InputError(f"{name}: chain {r} has {arr.size} sample; at least 2 are required")
         out.append(arr)
     return out
 
@@ -184,7 +186,7 @@ def normalized_autocorrelation(chains, max_lag: int | None = None) -> np.ndarray
         max_lag = n_max // 2 - 1
     max_lag = int(max_lag)
     if not 0 <= max_lag <= n_max - 1:
-        raise ValueError(f"max_lag must lie in [0, {n_max - 1}], got {max_lag}")
+        raise InputError(f"max_lag must lie in [0, {n_max - 1}], got {max_lag}")
     g = _gamma(cs, max_lag + 1)
     if abs(g[0]) < 10 * np.finfo(float).tiny:
         rho = np.zeros(max_lag + 1)
@@ -206,7 +208,7 @@ def gamma_method(chains, S: float = 1.5) -> GammaResult:
     cs = _as_chains(chains)
     S = float(S)
     if not (S >= 0 and math.isfinite(S)):
-        raise ValueError(f"S must be a finite number >= 0, got {S}")
+        raise InputError(f"S must be a finite number >= 0, got {S}")
 
     n = sum(c.size for c in cs)
     mean = float(sum(c.sum() for c in cs) / n)
@@ -281,12 +283,12 @@ def jackknife(function: Callable[..., float], *chains_of_observables, bin_size: 
     least 20 bins exist.  Raises ValueError for bad input or fewer than 2 bins.
     """
     if len(chains_of_observables) == 0:
-        raise ValueError("jackknife: no observables given")
+        raise InputError("jackknife: no observables given")
     cs_list = [_as_chains(c, name=f"observable {k}") for k, c in enumerate(chains_of_observables)]
     lengths = [c.size for c in cs_list[0]]
     for k, cs in enumerate(cs_list[1:], start=1):
         if [c.size for c in cs] != lengths:
-            raise ValueError(
+            raise InputError(
                 f"jackknife: observable {k} has chain lengths {[c.size for c in cs]}, "
                 f"observable 0 has {lengths}; all observables need the same layout"
             )
@@ -294,11 +296,11 @@ def jackknife(function: Callable[..., float], *chains_of_observables, bin_size: 
     if bin_size is None:
         bin_size = _choose_bin_size(cs_list)
     elif isinstance(bin_size, bool) or int(bin_size) != bin_size or bin_size < 1:
-        raise ValueError(f"jackknife: bin_size must be a positive integer, got {bin_size!r}")
+        raise InputError(f"jackknife: bin_size must be a positive integer, got {bin_size!r}")
     b = int(bin_size)
     n_bins = sum(L // b for L in lengths)
     if n_bins < 2:
-        raise ValueError(f"jackknife: bin_size={b} leaves {n_bins} bin(s); at least 2 are needed")
+        raise InputError(f"jackknife: bin_size={b} leaves {n_bins} bin(s); at least 2 are needed")
 
     # bin_means[k] holds the B bin means of observable k, all chains pooled.
     bin_means = np.array([
@@ -312,6 +314,6 @@ def jackknife(function: Callable[..., float], *chains_of_observables, bin_size: 
     value = float(function(*full))
     f_jk = np.array([float(function(*loo[:, i])) for i in range(n_bins)])
     if not np.all(np.isfinite(f_jk)) or not math.isfinite(value):
-        raise ValueError("jackknife: function returned non-finite values")
+        raise InputError("jackknife: function returned non-finite values")
     error = math.sqrt((n_bins - 1) / n_bins * np.sum((f_jk - f_jk.mean()) ** 2))
     return value, error

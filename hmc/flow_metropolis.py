@@ -8,54 +8,16 @@ arXiv:1904.12072).  The acceptance rate is a direct measure of the flow's qualit
 
 from __future__ import annotations
 
+import json
+
 import torch
 
-
-def independence_metropolis(log_weights: torch.Tensor, generator=None, current_log_weight=None):
-    """Run the accept/reject sequence over proposals with the given ``log p - log q``.
-
-    ``log_weights`` is ``[n]`` (one chain, proposals in order).  The chain starts in
-    ``current_log_weight`` if given, otherwise it starts by accepting the first proposal.
-    Returns ``(index, accepted)``: for each step the index of the proposal the chain holds
-    (``-1`` for the initial state) and whether the step accepted.  Decisions are in float64.
-    """
-    log_weights = log_weights.detach().to(torch.float64)
-    n = log_weights.shape[0]
-    uniforms = torch.rand(n, generator=generator, dtype=torch.float64, device=log_weights.device).log().cpu()
-    log_weights = log_weights.cpu()
-    index = torch.empty(n, dtype=torch.long)
-    accepted = torch.empty(n, dtype=torch.bool)
-    held, held_log_weight = -1, current_log_weight
-    for i in range(n):
-        take = held_log_weight is None or bool(uniforms[i] < log_weights[i] - held_log_weight)
-        take = take and bool(torch.isfinite(log_weights[i]))
-        if take:
-            held, held_log_weight = i, float(log_weights[i])
-        index[i], accepted[i] = held, take
-    return index, accepted
-
-
-def acceptance_rate(log_weights: torch.Tensor, generator=None) -> float:
-    """Fraction of accepted steps of an independence Metropolis chain over these proposals
-    (the first proposal initialises the chain and is not counted)."""
-    if log_weights.shape[0] < 2:
-        return float("nan")
-    _, accepted = independence_metropolis(log_weights, generator)
-    return accepted[1:].double().mean().item()
-
-
-def effective_sample_size(log_weights: torch.Tensor) -> float:
-    """Normalised ESS ``(sum w)^2 / (n sum w^2)`` in (0, 1] of reweighting ``q`` to ``p``."""
-    lw = log_weights.detach().to(torch.float64)
-    lw = lw[torch.isfinite(lw)] if torch.isfinite(lw).any() else lw
-    lw = lw - lw.max()
-    w = torch.exp(lw)
-    return (w.sum() ** 2 / (log_weights.shape[0] * (w * w).sum())).item()
+from .sampler import TrajectoryResult
 
 
 class FlowMetropolisSampler:
-    """Batched independence Metropolis with a trained flow, as the update of
-    :func:`hmc.run.run_chains` (``gaugeflow sample``).
+    """Batched independence Metropolis with a trained flow, as a
+    :class:`gaugeflow.hmc.sampler.Sampler` (``gaugeflow sample``).
 
     Every chain proposes one flow sample per step and accepts it with probability
     ``min(1, w'/w)``; the stored ``delta_h`` is ``-log(w'/w)``, so ``accepted`` has
@@ -74,8 +36,6 @@ class FlowMetropolisSampler:
         self.log_weight = None
 
     def run_parameters(self) -> dict:
-        import json
-
         return {"flow_architecture": json.dumps(self.model.architecture, sort_keys=True), "flow_checkpoint": self.source}
 
     def _log_weights(self, field):
@@ -83,8 +43,6 @@ class FlowMetropolisSampler:
 
     @torch.no_grad()
     def update(self, field, generator):
-        from .hmc import TrajectoryResult
-
         device, n = field.device, field.shape[0]
         seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
         with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device], device_type=device.type):

@@ -16,17 +16,24 @@ process): for second-order integrators the acceptance is ``erfc(sqrt(<dH>)/2)``
 (Gupta, Kilcup, Sharpe, Phys. Rev. D 38 (1988) 1278) and ``<dH> ~ step^4``, so the measured
 acceptance is inverted to an effective ``<dH>`` and the number of steps per trajectory of
 fixed length is rescaled towards the target.
+
+:class:`HMCSampler` is HMC as a :class:`gaugeflow.hmc.sampler.Sampler` for the chain runner.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 from scipy.special import erfcinv
+from tqdm.auto import tqdm
+
+from gaugeflow.lattice.errors import InputError
 
 from .integrators import get_integrator
+from .sampler import TrajectoryResult
 
 
 @dataclass
@@ -40,25 +47,18 @@ class HMCParameters:
     jitter: float = 0.2
 
     def __post_init__(self):
-        if not self.trajectory_length > 0:
-            raise ValueError(f"trajectory length must be positive, got {self.trajectory_length}")
+        if not (math.isfinite(self.trajectory_length) and self.trajectory_length > 0):
+            raise InputError(f"trajectory_length must be positive and finite, got {self.trajectory_length}")
         if int(self.n_steps) < 1:
-            raise ValueError(f"need at least one integration step, got {self.n_steps}")
+            raise InputError(f"n_steps must be at least 1, got {self.n_steps}")
         self.n_steps = int(self.n_steps)
         get_integrator(self.integrator)
         if not 0 <= self.jitter < 1:
-            raise ValueError(f"step-size jitter must lie in [0, 1), got {self.jitter}")
+            raise InputError(f"jitter (of the step size) must lie in [0, 1), got {self.jitter}")
 
     @property
     def step_size(self) -> float:
         return self.trajectory_length / self.n_steps
-
-
-@dataclass
-class TrajectoryResult:
-    field: torch.Tensor  # state after the Metropolis step
-    accepted: torch.Tensor  # [B] bool
-    delta_h: torch.Tensor  # [B] float64, H(proposal) - H(start)
 
 
 def hamiltonian(theory, field, momenta) -> torch.Tensor:
@@ -73,7 +73,13 @@ def molecular_dynamics(theory, field, momenta, params: HMCParameters, step_size:
 
 
 def hmc_trajectory(theory, field: torch.Tensor, params: HMCParameters, generator=None) -> TrajectoryResult:
-    """One HMC update of every chain in the batch."""
+    """One HMC update of every chain in the batch.
+
+    Auxiliary fields (pseudofermions) are refreshed first, at the current ``field``
+    (:meth:`gaugeflow.lattice.theory.Theory.refresh_auxiliary_fields`); the trajectory and its
+    Metropolis step then use the action with them held fixed.
+    """
+    theory = theory.refresh_auxiliary_fields(field, generator)
     momenta = theory.field.random_momenta(field, generator)
     h_start = hamiltonian(theory, field, momenta)
     jitter = 2 * torch.rand((), generator=generator, dtype=torch.float64, device=field.device).item() - 1
@@ -103,3 +109,57 @@ def retuned_steps(params: HMCParameters, measured_acceptance: float, target: flo
     # and undamped updates then oscillate between too few and too many steps
     factor = min(max(factor, 2 / 3), 1.5)
     return int(min(max(1, math.ceil(params.n_steps / factor)), max_steps))
+
+
+def thermalise(theory, field, params, n_therm, generator, tune, target, progress=False, received=None):
+    """Run ``n_therm`` trajectories (not stored), retuning the step count every window."""
+    window = max(5, min(20, n_therm // 10))
+    probabilities = []
+    for _ in tqdm(range(n_therm), disable=None if progress else True, desc="thermalise", unit="traj", leave=False):
+        result = hmc_trajectory(theory, field, params, generator)
+        field = result.field
+        probabilities.append(acceptance_probability(result.delta_h).mean().item())
+        if tune and len(probabilities) == window:
+            steps = retuned_steps(params, float(np.mean(probabilities)), target)
+            params = replace(params, n_steps=steps)
+            probabilities = []
+        if received is not None and received["signal"]:
+            break
+    return field, params
+
+
+class HMCSampler:
+    """HMC as a :class:`gaugeflow.hmc.sampler.Sampler` (adapted state: the tuned step count)."""
+
+    name = "hmc"
+
+    def __init__(self, theory, params: HMCParameters | None = None, tune: bool = True, target_acceptance: float = 0.8):
+        if not 0 < target_acceptance < 1:
+            raise InputError(f"target_acceptance must lie strictly between 0 and 1, got {target_acceptance}")
+        self.theory, self.params = theory, params or HMCParameters()
+        self.tune, self.target_acceptance = tune, target_acceptance
+
+    def run_parameters(self) -> dict:
+        return {
+            "integrator": self.params.integrator,
+            "trajectory_length": float(self.params.trajectory_length),
+            "step_size_jitter": float(self.params.jitter),
+        }
+
+    def update(self, field, generator):
+        return hmc_trajectory(self.theory, field, self.params, generator)
+
+    def thermalise(self, field, n_therm, generator, progress=False, received=None):
+        field, self.params = thermalise(
+            self.theory, field, self.params, n_therm, generator, self.tune, self.target_acceptance, progress, received
+        )
+        return field
+
+    def resume_attributes(self) -> dict:
+        return {"n_steps": self.params.n_steps}
+
+    def restore(self, state: dict) -> None:
+        self.params = replace(self.params, n_steps=int(state["n_steps"]))
+
+    def postfix(self) -> dict:
+        return {"steps": self.params.n_steps}

@@ -2,7 +2,7 @@
 
 Each integrator evolves ``(field, momenta)`` for ``n_steps`` steps of size ``step_size``
 under ``H = K(p) + S(field)``; ``field_type`` supplies the field update (see
-:mod:`lattice.fields`) and ``force(field)`` the tangent-space gradient of ``S``.
+:mod:`gaugeflow.lattice.fields`) and ``force(field)`` the tangent-space gradient of ``S``.
 Both are second order: the energy violation of a trajectory of fixed length scales as
 ``dH ~ step_size^2`` (and ``<dH> ~ step_size^4``).
 
@@ -14,6 +14,8 @@ Both are second order: the energy violation of a trajectory of fixed length scal
 """
 
 from __future__ import annotations
+
+from gaugeflow.lattice.errors import InputError
 
 OMELYAN_LAMBDA = 0.1931833275037836
 
@@ -46,4 +48,4 @@ def get_integrator(name: str):
     try:
         return INTEGRATORS[name]
     except KeyError:
-        raise ValueError(f"unknown integrator {name!r}; choose one of {', '.join(INTEGRATORS)}") from None
+        raise InputError(f"unknown integrator {name!r}; choose one of {', '.join(INTEGRATORS)}") from None

@@ -3,27 +3,43 @@
 Public API::
 
     make_theory(name, lattice, **couplings)   # phi4 (m2, lam), u1 (beta), su2/su3/suN (beta)
+    register_theory(cls)                      # add a Theory subclass under cls.name
+    theory_names()                            # what make_theory and --theory accept
+    Theory, GaugeTheory, Coupling             # the interface a theory implements
+    RealField, AngleField, SUNField           # field types (HMC moves, flow priors/layers)
     parse_lattice_shape("4x4x4x8")
-    open_ensemble(path), create_ensemble(...)  # HDF5 ensembles (see lattice.ensemble)
+    open_ensemble(path), create_ensemble(...)  # HDF5 ensembles (see gaugeflow.lattice.ensemble)
     exact                                      # exact finite-volume results for validation
+    GaugeflowError, InputError                 # the project's error types
 """
 
 from . import exact
 from .ensemble import EnsembleError, create_ensemble, open_ensemble
+from .errors import GaugeflowError, InputError
+from .fields import AngleField, FieldType, RealField, SUNField
 from .geometry import parse_lattice_shape
 from .phi4 import two_point_function
-from .theories import THEORY_NAMES, make_theory
-from .theory import GaugeTheory, Theory
+from .theories import make_theory, register_theory, theory_class, theory_names
+from .theory import Coupling, GaugeTheory, Theory
 
 __all__ = [
+    "AngleField",
+    "Coupling",
     "EnsembleError",
+    "FieldType",
     "GaugeTheory",
-    "THEORY_NAMES",
+    "GaugeflowError",
+    "InputError",
+    "RealField",
+    "SUNField",
     "Theory",
     "create_ensemble",
     "exact",
     "make_theory",
     "open_ensemble",
     "parse_lattice_shape",
+    "register_theory",
+    "theory_class",
+    "theory_names",
     "two_point_function",
 ]

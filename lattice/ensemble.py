@@ -32,12 +32,14 @@ import os
 import h5py
 import numpy as np
 
+from .errors import InputError
+
 FORMAT_NAME = "gaugeflow-ensemble"
 FORMAT_VERSION = 1
 ROW_DATASETS = ("chain", "step", "accepted", "delta_h")
 
 
-class EnsembleError(ValueError):
+class EnsembleError(InputError):
     """A file that is not a gaugeflow ensemble, or one that does not match the request."""
 
 
@@ -208,7 +210,7 @@ class Ensemble:
 def open_ensemble(path, mode: str = "r") -> Ensemble:
     """Open an existing ensemble for reading (``'r'``) or appending (``'a'``; the file must exist)."""
     if mode not in ("r", "a"):
-        raise ValueError("mode must be 'r' or 'a'")
+        raise InputError("mode must be 'r' or 'a'")
     if not os.path.exists(path):
         raise EnsembleError(f"{path}: no such file")
     return Ensemble(_open_h5(path, "r+" if mode == "a" else "r"))

@@ -109,6 +109,8 @@ import warnings
 import numpy as np
 from scipy import integrate, special
 
+from .errors import InputError
+
 __all__ = [
     "u1_log_partition_function",
     "u1_plaquette",
@@ -139,21 +141,21 @@ def _check_beta(beta) -> float:
     try:
         b = float(beta)
     except (TypeError, ValueError):
-        raise ValueError(f"beta must be a real number, got {beta!r}") from None
+        raise InputError(f"beta must be a real number, got {beta!r}") from None
     if not math.isfinite(b) or b <= 0.0:
-        raise ValueError(f"beta must be finite and > 0, got {beta!r}")
+        raise InputError(f"beta must be finite and > 0, got {beta!r}")
     return b
 
 
 def _check_int(value, name: str, minimum: int) -> int:
     if isinstance(value, bool):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
+        raise InputError(f"{name} must be an integer, got {value!r}")
     try:
         v = operator.index(value)
     except TypeError:
-        raise ValueError(f"{name} must be an integer, got {value!r}") from None
+        raise InputError(f"{name} must be an integer, got {value!r}") from None
     if v < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {v}")
+        raise InputError(f"{name} must be >= {minimum}, got {v}")
     return v
 
 
@@ -165,9 +167,9 @@ def _check_m2(m2) -> float:
     try:
         m = float(m2)
     except (TypeError, ValueError):
-        raise ValueError(f"m2 must be a real number, got {m2!r}") from None
+        raise InputError(f"m2 must be a real number, got {m2!r}") from None
     if not math.isfinite(m) or m <= 0.0:
-        raise ValueError(f"the free field needs a finite mass squared m2 > 0, got {m2!r}")
+        raise InputError(f"the free field needs a finite mass squared m2 > 0, got {m2!r}")
     return m
 
 
@@ -175,9 +177,9 @@ def _check_shape(lattice_shape) -> tuple[int, ...]:
     try:
         shape = tuple(lattice_shape)
     except TypeError:
-        raise ValueError(f"lattice_shape must be a sequence of positive integers, got {lattice_shape!r}") from None
+        raise InputError(f"lattice_shape must be a sequence of positive integers, got {lattice_shape!r}") from None
     if len(shape) == 0:
-        raise ValueError("lattice_shape must have at least one dimension")
+        raise InputError("lattice_shape must have at least one dimension")
     return tuple(_check_int(s, "lattice extent", 1) for s in shape)
 
 
@@ -279,7 +281,7 @@ def u1_wilson_loop(beta, volume, area) -> float:
     V = _check_volume(volume)
     A = _check_int(area, "area", 0)
     if A > V:
-        raise ValueError(f"area ({A}) cannot exceed the number of plaquettes ({V})")
+        raise InputError(f"area ({A}) cannot exceed the number of plaquettes ({V})")
     num, den = _adaptive_log_sums(
         beta,
         [lambda L: _times(V - A, L(0)) + _times(A, L(1)), lambda L: V * L(0)],

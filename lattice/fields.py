@@ -2,7 +2,8 @@
 
 Hybrid Monte Carlo needs, for each kind of field, four operations: draw conjugate momenta,
 their kinetic energy, move the field along a momentum, and turn the Euclidean gradient of
-the action into a force in the tangent space.  The three kinds are
+the action into a force in the tangent space.  Priors and coupling layers of the flows are chosen by field type too (see
+:mod:`gaugeflow.flows.priors` and :mod:`gaugeflow.flows.model`).  The three kinds are
 
 * :class:`RealField` -- real scalar fields (phi^4); momenta are real, ``x -> x + dt p``.
 * :class:`AngleField` -- U(1) links as angles ``theta`` with ``U = exp(i theta)``; like a real
@@ -15,23 +16,46 @@ float64 because it enters the Metropolis decision.
 
 from __future__ import annotations
 
+import abc
+
 import torch
 
+from .geometry import sum_per_config
 from .groups import dagger, project_to_sun, random_algebra, traceless_antihermitian, wrap_angle
 
 
-def _sum_per_config(values: torch.Tensor) -> torch.Tensor:
-    return values.reshape(values.shape[0], -1).to(torch.float64).sum(-1)
+class FieldType(abc.ABC):
+    """What molecular dynamics needs of a manifold; every method is batched over axis 0."""
+
+    @abc.abstractmethod
+    def random_momenta(self, like: torch.Tensor, generator=None) -> torch.Tensor:
+        """Standard Gaussian momenta in the tangent space at ``like``."""
+
+    @abc.abstractmethod
+    def kinetic_energy(self, momenta: torch.Tensor) -> torch.Tensor:
+        """``K = |p|^2 / 2`` per configuration, ``[B]`` float64."""
+
+    @abc.abstractmethod
+    def evolve(self, field: torch.Tensor, momenta: torch.Tensor, dt: float) -> torch.Tensor:
+        """Move ``field`` for time ``dt`` along ``momenta``."""
+
+    @abc.abstractmethod
+    def tangent_force(self, field: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
+        """The force in the tangent space from the Euclidean (autograd) gradient of ``S``."""
+
+    @abc.abstractmethod
+    def project(self, field: torch.Tensor) -> torch.Tensor:
+        """Remove rounding drift off the manifold."""
 
 
-class RealField:
+class RealField(FieldType):
     """Flat real field; molecular dynamics is ``dx/dt = p, dp/dt = -dS/dx``."""
 
     def random_momenta(self, like: torch.Tensor, generator=None) -> torch.Tensor:
         return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
 
     def kinetic_energy(self, momenta: torch.Tensor) -> torch.Tensor:
-        return 0.5 * _sum_per_config(momenta * momenta)
+        return 0.5 * sum_per_config(momenta * momenta)
 
     def evolve(self, field: torch.Tensor, momenta: torch.Tensor, dt: float) -> torch.Tensor:
         return field + dt * momenta
@@ -53,7 +77,7 @@ class AngleField(RealField):
         return wrap_angle(field)
 
 
-class SUNField:
+class SUNField(FieldType):
     """SU(N) links ``[..., N, N]`` with momenta in su(N) (traceless anti-Hermitian).
 
     Molecular dynamics: ``dU/dt = P U``, ``dP/dt = -F`` where the force ``F`` is the su(N)
@@ -69,7 +93,7 @@ class SUNField:
         return random_algebra(like.shape[:-2], self.n_colors, generator=generator, dtype=like.dtype, device=like.device)
 
     def kinetic_energy(self, momenta):
-        return 0.5 * _sum_per_config((momenta.conj() * momenta).real)
+        return 0.5 * sum_per_config((momenta.conj() * momenta).real)
 
     def evolve(self, field, momenta, dt):
         return torch.linalg.matrix_exp(dt * momenta) @ field

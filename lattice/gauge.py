@@ -18,6 +18,7 @@ import math
 
 import torch
 
+from .errors import InputError
 from .geometry import shift
 from .groups import dagger
 
@@ -128,7 +129,7 @@ def clover_topological_charge(links: torch.Tensor) -> torch.Tensor:
     ``2 pi m / (L2 L3)`` in the 23 plane gives ``Q -> 2 n m`` for SU(2) as fluxes shrink.
     """
     if _dimension(links) != 4:
-        raise ValueError("the clover topological charge is defined for 4-dimensional lattices")
+        raise InputError("the clover topological charge is defined for 4-dimensional lattices")
 
     def tr(a, b):
         return torch.diagonal(a @ b, dim1=-2, dim2=-1).real.sum(-1)

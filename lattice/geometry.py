@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from .errors import InputError
+
 SUPPORTED_DIMENSIONS = (1, 2, 3, 4)
 
 
@@ -24,18 +26,18 @@ def parse_lattice_shape(text) -> tuple[int, ...]:
         try:
             shape = tuple(int(p) for p in parts)
         except ValueError:
-            raise ValueError(
+            raise InputError(
                 f"malformed lattice shape {text!r}: expected extents separated by 'x', e.g. 8x8 or 4x4x4x8"
             ) from None
     else:
         try:
             shape = tuple(int(p) for p in text)
         except (TypeError, ValueError):
-            raise ValueError(f"malformed lattice shape {text!r}: expected a sequence of integers") from None
+            raise InputError(f"malformed lattice shape {text!r}: expected a sequence of integers") from None
     if len(shape) not in SUPPORTED_DIMENSIONS:
-        raise ValueError(f"lattice shape {text!r} has {len(shape)} dimensions; supported: 1 to 4")
+        raise InputError(f"lattice shape {text!r} has {len(shape)} dimensions; supported: 1 to 4")
     if any(extent < 1 for extent in shape):
-        raise ValueError(f"lattice shape {text!r} has a non-positive extent")
+        raise InputError(f"lattice shape {text!r} has a non-positive extent")
     return shape
 
 
@@ -53,9 +55,14 @@ def shift(field: torch.Tensor, mu: int, steps: int, first_site_axis: int) -> tor
     return torch.roll(field, shifts=-steps, dims=first_site_axis + mu)
 
 
+def sum_per_config(values: torch.Tensor) -> torch.Tensor:
+    """Sum everything but the batch axis, in float64."""
+    return values.reshape(values.shape[0], -1).to(torch.float64).sum(-1)
+
+
 def check_field_shape(field: torch.Tensor, expected: tuple[int, ...], what: str) -> None:
     """Raise ``ValueError`` if ``field`` is not ``[batch, *expected]``."""
     if tuple(field.shape[1:]) != tuple(expected):
-        raise ValueError(
+        raise InputError(
             f"{what}: expected a field of shape [batch, {', '.join(map(str, expected))}], got {list(field.shape)}"
         )

@@ -89,5 +89,14 @@ def identity_sun(shape, n: int, *, dtype=torch.complex128, device=None) -> torch
 
 
 def wrap_angle(angles: torch.Tensor) -> torch.Tensor:
-    """Map angles to the interval (-pi, pi]."""
-    return math.pi - torch.remainder(math.pi - angles, 2 * math.pi)
+    """Map angles to the interval ``(-pi, pi]`` -- the one angle convention of gaugeflow.
+
+    Angles already inside are returned bit for bit (``pi - (pi - x)`` would round small
+    angles), and the rounding case where ``remainder`` gives exactly ``2 pi`` (hence ``-pi``)
+    goes to ``+pi``.  In float32 the ends are float32's pi, consistently with comparisons
+    against the Python float ``math.pi``.
+    """
+    wrapped = math.pi - torch.remainder(math.pi - angles, 2 * math.pi)
+    wrapped = torch.where(wrapped <= -math.pi, wrapped + 2 * math.pi, wrapped)
+    inside = (angles > -math.pi) & (angles <= math.pi)
+    return torch.where(inside, angles, wrapped)

@@ -11,11 +11,14 @@ term.  Field layout ``[batch, x_0, ..., x_{D-1}]``.
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 
 from .fields import RealField
 from .geometry import shift
-from .theory import Theory, sum_per_config
+from .theory import Coupling, Theory, sum_per_config
 
 SITE_AXIS = 1
 
@@ -30,7 +33,7 @@ def two_point_function(phi: torch.Tensor) -> torch.Tensor:
 
 class Phi4(Theory):
     name = "phi4"
-    coupling_names = ("m2", "lam")
+    couplings_declared = (Coupling("m2", "bare mass squared"), Coupling("lam", "quartic coupling"))
 
     def __init__(self, lattice_shape, *, m2, lam):
         super().__init__(lattice_shape, m2=m2, lam=lam)
@@ -52,6 +55,16 @@ class Phi4(Theory):
         m2, lam, d = self.couplings["m2"], self.couplings["lam"], self.dimension
         neighbours = sum(shift(phi, mu, 1, SITE_AXIS) + shift(phi, mu, -1, SITE_AXIS) for mu in range(d))
         return -2 * neighbours + 2 * (2 * d + m2) * phi + 4 * lam * phi * phi * phi
+
+    def exact_log_partition_function(self):
+        """The free field (``lam = 0``, ``m2 > 0``): ``S = phi^T M phi`` with ``M = -Laplacian + m2``,
+        so ``Z = pi^{V/2} det(M)^{-1/2}`` (eigenvalues of ``M`` from the lattice momenta)."""
+        m2, lam = self.couplings["m2"], self.couplings["lam"]
+        if lam != 0 or m2 <= 0:
+            return None
+        momenta = np.meshgrid(*[2 * np.pi * np.arange(n) / n for n in self.lattice_shape], indexing="ij")
+        eigenvalues = m2 + sum(4 * np.sin(p / 2) ** 2 for p in momenta)
+        return 0.5 * self.volume * math.log(math.pi) - 0.5 * float(np.log(eigenvalues).sum())
 
     def hot_start(self, batch, *, generator=None, device=None, precision=torch.float64):
         return torch.randn(batch, *self.config_shape, generator=generator, device=device, dtype=precision)

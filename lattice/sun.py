@@ -5,30 +5,34 @@ Links are SU(N) matrices, layout ``[batch, mu, x_0, ..., x_{D-1}, N, N]`` (compl
     S = -(beta / N) sum_{x, mu<nu} Re tr U_{mu nu}(x).
 
 In four dimensions the clover topological charge is provided (see
-:func:`lattice.gauge.clover_topological_charge`).
+:func:`gaugeflow.lattice.gauge.clover_topological_charge`).
 """
 
 from __future__ import annotations
 
+import re
+
 import torch
 
-from . import gauge
+from . import exact, gauge
+from .errors import InputError
 from .fields import SUNField
 from .geometry import shift
 from .groups import complex_dtype, dagger, haar_random_sun, identity_sun, real_trace, traceless_antihermitian
-from .theory import GaugeTheory, sum_per_config
+from .theory import Coupling, GaugeTheory, sum_per_config
 
 
 class SUN(GaugeTheory):
-    coupling_names = ("beta",)
+    name = "suN"  # the family; instances are named su2, su3, ...
+    couplings_declared = (Coupling("beta", "gauge coupling"),)
 
     def __init__(self, lattice_shape, *, beta, n_colors: int):
         self.name = f"su{int(n_colors)}"
         super().__init__(lattice_shape, beta=beta)
         if n_colors < 2:
-            raise ValueError("SU(N) needs N >= 2")
+            raise InputError("SU(N) needs N >= 2")
         if self.dimension < 2:
-            raise ValueError("a gauge theory needs at least 2 dimensions")
+            raise InputError("a gauge theory needs at least 2 dimensions")
         self.n_colors = int(n_colors)
         self.field = SUNField(self.n_colors)
 
@@ -63,6 +67,21 @@ class SUN(GaugeTheory):
         (the autograd force of the base class agrees)."""
         forces = [traceless_antihermitian(links[:, mu] @ self.staples(links, mu)) for mu in range(self.dimension)]
         return (self.couplings["beta"] / self.n_colors) * torch.stack(forces, dim=1)
+
+    @classmethod
+    def parse_name(cls, name: str):
+        """``su2``, ``su3``, ... -> ``{"n_colors": N}`` (N >= 2)."""
+        match = re.fullmatch(r"su(\d+)", name)
+        if match and int(match.group(1)) >= 2:
+            return {"n_colors": int(match.group(1))}
+        return None
+
+    def exact_log_partition_function(self):
+        """2D SU(2) and SU(3): character expansion (normalised Haar measure)."""
+        exact_sums = {2: exact.su2_log_partition_function, 3: exact.su3_log_partition_function}
+        if self.dimension != 2 or self.n_colors not in exact_sums:
+            return None
+        return exact_sums[self.n_colors](self.couplings["beta"], self.volume)
 
     def links_as_matrices(self, links):
         return links

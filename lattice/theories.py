@@ -1,48 +1,80 @@
-"""Theory registry: build a theory from its name, lattice and couplings.
+"""The theory registry: build a theory from its name, lattice and couplings.
 
-Names: ``phi4`` (couplings ``m2``, ``lam``), ``u1`` (``beta``), ``su2``, ``su3`` or any
-``suN`` (``beta``).
+Built in: ``phi4`` (couplings ``m2``, ``lam``), ``u1`` (``beta``) and the family ``suN``
+(``su2``, ``su3``, ...; ``beta``).  A new theory is one module with a :class:`Theory`
+subclass plus one line::
+
+    register_theory(MyTheory)
+
+after which ``make_theory("mytheory", ...)``, ``gaugeflow hmc --theory mytheory`` and its
+coupling options work.  A class that stands for a family of names (SU(N)) overrides the
+class method :meth:`Theory.parse_name`, which returns the extra constructor arguments for
+the names it accepts.
 """
 
 from __future__ import annotations
 
-import re
-
+from .errors import InputError
 from .geometry import parse_lattice_shape
 from .phi4 import Phi4
 from .sun import SUN
-from .theory import Theory
+from .theory import Coupling, Theory
 from .u1 import U1
 
-THEORY_NAMES = ("phi4", "u1", "su2", "su3")
+_REGISTRY: dict[str, type[Theory]] = {}
 
 
-def coupling_names(name: str) -> tuple[str, ...]:
-    """The couplings a theory takes, e.g. ``('m2', 'lam')`` for phi4."""
-    return _theory_class(name)[0].coupling_names
+def register_theory(cls: type[Theory]) -> type[Theory]:
+    """Make ``cls`` available under ``cls.name`` (usable as a class decorator)."""
+    if not (isinstance(cls, type) and issubclass(cls, Theory)):
+        raise InputError(f"{cls!r} is not a Theory subclass")
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise InputError(f"a different theory is already registered as {cls.name!r}")
+    _REGISTRY[cls.name] = cls
+    return cls
 
 
-def _theory_class(name: str):
+def theory_names() -> tuple[str, ...]:
+    """Registered names (a family such as ``suN`` is listed once)."""
+    return tuple(_REGISTRY)
+
+
+def theory_class(name: str) -> tuple[type[Theory], dict]:
+    """The class registered for ``name`` and the extra constructor arguments the name implies."""
     key = str(name).lower()
-    if key == "phi4":
-        return Phi4, {}
-    if key == "u1":
-        return U1, {}
-    match = re.fullmatch(r"su(\d+)", key)
-    if match and int(match.group(1)) >= 2:
-        return SUN, {"n_colors": int(match.group(1))}
-    raise ValueError(f"unknown theory {name!r}; choose one of {', '.join(THEORY_NAMES)} (or suN for N >= 2)")
+    for cls in _REGISTRY.values():
+        extra = cls.parse_name(key)
+        if extra is not None:
+            return cls, extra
+    raise InputError(f"unknown theory {name!r}; choose one of {', '.join(theory_names())}")
+
+
+def declared_couplings() -> dict[str, Coupling]:
+    """Every coupling of every registered theory, by name (the command line's options)."""
+    couplings = {}
+    for cls in _REGISTRY.values():
+        for coupling in cls.couplings_declared:
+            couplings.setdefault(coupling.name, coupling)
+    return couplings
+
+
+def theories_with_coupling(name: str) -> list[str]:
+    """Registered theory names that take coupling ``name`` (for help texts)."""
+    return [theory for theory, cls in _REGISTRY.items() if name in cls.coupling_names]
 
 
 def make_theory(name: str, lattice_shape, **couplings) -> Theory:
     """``make_theory('u1', '8x8', beta=2.0)``; couplings given as ``None`` count as missing."""
-    cls, extra = _theory_class(name)
+    cls, extra = theory_class(name)
     shape = parse_lattice_shape(lattice_shape)
-    needed = {c: couplings.get(c) for c in cls.coupling_names}
-    unknown = {k: v for k, v in couplings.items() if k not in cls.coupling_names and v is not None}
+    unknown = sorted(k for k, v in couplings.items() if k not in cls.coupling_names and v is not None)
     if unknown:
-        raise ValueError(f"theory {name!r} takes no coupling(s) {', '.join(sorted(unknown))}")
-    missing = [c for c, v in needed.items() if v is None]
+        raise InputError(f"theory {name!r} takes no coupling(s) {', '.join(unknown)}")
+    missing = [c for c in cls.coupling_names if couplings.get(c) is None]
     if missing:
-        raise ValueError(f"theory {name!r} needs coupling(s) {', '.join('--' + m.replace('_', '-') for m in missing)}")
-    return cls(shape, **needed, **extra)
+        raise InputError(f"theory {name!r} needs coupling(s) {', '.join(missing)}")
+    return cls(shape, **{c: couplings[c] for c in cls.coupling_names}, **extra)
+
+
+for _builtin in (Phi4, U1, SUN):
+    register_theory(_builtin)

@@ -1,49 +1,81 @@
-"""The interface every lattice theory implements.
+"""The interface every lattice theory implements, and how a theory declares itself.
 
 A theory knows its lattice, couplings and field type, and provides the Euclidean action
 ``S[field]`` (the Boltzmann weight is ``exp(-S)``), the molecular-dynamics force, hot and
 cold starts, and per-configuration observables.  All methods are batched over a leading
-axis.  Actions and observables are returned in float64 whatever the field precision,
-because they feed Metropolis decisions and averages.
+axis, index order ``[batch, (mu,) x_0, ..., x_{D-1}, (colour, colour)]``.  Actions and
+observables are returned in float64 whatever the field precision, because they feed
+Metropolis decisions and averages.
 
-Extending a theory (e.g. adding a pseudofermion term for the Schwinger model) means adding
-a term to :meth:`Theory.action`; the force follows by automatic differentiation.
+A theory is the single place that knows about itself.  It declares
+
+* ``name`` and its couplings (:class:`Coupling`: name, meaning, and whether the action is
+  affine in it -- only those can be conditioned on by a flow);
+* ``field``, its field type (:mod:`gaugeflow.lattice.fields`): HMC moves on it, and flow
+  priors and coupling layers are chosen by it, never by the theory's name;
+* :meth:`Theory.exact_log_partition_function` where ``log Z`` is known exactly;
+* :meth:`Theory.refresh_auxiliary_fields`, the hook for auxiliary fields such as
+  pseudofermions: once per HMC trajectory it may draw them (a heat-bath step at fixed
+  field) and return the theory whose action holds them fixed for that trajectory.
+
+and registers with :func:`gaugeflow.lattice.theories.register_theory`; the command line
+builds ``--theory`` and the coupling options from that registry.
 """
 
 from __future__ import annotations
 
+import abc
 import math
+from dataclasses import dataclass
 
 import torch
 
 from . import gauge
-from .geometry import check_field_shape, format_lattice_shape
+from .errors import InputError
+from .geometry import check_field_shape, format_lattice_shape, sum_per_config  # noqa: F401 (re-exported)
 
 
-def sum_per_config(values: torch.Tensor) -> torch.Tensor:
-    """Sum everything but the batch axis, in float64."""
-    return values.reshape(values.shape[0], -1).to(torch.float64).sum(-1)
+@dataclass(frozen=True)
+class Coupling:
+    """A coupling a theory takes: its name (also the command-line option ``--name``), what it
+    means, and whether the action is affine in it (``S(c) = S(0) + c [S(1) - S(0)]``), which is
+    what lets one flow model be conditioned on a range of it."""
+
+    name: str
+    description: str
+    affine: bool = True
 
 
-class Theory:
-    """Base class.  Subclasses set ``name``, ``field`` and implement the abstract methods."""
+class Theory(abc.ABC):
+    """Base class of all theories.
+
+    Subclasses set the class attributes ``name`` and ``couplings_declared`` (a tuple of
+    :class:`Coupling`), set ``self.field`` (a :class:`gaugeflow.lattice.fields.FieldType`) in
+    ``__init__``, and implement the abstract methods.  The constructor takes the lattice shape
+    and every coupling as a keyword argument.
+    """
 
     name: str = "theory"
-    coupling_names: tuple[str, ...] = ()
+    couplings_declared: tuple[Coupling, ...] = ()
+    coupling_names: tuple[str, ...] = ()  # derived from couplings_declared
     is_gauge_theory: bool = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.coupling_names = tuple(c.name for c in cls.couplings_declared)
 
     def __init__(self, lattice_shape, **couplings):
         self.lattice_shape = tuple(int(extent) for extent in lattice_shape)
         missing = [c for c in self.coupling_names if couplings.get(c) is None]
         if missing:
-            raise ValueError(f"theory {self.name!r} needs coupling(s) {', '.join(missing)}")
+            raise InputError(f"theory {self.name!r} needs coupling(s) {', '.join(missing)}")
         unknown = set(couplings) - set(self.coupling_names)
         if unknown:
-            raise ValueError(f"theory {self.name!r} takes no coupling(s) {', '.join(sorted(unknown))}")
+            raise InputError(f"theory {self.name!r} takes no coupling(s) {', '.join(sorted(unknown))}")
         self.couplings = {c: float(couplings[c]) for c in self.coupling_names}
         for name, value in self.couplings.items():
             if not math.isfinite(value):
-                raise ValueError(f"coupling {name} must be finite, got {value}")
+                raise InputError(f"coupling {name} must be finite, got {value}")
 
     # -- description --------------------------------------------------------------------
     @property
@@ -55,9 +87,9 @@ class Theory:
         return math.prod(self.lattice_shape)
 
     @property
+    @abc.abstractmethod
     def config_shape(self) -> tuple[int, ...]:
         """Shape of one configuration (without the batch axis)."""
-        raise NotImplementedError
 
     def storage_dtype(self, precision: torch.dtype = torch.float64) -> torch.dtype:
         """Tensor dtype of a field at the given real precision."""
@@ -70,31 +102,73 @@ class Theory:
     def check_field(self, field: torch.Tensor) -> None:
         check_field_shape(field, self.config_shape, f"{self.name} on {format_lattice_shape(self.lattice_shape)}")
 
+    @classmethod
+    def parse_name(cls, name: str) -> dict | None:
+        """Extra constructor arguments if ``name`` (lower case) names this theory, else ``None``.
+
+        Families of theories (``su2``, ``su3``, ...) override this."""
+        return {} if name == cls.name.lower() else None
+
+    def coupling(self, name: str) -> Coupling:
+        """The declaration of coupling ``name``."""
+        for declared in self.couplings_declared:
+            if declared.name == name:
+                return declared
+        raise InputError(f"{self.name} has no coupling {name!r}; its couplings are {', '.join(self.coupling_names)}")
+
+    def with_couplings(self, **values) -> "Theory":
+        """The same theory on the same lattice with some couplings changed."""
+        from .theories import make_theory
+
+        return make_theory(self.name, self.lattice_shape, **dict(self.couplings, **values))
+
     # -- physics ------------------------------------------------------------------------
+    @abc.abstractmethod
     def action(self, field: torch.Tensor) -> torch.Tensor:
         """Euclidean action ``S`` per configuration, ``[B]`` float64."""
-        raise NotImplementedError
 
     def force(self, field: torch.Tensor) -> torch.Tensor:
         """Molecular-dynamics force: the gradient of ``S`` in the field's tangent space.
 
         Obtained by automatic differentiation of :meth:`action`, so any added action term
-        is automatically included.
+        is automatically included; theories override it with an analytic force.
         """
         with torch.enable_grad():
             leaf = field.detach().requires_grad_(True)
             (gradient,) = torch.autograd.grad(self.action(leaf).sum(), leaf)
         return self.field.tangent_force(field, gradient)
 
+    def refresh_auxiliary_fields(self, field: torch.Tensor, generator=None) -> "Theory":
+        """Draw auxiliary fields at fixed ``field`` and return the theory to use for one HMC
+        trajectory (its action and force hold them fixed).
+
+        Called once at the start of every trajectory.  A theory with pseudofermions draws
+        ``phi = D^dagger eta`` (``eta`` Gaussian) per chain here -- an exact heat-bath step of
+        the joint distribution -- and returns a theory whose action includes
+        ``phi^dagger (D^dagger D)^{-1} phi``.  Theories without auxiliary fields return
+        themselves.
+        """
+        return self
+
+    def exact_log_partition_function(self) -> float | None:
+        """``log Z = log int exp(-S)`` where it is known exactly, else ``None``.
+
+        The reference measure is the field type's: Lebesgue on real fields and on U(1)
+        angles, the normalised Haar measure on SU(N) links.
+        """
+        return None
+
+    @abc.abstractmethod
     def hot_start(self, batch: int, *, generator=None, device=None, precision=torch.float64) -> torch.Tensor:
-        raise NotImplementedError
+        """Random configurations (disordered start)."""
 
+    @abc.abstractmethod
     def cold_start(self, batch: int, *, device=None, precision=torch.float64) -> torch.Tensor:
-        raise NotImplementedError
+        """Ordered configurations."""
 
+    @abc.abstractmethod
     def observables(self, field: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-configuration scalar observables, each ``[B]`` float64."""
-        raise NotImplementedError
 
     def observable_names(self) -> list[str]:
         probe = self.cold_start(1)
@@ -112,8 +186,9 @@ class GaugeTheory(Theory):
     is_gauge_theory = True
     wilson_loop_sizes = ((1, 2), (2, 2))
 
+    @abc.abstractmethod
     def links_as_matrices(self, field: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Links as ``[B, D, x..., N, N]`` complex matrices."""
 
     def topological_charge(self, field: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"no topological charge for {self.name} in {self.dimension} dimensions")
@@ -122,11 +197,13 @@ class GaugeTheory(Theory):
     def has_topological_charge(self) -> bool:
         return False
 
+    @abc.abstractmethod
     def random_gauge_transformation(self, batch: int, *, generator=None, device=None, precision=torch.float64):
-        raise NotImplementedError
+        """Random gauge transformations ``Omega(x)``, one per configuration."""
 
+    @abc.abstractmethod
     def gauge_transform(self, field: torch.Tensor, transformation: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """``U_mu(x) -> Omega(x) U_mu(x) Omega(x + mu)^dagger``."""
 
     def _loop_sizes(self):
         largest = min(self.lattice_shape) // 2

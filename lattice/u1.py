@@ -16,11 +16,13 @@ import math
 
 import torch
 
+from . import exact
+from .errors import InputError
 from .fields import AngleField
 from .gauge import planes, u1_links_to_matrices
 from .geometry import shift
 from .groups import wrap_angle
-from .theory import GaugeTheory, sum_per_config
+from .theory import Coupling, GaugeTheory, sum_per_config
 
 SITE_AXIS = 1
 
@@ -33,12 +35,12 @@ def plaquette_angles(theta: torch.Tensor, mu: int, nu: int) -> torch.Tensor:
 
 class U1(GaugeTheory):
     name = "u1"
-    coupling_names = ("beta",)
+    couplings_declared = (Coupling("beta", "gauge coupling"),)
 
     def __init__(self, lattice_shape, *, beta):
         super().__init__(lattice_shape, beta=beta)
         if self.dimension < 2:
-            raise ValueError("a gauge theory needs at least 2 dimensions")
+            raise InputError("a gauge theory needs at least 2 dimensions")
         self.field = AngleField()
 
     @property
@@ -64,6 +66,14 @@ class U1(GaugeTheory):
                     total = total + s - shift(s, nu, -1, SITE_AXIS)
             components.append(total)
         return self.couplings["beta"] * torch.stack(components, dim=1)
+
+    def exact_log_partition_function(self):
+        """2D: the character expansion ``Z = (2 pi)^{n_links} sum_n I_n(beta)^V`` (Lebesgue
+        measure on the link angles)."""
+        if self.dimension != 2:
+            return None
+        n_links = self.dimension * self.volume
+        return n_links * math.log(2 * math.pi) + exact.u1_log_partition_function(self.couplings["beta"], self.volume)
 
     def links_as_matrices(self, theta):
         return u1_links_to_matrices(theta)

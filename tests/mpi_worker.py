@@ -6,9 +6,9 @@ import sys
 
 import torch
 
-from flows import TrainConfig, architecture, build_flow, load_checkpoint, train_flow
-from flows.distributed import Communicator
-from lattice.theories import make_theory
+from gaugeflow.flows import TrainConfig, architecture, build_flow, load_checkpoint, train_flow
+from gaugeflow.flows.distributed import Communicator
+from gaugeflow.lattice.theories import make_theory
 
 
 def parameter_digest(model):

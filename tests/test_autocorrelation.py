@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.signal import lfilter
 
-from hmc.autocorrelation import GammaResult, gamma_method, jackknife, normalized_autocorrelation
+from gaugeflow.hmc.autocorrelation import GammaResult, gamma_method, jackknife, normalized_autocorrelation
 
 
 def ar1(phi, n, rng, sigma=1.0):

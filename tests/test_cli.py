@@ -14,9 +14,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def gaugeflow(*args, **kwargs):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.run(
-        [sys.executable, "-m", "scripts.cli", *map(str, args)], capture_output=True, text=True, env=env, cwd=ROOT, **kwargs
+        [sys.executable, "-m", "gaugeflow.cli", *map(str, args)], capture_output=True, text=True, env=env, cwd=ROOT, **kwargs
     )
 
 
@@ -51,7 +51,7 @@ def test_phi4_run_reports_chi_2pt(tmp_path):
         (["--theory", "u1"], "needs coupling(s) --beta"),
         (["--theory", "phi4", "--m2", 1], "--lam"),
         (["--theory", "u1", "--beta", 1, "--lattice", "8xx8"], "lattice shape"),
-        (["--theory", "u1", "--beta", 1, "--device", "cuda"], "cuda"),
+        (["--theory", "u1", "--beta", 1, "--device", "cuda:99"], "cuda"),  # no machine has 100 GPUs
         (["--theory", "u1", "--beta", 1, "--n-configs", 7], "multiple of --chains"),
     ],
 )
@@ -91,8 +91,8 @@ def test_sigterm_saves_and_resume_completes(tmp_path):
     out = tmp_path / "ens.h5"
     common = ["hmc", "--theory", "u1", "--beta", 2, "--lattice", "8x8", "--chains", 2, "--therm", 2, "--quiet", "--out", out]
     args = common + ["--n-configs", 200000]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
-    process = subprocess.Popen([sys.executable, "-m", "scripts.cli", *map(str, args)], cwd=ROOT, env=env,
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    process = subprocess.Popen([sys.executable, "-m", "gaugeflow.cli", *map(str, args)], cwd=ROOT, env=env,
                                stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while time.time() < deadline and not out.exists():
@@ -160,10 +160,10 @@ def test_batch_wrapper_forwards_the_warning_signal(tmp_path):
     """scripts/resumable.sh (what the Slurm/PBS templates exec) passes USR1 on to the run,
     which stores its state and exits 3; the wrapper exits 3 too (it would requeue under Slurm)."""
     out = tmp_path / "ens.h5"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("SLURM_JOB_ID", None)
     env.pop("PBS_JOBID", None)
-    command = [os.path.join(ROOT, "scripts", "resumable.sh"), sys.executable, "-m", "scripts.cli", "hmc",
+    command = [os.path.join(ROOT, "scripts", "resumable.sh"), sys.executable, "-m", "gaugeflow.cli", "hmc",
                "--theory", "u1", "--beta", "2", "--lattice", "8x8", "--chains", "2", "--therm", "2",
                "--n-configs", "200000", "--quiet", "--resume", "--out", str(out)]
     process = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
@@ -200,3 +200,26 @@ def test_sample_from_a_trained_flow_and_resume(tmp_path):
     assert gaugeflow("hmc", "--theory", "u1", "--beta", 1.0, *SMALL_RUN, "--out", hmc_file).returncode == 0
     mixed = gaugeflow("sample", "--model", model, "--chains", 2, "--n-configs", 10, "--quiet", "--out", hmc_file, "--resume")
     assert mixed.returncode == 2 and "sampler 'hmc', not 'flow'" in mixed.stderr
+
+
+def test_library_messages_are_translated_to_options_but_paths_are_not():
+    from gaugeflow.cli.commands import in_option_names
+
+    message = "/scratch/beta/n_configs.h5: n_configs (7) must be a multiple of n_chains (2); learning_rate, beta=2."
+    assert in_option_names(message) == (
+        "/scratch/beta/n_configs.h5: --n-configs (7) must be a multiple of --chains (2); --lr, --beta=2."
+    )
+    assert in_option_names("pass resume=True to continue it") == "pass --resume to continue it"
+
+
+def test_a_bug_is_not_reported_as_bad_input(tmp_path, monkeypatch):
+    from gaugeflow.cli import commands
+
+    def broken(*args, **kwargs):
+        raise KeyError("internal")  # not a GaugeflowError: must surface with its traceback
+
+    monkeypatch.setattr("gaugeflow.hmc.analysis.analyze_ensemble", broken)
+    with pytest.raises(KeyError, match="internal"):
+        commands.main(["analyze", str(tmp_path / "any.h5")])
+    monkeypatch.undo()
+    assert commands.main(["analyze", str(tmp_path / "missing.h5")]) == 2  # a bad path is bad input

@@ -3,9 +3,8 @@
 import pytest
 import torch
 
-from flows import TrainConfig, architecture, build_flow, train_flow
-from flows.train import exact_log_partition_function
-from lattice.theories import make_theory
+from gaugeflow.flows import TrainConfig, architecture, build_flow, train_flow
+from gaugeflow.lattice.theories import make_theory
 
 
 def conditioned_model(name="u1", couplings=None, condition=("beta", 0.5, 1.5), n_layers=8):
@@ -52,7 +51,7 @@ def kl_at(model, beta, n=2048):
     with torch.no_grad():
         x, log_q = model.sample(n, beta)
         loss = (log_q - model.target_log_prob(x, beta)).mean().item()
-    return loss + exact_log_partition_function(make_theory("u1", "4x4", beta=beta))
+    return loss + make_theory("u1", "4x4", beta=beta).exact_log_partition_function()
 
 
 def test_training_a_conditioned_model_improves_every_coupling(tmp_path):

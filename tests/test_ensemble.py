@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from hmc.hmc import HMCParameters
-from hmc.run import Interrupted, generate_ensemble
-from lattice.ensemble import FORMAT_NAME, EnsembleError, open_ensemble
-from lattice.theories import make_theory
+from gaugeflow.hmc.hmc import HMCParameters
+from gaugeflow.hmc.run import Interrupted, generate_ensemble
+from gaugeflow.lattice.ensemble import FORMAT_NAME, EnsembleError, open_ensemble
+from gaugeflow.lattice.theories import make_theory
 
 
 def u1_theory():
@@ -186,7 +186,7 @@ def test_truncated_file_is_reported(tmp_path):
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"n_chains": 3}, "multiple of --chains"), ({"save_every": 0}, "save-every"), ({"start": "warm"}, "start")],
+    [({"n_chains": 3}, "multiple of n_chains"), ({"save_every": 0}, "save_every"), ({"start": "warm"}, "start")],
 )
 def test_bad_run_parameters(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import integrate, special
 
-from lattice import exact
+from gaugeflow.lattice import exact
 
 TWO_PI = 2.0 * math.pi
 

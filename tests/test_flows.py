@@ -5,11 +5,12 @@ import math
 import pytest
 import torch
 
-from flows import architecture, build_flow, transfer_weights
-from flows.scalar_coupling import AffineTransform, ScalarCoupling, SplineTransform
-from flows.u1_coupling import U1PlaquetteCoupling
-from lattice.groups import wrap_angle
-from lattice.theories import make_theory
+from gaugeflow.flows import architecture, build_flow, transfer_weights
+from gaugeflow.flows.scalar_coupling import ScalarCoupling
+from gaugeflow.flows.transforms import AffineTransform, SplineTransform
+from gaugeflow.flows.u1_coupling import U1PlaquetteCoupling
+from gaugeflow.lattice.groups import wrap_angle
+from gaugeflow.lattice.theories import make_theory
 
 
 def perturb(module, scale=0.2, seed=0):
@@ -27,7 +28,7 @@ def angle_distance(a, b):
 
 
 def u1_layer(kernel_name, shape=(4, 4), mu=0, nu=1, offset=1):
-    from flows.kernels import CircularSplineKernel, NCPKernel
+    from gaugeflow.flows.kernels import CircularSplineKernel, NCPKernel
 
     kernel = NCPKernel(4) if kernel_name == "ncp" else CircularSplineKernel(6)
     torch.manual_seed(0)
@@ -84,7 +85,7 @@ def test_u1_coupling_is_gauge_equivariant(kernel, generator):
 
 def test_u1_coupling_in_three_dimensions(generator):
     theory = make_theory("u1", "4x4x4", beta=1.0)
-    from flows.kernels import CircularSplineKernel
+    from gaugeflow.flows.kernels import CircularSplineKernel
 
     torch.manual_seed(0)
     layer = perturb(U1PlaquetteCoupling((4, 4, 4), 2, 0, 1, CircularSplineKernel(6), (4,)).double())

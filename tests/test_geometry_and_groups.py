@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from lattice.geometry import parse_lattice_shape, shift
-from lattice.groups import (
+from gaugeflow.lattice.geometry import parse_lattice_shape, shift
+from gaugeflow.lattice.groups import (
     haar_random_sun,
     project_to_sun,
     random_algebra,

@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from hmc.hmc import HMCParameters, acceptance_probability, hamiltonian, hmc_trajectory, molecular_dynamics, retuned_steps
-from lattice.theories import make_theory
+from gaugeflow.hmc.hmc import (
+    HMCParameters,
+    acceptance_probability,
+    hamiltonian,
+    hmc_trajectory,
+    molecular_dynamics,
+    retuned_steps,
+)
+from gaugeflow.lattice.theories import make_theory
 
 # trajectory lengths keep every case well inside the integrators' stability region
 # (phi^4 at lam = 8 is stiff: curvature ~ 12 lam phi^2)
@@ -21,7 +28,7 @@ IDS = [c[0] for c in CASES]
 
 
 def thermalised(theory, generator, n=30):
-    from hmc.run import thermalise
+    from gaugeflow.hmc.run import thermalise
 
     field = theory.hot_start(4, generator=generator)
     return thermalise(theory, field, HMCParameters(0.5, 10), n, generator, tune=True, target=0.9)[0]
@@ -111,7 +118,7 @@ def test_step_tuning_moves_towards_target():
 
 
 def test_thermalisation_reaches_target_acceptance(generator):
-    from hmc.run import thermalise
+    from gaugeflow.hmc.run import thermalise
 
     theory = make_theory("u1", "8x8", beta=2.0)
     field = theory.hot_start(16, generator=generator)

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from flows.kernels import CircleKernel, CircularSplineKernel, NCPKernel, circular_rq_spline, wrap_to_interval
+from gaugeflow.flows.kernels import CircleKernel, CircularSplineKernel, NCPKernel, circular_rq_spline
+from gaugeflow.lattice.groups import wrap_angle
 
 KERNELS = {
     "ncp": lambda: NCPKernel(n_mixture=6),
@@ -27,7 +28,7 @@ def pi_of(dtype):
 
 
 def random_angles(n, dtype, gen):
-    return wrap_to_interval((2 * torch.rand(n, generator=gen, dtype=torch.float64) - 1) * math.pi).to(dtype)
+    return wrap_angle((2 * torch.rand(n, generator=gen, dtype=torch.float64) - 1) * math.pi).to(dtype)
 
 
 def random_params(kernel, shape, dtype, gen, scale=1.0):
@@ -37,7 +38,7 @@ def random_params(kernel, shape, dtype, gen, scale=1.0):
 def edge_angles(dtype):
     pi = math.pi
     values = [pi, -pi + 1e-15, -pi + 1e-7, -pi + 1e-3, 0.0, 1e-30, -1e-30, pi - 1e-7, pi - 1e-15, 1.0, -2.0]
-    return wrap_to_interval(torch.tensor(values, dtype=torch.float64).to(dtype))
+    return wrap_angle(torch.tensor(values, dtype=torch.float64).to(dtype))
 
 
 def assert_in_range(angles):
@@ -47,17 +48,17 @@ def assert_in_range(angles):
 
 
 def angle_dist(a, b):
-    return wrap_to_interval(a - b).abs()
+    return wrap_angle(a - b).abs()
 
 
-def test_wrap_to_interval():
+def test_wrap_angle():
     values = [math.pi, -math.pi, 3 * math.pi, 0.5, -0.5 - 4 * math.pi, 1e-300, math.pi + 1e-17]
     x = torch.tensor(values, dtype=torch.float64)
-    w = wrap_to_interval(x)
+    w = wrap_angle(x)
     assert_in_range(w)
     assert w[0] == math.pi and w[1] == math.pi and w[5] == 1e-300  # in-range values bit-exact
     assert torch.allclose(w[3:5], torch.tensor([0.5, -0.5], dtype=torch.float64), atol=1e-14)
-    assert_in_range(wrap_to_interval(torch.tensor([math.pi, -math.pi, 7.0], dtype=torch.float32)))
+    assert_in_range(wrap_angle(torch.tensor([math.pi, -math.pi, 7.0], dtype=torch.float32)))
 
 
 def test_n_params():
@@ -167,7 +168,7 @@ def test_monotone_bijection(kernel, dtype, generator):
     params = random_params(kernel, (4, 1), dtype, generator)  # 4 maps, each on the whole grid
     for method in (kernel.forward, kernel.inverse):
         out, _ = method(grid, params)
-        steps = wrap_to_interval(torch.diff(out, dim=-1, append=out[..., :1]))  # closing step included
+        steps = wrap_angle(torch.diff(out, dim=-1, append=out[..., :1]))  # closing step included
         assert (steps > 0).all()
         total = steps.to(torch.float64).sum(-1)
         atol = 1e-9 if dtype == torch.float64 else 1e-4

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec (install the
 
 
 def launch(*args, timeout=240):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.run([MPIEXEC, "-n", "2", sys.executable, *map(str, args)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -33,7 +33,7 @@ def test_two_ranks_average_gradients_and_stay_in_sync(tmp_path):
 
 def test_cli_data_parallel_training_resumes(tmp_path):
     out = tmp_path / "model.pt"
-    args = ["-m", "scripts.cli", "train", "--theory", "phi4", "--m2", -4, "--lam", 8, "--lattice", "4x4",
+    args = ["-m", "gaugeflow.cli", "train", "--theory", "phi4", "--m2", -4, "--lam", 8, "--lattice", "4x4",
             "--layers", 2, "--hidden", "4", "--batch-size", 16, "--log-every", 2, "--quiet", "--mpi", "--out", out]
     assert launch(*args, "--steps", 2).returncode == 0
     resumed = launch(*args, "--steps", 4, "--resume")

@@ -14,13 +14,13 @@ import pytest
 import torch
 from scipy.stats import chi2
 
-from hmc.analysis import analyze_ensemble
-from hmc.autocorrelation import gamma_method
-from hmc.hmc import HMCParameters, hmc_trajectory
-from hmc.run import generate_ensemble, thermalise
-from lattice import exact
-from lattice.phi4 import two_point_function
-from lattice.theories import make_theory
+from gaugeflow.hmc.analysis import analyze_ensemble
+from gaugeflow.hmc.autocorrelation import gamma_method
+from gaugeflow.hmc.hmc import HMCParameters, hmc_trajectory
+from gaugeflow.hmc.run import generate_ensemble, thermalise
+from gaugeflow.lattice import exact
+from gaugeflow.lattice.phi4 import two_point_function
+from gaugeflow.lattice.theories import make_theory
 
 
 def assert_agrees(comparisons):
@@ -119,9 +119,9 @@ def test_validation_detects_a_wrong_coupling(offset):
 def test_flow_independence_metropolis_is_exact(tmp_path):
     """A briefly trained U(1) flow (4x4, beta=1) as an independence-Metropolis proposal:
     the chain reproduces the character-expansion results whatever the flow's quality."""
-    from flows import TrainConfig, architecture, build_flow, train_flow
-    from hmc.flow_metropolis import FlowMetropolisSampler
-    from hmc.run import run_chains
+    from gaugeflow.flows import TrainConfig, architecture, build_flow, train_flow
+    from gaugeflow.hmc.flow_metropolis import FlowMetropolisSampler
+    from gaugeflow.hmc.run import run_chains
 
     theory = make_theory("u1", "4x4", beta=1.0)
     torch.manual_seed(0)

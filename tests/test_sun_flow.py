@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from flows.sun_coupling import SUNSpectralCoupling, make_sun_flow_layers
-from flows.sun_spectral import canonical_decomposition, cell_transform, haar_log_density
-from lattice.groups import dagger, haar_random_sun, traceless_antihermitian
-from lattice.sun import SUN
+from gaugeflow.flows.sun_coupling import SUNSpectralCoupling, make_sun_flow_layers
+from gaugeflow.flows.sun_spectral import canonical_decomposition, cell_transform, haar_log_density
+from gaugeflow.lattice.groups import dagger, haar_random_sun, traceless_antihermitian
+from gaugeflow.lattice.sun import SUN
 
 TOL = 1e-10
 

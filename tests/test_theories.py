@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from lattice.groups import haar_random_sun, random_algebra
-from lattice.theories import make_theory
+from gaugeflow.lattice.groups import haar_random_sun, random_algebra
+from gaugeflow.lattice.theories import make_theory
 
 GAUGE_CASES = [
     ("u1", "6x6", {"beta": 2.0}),
@@ -111,7 +111,7 @@ def test_force_is_the_directional_derivative(name, shape, couplings, generator):
 
 @pytest.mark.parametrize("name, shape, couplings", ALL_CASES, ids=ids(ALL_CASES))
 def test_analytic_force_equals_autograd_force(name, shape, couplings, generator):
-    from lattice.theory import Theory
+    from gaugeflow.lattice.theory import Theory
 
     theory = make_theory(name, shape, **couplings)
     field = theory.hot_start(2, generator=generator)

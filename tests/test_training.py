@@ -7,18 +7,18 @@ import signal
 import pytest
 import torch
 
-from flows import TrainConfig, TrainingError, architecture, build_flow, load_checkpoint, train_flow
-from flows.train import exact_log_partition_function, reverse_kl_step_terms
-from lattice import exact
-from lattice.jobcontrol import Interrupted
-from lattice.theories import make_theory
+from gaugeflow.flows import TrainConfig, TrainingError, architecture, build_flow, load_checkpoint, load_flow, train_flow
+from gaugeflow.flows.train import reverse_kl_step_terms
+from gaugeflow.lattice import exact
+from gaugeflow.lattice.jobcontrol import Interrupted
+from gaugeflow.lattice.theories import make_theory
 
 
-def model_for(name="u1", shape="4x4", n_layers=8, hidden=(8,), **couplings):
+def model_for(name="u1", shape="4x4", n_layers=8, hidden=(8,), n_bins=None, **couplings):
     couplings = couplings or ({"beta": 1.0} if name == "u1" else {"m2": -4.0, "lam": 8.0})
     theory = make_theory(name, shape, **couplings)
     torch.manual_seed(0)  # initial weights
-    return build_flow(architecture(theory, n_layers=n_layers, hidden_channels=list(hidden))).double()
+    return build_flow(architecture(theory, n_layers=n_layers, hidden_channels=list(hidden), n_bins=n_bins)).double()
 
 
 def read_log(path):
@@ -53,7 +53,7 @@ def test_kl_uses_the_exact_partition_function():
     model = build_flow(architecture(theory, n_layers=2, hidden_channels=[4])).double()
     torch.manual_seed(1)
     _, loss, _, _ = reverse_kl_step_terms(model, 20000, "reparam")
-    kl = loss.item() + exact_log_partition_function(theory)
+    kl = loss.item() + theory.exact_log_partition_function()
     assert kl == pytest.approx(exact.u1_log_partition_function(1.0, 16), abs=0.05)
 
 
@@ -74,7 +74,7 @@ def test_signal_saves_a_checkpoint_and_resume_finishes(tmp_path, monkeypatch):
     path, whole = tmp_path / "m.pt", tmp_path / "whole.pt"
     train_flow(model_for(), config(steps=10, checkpoint_every=100), whole, progress=False)
     model = model_for()
-    import flows.train as train_module
+    import gaugeflow.flows.train as train_module
 
     original, calls = train_module.reverse_kl_step_terms, {"n": 0}
 
@@ -98,10 +98,13 @@ def test_checkpoint_of_another_model_is_rejected(tmp_path):
     path = tmp_path / "m.pt"
     train_flow(model_for(n_layers=2), config(steps=4), path, progress=False)
     before = open(path, "rb").read()
-    with pytest.raises(TrainingError, match="2 spline layers.*requested u1 4x4 \\(beta=1\\), 8 spline layers"):
+    with pytest.raises(TrainingError, match="differs in n_layers: checkpoint 2, requested 8$"):
         train_flow(model_for(n_layers=8), config(steps=8), path, resume=True, progress=False)
-    with pytest.raises(TrainingError, match="beta=1.*beta=2"):
+    with pytest.raises(TrainingError, match="differs in couplings: checkpoint {'beta': 1.0}, requested {'beta': 2.0}$"):
         train_flow(model_for(n_layers=2, beta=2.0), config(steps=8), path, resume=True, progress=False)
+    # only the number of spline bins differs: the message names that key and no other
+    with pytest.raises(TrainingError, match="differs in n_bins: checkpoint 8, requested 4$"):
+        train_flow(model_for(n_layers=2, n_bins=4), config(steps=8), path, resume=True, progress=False)
     assert open(path, "rb").read() == before
 
 
@@ -134,7 +137,7 @@ def test_foreign_and_corrupt_checkpoints(tmp_path):
 
 def test_non_finite_loss_is_skipped_then_reported(tmp_path, monkeypatch):
     model = model_for()
-    import flows.train as train_module
+    import gaugeflow.flows.train as train_module
 
     original, calls = train_module.reverse_kl_step_terms, {"n": 0}
 
@@ -161,7 +164,9 @@ def test_non_finite_loss_is_skipped_then_reported(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("bad, message", [(dict(estimator="adjoint"), "unknown estimator"), (dict(steps=0), "steps"),
-                                          (dict(schedule="linear"), "schedule"), (dict(learning_rate=-1.0), "learning rate")])
+                                          (dict(schedule="linear"), "schedule"), (dict(learning_rate=-1.0), "learning_rate"),
+                                          (dict(learning_rate=float("inf")), "learning_rate"),
+                                          (dict(grad_clip=float("nan")), "grad_clip")])
 def test_bad_training_configuration(bad, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**bad)
@@ -177,3 +182,22 @@ def test_su3_path_gradients_in_single_precision(tmp_path):
     summary = train_flow(model, TrainConfig(steps=2, batch_size=32, log_every=2, eval_batches=1), tmp_path / "su3.pt",
                          progress=False)
     assert summary.metrics["skipped"] == 0 and summary.step == 2
+
+
+def test_checkpoint_from_before_architecture_versioning_loads(tmp_path):
+    """Version 0: no ``architecture_version`` key, conditioners stored as ``net``."""
+    path = tmp_path / "m.pt"
+    model = model_for(n_layers=2)
+    train_flow(model, config(steps=2), path, progress=False)
+    payload = torch.load(path, weights_only=True)
+    del payload["architecture"]["architecture_version"]
+    payload["model"] = {k.replace(".conditioner.", ".net."): v for k, v in payload["model"].items()}
+    torch.save(payload, tmp_path / "old.pt")
+    old = load_flow(tmp_path / "old.pt")
+    assert old.architecture == model.architecture
+    x, log_q = model.sample(4)
+    assert (old.log_prob(x) - log_q).abs().max() < 1e-12
+    other = load_flow(tmp_path / "old.pt", lattice="8x8")  # the same weights on another volume
+    assert other.theory.lattice_shape == (8, 8)
+    with pytest.raises(TrainingError, match="2-dimensional; lattice 8x8x8 is not"):
+        load_flow(tmp_path / "old.pt", lattice="8x8x8")

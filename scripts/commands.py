@@ -6,28 +6,53 @@
     gaugeflow sample --model model.pt --n-configs 1000 --out flow.h5
     gaugeflow plot model.metrics.csv --out curves.png
 
-Errors in the input exit with status 2 and a one-line message; a run stopped by
-SIGTERM/SIGUSR1 exits with status 3 after saving everything (rerun with ``--resume``).
+Errors in the input (the library's :class:`~gaugeflow.lattice.errors.GaugeflowError` and the
+``OSError`` of a path) exit with status 2 and a one-line message, in which the library's
+parameter names are translated to this program's options; anything else is a bug and shows
+its traceback.  A run stopped by SIGTERM/SIGUSR1 exits with status 3 after saving everything
+(rerun with ``--resume``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 
+from gaugeflow.lattice.errors import GaugeflowError, InputError
+from gaugeflow.lattice.jobcontrol import EXIT_INTERRUPTED, Interrupted
+from gaugeflow.lattice.theories import declared_couplings, theories_with_coupling, theory_names
 
-class CommandError(Exception):
-    pass
+# library parameter -> option of this program, where the two differ
+OPTION_FOR_PARAMETER = {
+    "n_configs": "--n-configs", "n_chains": "--chains", "n_therm": "--therm", "save_every": "--save-every",
+    "n_steps": "--steps", "trajectory_length": "--trajectory-length", "jitter": "--jitter",
+    "target_acceptance": "--target-acceptance", "learning_rate": "--lr", "batch_size": "--batch-size",
+    "grad_clip": "--grad-clip", "log_every": "--log-every", "checkpoint_every": "--checkpoint-every",
+    "eval_batches": "--eval-batches", "hidden_channels": "--hidden", "n_layers": "--layers", "n_bins": "--bins",
+    "n_mixture": "--mixture", "kernel_size": "--kernel-size", "resume=True": "--resume",
+}
+
+
+class CommandError(InputError):
+    """Bad command-line input that the library never sees (e.g. a malformed option value)."""
+
+
+def in_option_names(message: str) -> str:
+    """A library message with parameter and coupling names replaced by this program's options."""
+    names = {**OPTION_FOR_PARAMETER, **{c: "--" + c.replace("_", "-") for c in declared_couplings()}}
+    pattern = r"(?<![\w/.-])(" + "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)) + r")(?![\w/-]|\.\w)"
+    return re.sub(pattern, lambda match: names[match.group(1)], message)
 
 
 def _add_theory_options(parser):
     group = parser.add_argument_group("theory")
-    group.add_argument("--theory", required=True, help="phi4, u1, su2, su3 (or suN)")
+    group.add_argument("--theory", required=True, help=f"one of {', '.join(theory_names())} (suN: su2, su3, ...)")
     group.add_argument("--lattice", required=True, help="lattice extents, e.g. 8x8 or 4x4x4x8 (time is last)")
-    group.add_argument("--beta", type=float, help="gauge coupling (u1, suN)")
-    group.add_argument("--m2", type=float, help="bare mass squared (phi4)")
-    group.add_argument("--lam", type=float, help="quartic coupling (phi4)")
+    for name, coupling in declared_couplings().items():
+        group.add_argument("--" + name.replace("_", "-"), dest=name, type=float,
+                           help=f"{coupling.description} ({', '.join(theories_with_coupling(name))})")
 
 
 def _add_run_options(parser, precision="float64"):
@@ -127,17 +152,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_hmc(args) -> int:
+def _set_threads(args) -> None:
     import torch
-
-    from hmc.hmc import HMCParameters
-    from hmc.run import generate_ensemble
-    from lattice.backend import resolve_precision
-    from lattice.theories import make_theory
 
     if args.threads < 1:
         raise CommandError("--threads must be at least 1")
     torch.set_num_threads(args.threads)
+
+
+def run_hmc(args) -> int:
+    from gaugeflow.hmc.hmc import HMCParameters
+    from gaugeflow.hmc.run import generate_ensemble
+    from gaugeflow.lattice.backend import resolve_precision
+    from gaugeflow.lattice.theories import make_theory
+
+    _set_threads(args)
     theory = make_theory(args.theory, args.lattice, **_couplings(args))
     params = HMCParameters(args.trajectory_length, args.steps, args.integrator, args.jitter)
     summary = generate_ensemble(
@@ -171,14 +200,14 @@ def run_train(args) -> int:
 
     import torch
 
-    from flows import TrainConfig, architecture, build_flow, plot_training, train_flow
-    from flows.distributed import Communicator, local_device
-    from lattice.backend import resolve_device, resolve_precision
-    from lattice.theories import make_theory
+    from gaugeflow.flows import TrainConfig, architecture, build_flow, plot_training, train_flow
+    from gaugeflow.flows.distributed import Communicator, local_device
+    from gaugeflow.lattice.backend import resolve_device, resolve_precision
+    from gaugeflow.lattice.theories import make_theory
 
-    if args.threads < 1:
-        raise CommandError("--threads must be at least 1")
-    torch.set_num_threads(args.threads)
+    _set_threads(args)
+    if args.plot:
+        _require_matplotlib()
     theory = make_theory(args.theory, args.lattice, **_couplings(args))
     try:
         hidden = [int(c) for c in args.hidden.split(",")] if args.hidden else None
@@ -220,28 +249,13 @@ def run_train(args) -> int:
 
 
 def run_sample(args) -> int:
-    import torch
+    from gaugeflow.flows import load_flow
+    from gaugeflow.hmc.flow_metropolis import FlowMetropolisSampler
+    from gaugeflow.hmc.run import run_chains
+    from gaugeflow.lattice.backend import resolve_device
 
-    from flows import build_flow, load_checkpoint, transfer_weights
-    from hmc.flow_metropolis import FlowMetropolisSampler
-    from hmc.run import run_chains
-    from lattice.backend import resolve_device
-    from lattice.geometry import parse_lattice_shape
-
-    if args.threads < 1:
-        raise CommandError("--threads must be at least 1")
-    torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    payload = load_checkpoint(args.model, map_location=device)
-    arch = dict(payload["architecture"])
-    if args.lattice:
-        shape = list(parse_lattice_shape(args.lattice))
-        if len(shape) != len(arch["lattice"]):
-            raise CommandError(f"the model is {len(arch['lattice'])}-dimensional; --lattice {args.lattice} is not")
-        arch["lattice"] = shape
-    model = build_flow(arch)
-    transfer_weights(model, payload["model"])
-    model = model.to(device)
+    _set_threads(args)
+    model = load_flow(args.model, lattice=args.lattice, device=resolve_device(args.device))
     summary = run_chains(
         model.theory, args.out, FlowMetropolisSampler(model, source=args.model),
         n_configs=args.n_configs, n_therm=args.therm, n_chains=args.chains, seed=args.seed,
@@ -253,22 +267,30 @@ def run_sample(args) -> int:
     return 0
 
 
+def _require_matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise CommandError("plots need matplotlib: pip install 'gaugeflow[plot]' (or pip install matplotlib)") from None
+
+
 def run_plot(args) -> int:
     import os
 
-    from flows.plotting import plot_training
+    from gaugeflow.flows.plotting import plot_training
 
+    _require_matplotlib()
     out = args.out or os.path.splitext(args.metrics)[0] + ".png"
     print(plot_training(args.metrics, out))
     return 0
 
 
 def _couplings(args) -> dict:
-    return {name: getattr(args, name) for name in ("beta", "m2", "lam") if getattr(args, name) is not None}
+    return {name: getattr(args, name) for name in declared_couplings() if getattr(args, name) is not None}
 
 
 def run_analyze(args) -> int:
-    from hmc.analysis import analyze_ensemble, format_table
+    from gaugeflow.hmc.analysis import analyze_ensemble, format_table
 
     results = analyze_ensemble(args.ensemble, S=args.stau)
     print(json.dumps(results, indent=2) if args.json else format_table(results))
@@ -280,16 +302,18 @@ COMMANDS = {"hmc": run_hmc, "analyze": run_analyze, "train": run_train, "sample"
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from lattice.jobcontrol import EXIT_INTERRUPTED, Interrupted
-
     try:
         return COMMANDS[args.command](args)
     except Interrupted as stop:
-        print(f"gaugeflow {args.command}: {stop}", file=sys.stderr)
+        print(f"gaugeflow {args.command}: {in_option_names(str(stop))}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (CommandError, ValueError, KeyError, OSError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"gaugeflow {args.command}: error: {message}", file=sys.stderr)
+    except GaugeflowError as error:
+        print(f"gaugeflow {args.command}: error: {in_option_names(str(error))}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        if error.filename is None:  # not about a path the user gave: a bug or a system fault
+            raise
+        print(f"gaugeflow {args.command}: error: {error.filename}: {error.strerror}", file=sys.stderr)
         return 2
 
 

@@ -1,0 +1,122 @@
+"""Checkpoints of flow models: write atomically, read safely, check they fit, load a model.
+
+A checkpoint is a ``torch.save`` of tensors and plain containers only::
+
+    {"schema": "gaugeflow-checkpoint", "schema_version": 1, "architecture": {...},
+     "train_config": {...}, "step": int, "model": state_dict, "optimizer": ..., "scheduler": ...,
+     "rng": [one RNG state per MPI rank], "metrics": {...}}
+
+and is read only with ``torch.load(weights_only=True)``, so a checkpoint can never execute
+code.  Use :func:`load_flow` to get a ready model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import torch
+
+from gaugeflow.lattice.errors import TrainingError
+from gaugeflow.lattice.geometry import parse_lattice_shape
+
+from .model import build_flow, transfer_weights, upgrade_architecture, upgrade_state_dict
+
+CHECKPOINT_SCHEMA = "gaugeflow-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def rng_state() -> dict:
+    """This process's random-number state (CPU and, where present, GPU streams)."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if hasattr(torch, "xpu") and torch.xpu.is_available():
+        state["xpu"] = torch.xpu.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if "xpu" in state and hasattr(torch, "xpu") and torch.xpu.is_available():
+        torch.xpu.set_rng_state_all(state["xpu"])
+
+
+def save_checkpoint(path, model, optimizer, scheduler, step: int, config, metrics: dict, rng_states=None) -> None:
+    """Write atomically (temporary file, then rename): a crash never leaves a torn checkpoint.
+
+    ``rng_states`` holds one RNG state per MPI rank (default: this process's)."""
+    payload = {
+        "schema": CHECKPOINT_SCHEMA,
+        "schema_version": CHECKPOINT_VERSION,
+        "architecture": model.architecture,
+        "train_config": dataclasses.asdict(config),
+        "step": step,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": rng_states if rng_states is not None else [rng_state()],
+        "metrics": {k: float(v) for k, v in metrics.items()},
+    }
+    temporary = f"{path}.tmp{os.getpid()}"
+    torch.save(payload, temporary)
+    os.replace(temporary, path)
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    """Read a checkpoint safely (``weights_only=True``), check its schema and bring its
+    architecture and weights to the current version."""
+    if not os.path.exists(path):
+        raise TrainingError(f"{path}: no such checkpoint")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # pickle errors, truncated zip, foreign objects
+        raise TrainingError(f"{path} is not a readable gaugeflow checkpoint ({type(error).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("schema") != CHECKPOINT_SCHEMA:
+        raise TrainingError(f"{path} is not a gaugeflow checkpoint")
+    if payload.get("schema_version") != CHECKPOINT_VERSION:
+        raise TrainingError(
+            f"{path} has checkpoint schema version {payload.get('schema_version')}; this gaugeflow reads {CHECKPOINT_VERSION}"
+        )
+    stored_version = payload["architecture"].get("architecture_version", 0)
+    payload["architecture"] = upgrade_architecture(payload["architecture"])
+    payload["model"] = upgrade_state_dict(payload["model"], stored_version)
+    return payload
+
+
+def describe(arch: dict) -> str:
+    couplings = ", ".join(f"{k}={v:g}" for k, v in arch["couplings"].items())
+    lattice = "x".join(map(str, arch["lattice"]))
+    return f"{arch['theory']} {lattice} ({couplings}), {arch['n_layers']} {arch['kernel']} layers, hidden {arch['hidden_channels']}"
+
+
+def check_architecture(payload: dict, arch: dict, path) -> None:
+    """Refuse a checkpoint whose model differs from ``arch``, naming the keys that differ."""
+    stored = payload["architecture"]
+    differing = sorted(key for key in set(stored) | set(arch) if stored.get(key) != arch.get(key))
+    if differing:
+        details = "; ".join(f"{key}: checkpoint {stored.get(key)!r}, requested {arch.get(key)!r}" for key in differing)
+        raise TrainingError(f"checkpoint {path} holds a model for {describe(stored)} that differs in {details}")
+
+
+def load_flow(path, lattice=None, device=None):
+    """The trained model of a checkpoint, in the precision it was trained in, in eval mode.
+
+    ``lattice`` (e.g. ``"16x16"``) runs the model on another volume of the same dimension:
+    the conditioners are translation equivariant, so the same weights apply.
+    """
+    payload = load_checkpoint(path, map_location=device or "cpu")
+    arch = dict(payload["architecture"])
+    if lattice is not None:
+        shape = list(parse_lattice_shape(lattice))
+        if len(shape) != len(arch["lattice"]):
+            raise TrainingError(f"the model in {path} is {len(arch['lattice'])}-dimensional; lattice {lattice} is not")
+        arch["lattice"] = shape
+    model = build_flow(arch)
+    weights = [v for k, v in payload["model"].items() if k.startswith("flows.") and v.is_floating_point()]
+    if weights:
+        model = model.to(weights[0].dtype)
+    transfer_weights(model, payload["model"])
+    return model.to(device or "cpu").eval()

@@ -1,0 +1,144 @@
+"""The masked coupling layer: one base for every coupling of gaugeflow.
+
+A coupling layer splits the degrees of freedom by masks into *active* ones, which it
+transforms element-wise, and *frozen* ones, which it leaves unchanged and which condition
+the transform (Dinh, Krueger, Bengio, arXiv:1410.8516; on the lattice Albergo, Kanwar,
+Shanahan, arXiv:1904.12072, and gauge-equivariant as in Kanwar et al., arXiv:2003.06413):
+
+    theta = conditioner(features(x)),      x'_active = T(x_active; theta),
+
+so the Jacobian is triangular and ``log det = sum_active log |T'|``.  Three parts are
+composed, as in neumc: the *conditioner* (a periodic CNN, :mod:`gaugeflow.flows.conditioners`),
+the *element-wise transform* ``T`` (:class:`gaugeflow.flows.transforms.ElementwiseTransform`)
+and the *masks* (:mod:`gaugeflow.flows.masks`).
+
+:class:`MaskedCoupling` owns the rules every layer must keep:
+
+* masks are non-persistent buffers (they belong to the lattice, so weights transfer between
+  volumes with :func:`gaugeflow.flows.model.transfer_weights`);
+* the conditioner's last layer starts at zero with the transform's identity parameters as
+  bias, so a new layer is exactly the identity;
+* ``context`` (the value of a conditioned coupling) reaches the conditioner;
+* parameters are computed once from frozen data (identical before and after the layer, so the
+  inverse uses the same ones) and only at the active sites;
+* the log-determinant is accumulated in float64.
+
+A subclass says what the features are (:meth:`MaskedCoupling.features`) and how the
+transform acts on its field (:meth:`MaskedCoupling.couple`), usually through
+:meth:`MaskedCoupling.active_values` / :meth:`transform_active` / :meth:`with_active_values`.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import torch
+from normflows.flows import Flow
+
+from gaugeflow.lattice.gauge import planes
+from gaugeflow.lattice.groups import real_dtype
+
+from .conditioners import ConvNet
+from .masks import gauge_link_masks
+from .transforms import ElementwiseTransform
+
+
+class MaskedCoupling(Flow, abc.ABC):
+    """Base of all coupling layers.
+
+    Parameters
+    ----------
+    active : boolean mask ``[x...]`` of the sites whose values the layer transforms.
+    transform : the element-wise map applied there.
+    in_channels : number of feature channels :meth:`features` returns.
+    hidden_channels, kernel_size : shape of the periodic CNN conditioner.
+    context_channels : 1 for a model conditioned on a coupling, else 0.
+    masks : further boolean masks to keep as buffers (e.g. ``frozen`` plaquettes).
+    """
+
+    def __init__(self, active: torch.Tensor, transform: ElementwiseTransform, in_channels: int,
+                 hidden_channels=(16, 16), kernel_size: int = 3, context_channels: int = 0, **masks):
+        super().__init__()
+        self.transform = transform
+        self.register_buffer("active", active, persistent=False)
+        self.register_buffer("active_index", active.flatten().nonzero().squeeze(-1), persistent=False)
+        for name, mask in masks.items():
+            self.register_buffer(name, mask, persistent=False)
+        self.conditioner = ConvNet(
+            active.dim(),
+            in_channels,
+            transform.n_params,
+            tuple(hidden_channels),
+            kernel_size,
+            output_bias=transform.identity_params(),
+            context_channels=context_channels,
+        )
+
+    @abc.abstractmethod
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Conditioner input ``[B, in_channels, x...]`` built from frozen data only."""
+
+    @abc.abstractmethod
+    def couple(self, x: torch.Tensor, params: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Apply the transform (or its inverse) with ``params [B, n_active, n_params]``;
+        returns the new field and the log-det per sample."""
+
+    # -- shared mechanics ---------------------------------------------------------------
+    def active_params(self, x: torch.Tensor, context=None) -> torch.Tensor:
+        """Conditioner output at the active sites, ``[B, n_active, n_params]``, in ``x``'s real precision."""
+        weight = next(self.conditioner.parameters())
+        out = self.conditioner(self.features(x).to(weight.dtype), context)
+        out = out.reshape(out.shape[0], out.shape[1], -1)[:, :, self.active_index]
+        return out.transpose(1, 2).to(real_dtype(x.dtype))
+
+    def active_values(self, field: torch.Tensor) -> torch.Tensor:
+        """``field [B, x..., *rest]`` at the active sites: ``[B, n_active, *rest]``."""
+        sites = field.reshape(field.shape[0], self.active.numel(), *field.shape[1 + self.active.dim():])
+        return sites[:, self.active_index]
+
+    def with_active_values(self, field: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """A copy of ``field`` with the active sites replaced by ``values``."""
+        sites = field.reshape(field.shape[0], self.active.numel(), *field.shape[1 + self.active.dim():]).clone()
+        sites[:, self.active_index] = values
+        return sites.reshape(field.shape)
+
+    def transform_active(self, values: torch.Tensor, params: torch.Tensor, inverse: bool):
+        """The element-wise map on ``values [B, n_active, ...]``; returns the new values and the
+        summed float64 log-det ``[B]``."""
+        apply = self.transform.inverse if inverse else self.transform.forward
+        new, log_derivative = apply(values, params)
+        return new, log_derivative.reshape(len(values), -1).to(torch.float64).sum(-1)
+
+    def _run(self, x, inverse: bool, context):
+        return self.couple(x, self.active_params(x, context), inverse)
+
+    def forward(self, z, context=None):
+        """Sampling direction: ``(x, log|det dx/dz|)``."""
+        return self._run(z, False, context)
+
+    def inverse(self, x, context=None):
+        """``(z, log|det dz/dx|)``."""
+        return self._run(x, True, context)
+
+
+class GaugeCoupling(MaskedCoupling):
+    """Base of gauge-equivariant plaquette couplings ``(mu, nu, offset)`` of any gauge group
+    (masks from :func:`gaugeflow.flows.masks.gauge_link_masks`).
+
+    ``active`` marks the sites ``x`` of the active links ``U_mu(x)`` and of the active
+    plaquettes ``U_{mu nu}(x)``; ``frozen`` ``[n_planes, x...]`` the plaquettes (in
+    ``self.planes`` order) that contain no active link and feed the conditioner, with
+    ``features_per_plane`` gauge-invariant features each.  Subclasses transform the active
+    plaquette ``P -> P'`` and move the active link by ``P' P^{-1}``."""
+
+    def __init__(self, lattice_shape, mu: int, nu: int, offset: int, transform, features_per_plane: int,
+                 hidden_channels=(16, 16), kernel_size: int = 3, context_channels: int = 0):
+        masks = gauge_link_masks(lattice_shape, mu, nu, offset)
+        n_planes = masks["frozen"].shape[0]
+        super().__init__(masks["active"], transform, features_per_plane * n_planes, hidden_channels, kernel_size,
+                         context_channels, frozen=masks["frozen"])
+        self.mu, self.nu, self.offset = int(mu), int(nu), int(offset)
+        self.planes = planes(len(lattice_shape))  # the order of the frozen masks
+
+    def extra_repr(self) -> str:
+        return f"mu={self.mu}, nu={self.nu}, offset={self.offset}, transform={self.transform!r}"

@@ -1,0 +1,54 @@
+"""The interface of a Markov-chain update, as driven by :func:`gaugeflow.hmc.run.run_chains`.
+
+A sampler advances a batch of independent chains (axis 0 of ``field``) by one exact
+Markov-chain step and reports, per chain, whether the step was accepted and its energy
+violation ``delta_h`` (for Metropolis steps ``-log`` of the acceptance ratio, so that
+``min(1, exp(-delta_h))`` is the acceptance probability in every case).  Implementations:
+:class:`gaugeflow.hmc.hmc.HMCSampler` (``gaugeflow hmc``) and
+:class:`gaugeflow.hmc.flow_metropolis.FlowMetropolisSampler` (``gaugeflow sample``).
+
+A sampler may adapt itself (tune a step size, choose a policy) only in :meth:`Sampler.thermalise`,
+so the stored chain is a fixed Markov process; whatever it adapted goes into
+:meth:`Sampler.resume_attributes` and comes back through :meth:`Sampler.restore`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+@dataclass
+class TrajectoryResult:
+    """The outcome of one update of every chain."""
+
+    field: torch.Tensor  # state after the accept/reject step
+    accepted: torch.Tensor  # [B] bool
+    delta_h: torch.Tensor  # [B] float64; accept probability min(1, exp(-delta_h))
+
+
+@runtime_checkable
+class Sampler(Protocol):
+    name: str  # stored as the ensemble's ``sampler`` attribute; a resume must match it
+
+    def run_parameters(self) -> dict:
+        """Parameters fixed for the whole run, stored as file attributes and checked on resume."""
+
+    def thermalise(self, field: torch.Tensor, n_therm: int, generator, progress: bool = False,
+                   received: dict | None = None) -> torch.Tensor:
+        """``n_therm`` unstored updates (the only place a sampler may adapt itself); stop early
+        when ``received["signal"]`` is set."""
+
+    def update(self, field: torch.Tensor, generator) -> TrajectoryResult:
+        """One exact Markov-chain step of every chain."""
+
+    def resume_attributes(self) -> dict:
+        """What the sampler adapted (scalars), stored with the resume state."""
+
+    def restore(self, state: dict) -> None:
+        """Take back :meth:`resume_attributes` from a stored resume state."""
+
+    def postfix(self) -> dict:
+        """A few numbers for the progress bar and the run summary."""
