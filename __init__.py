@@ -8,7 +8,8 @@ The package has three parts, each with its own public API:
 * :mod:`gaugeflow.hmc` -- Markov chains: HMC, flow Metropolis, the chain runner, analysis;
 
 and the ``gaugeflow`` command (:mod:`gaugeflow.cli`).  The names most users need are
-re-exported here::
+available here (imported on first use, so that ``import gaugeflow`` -- and the command line --
+start fast)::
 
     import gaugeflow
 
@@ -17,24 +18,43 @@ re-exported here::
     gaugeflow.analyze_ensemble("u1.h5")["plaquette"]
 """
 
-from .lattice.ensemble import software_version as _software_version
+import importlib
 
-__version__ = _software_version()
 
-from .flows import TrainConfig, architecture, build_flow, load_flow, train_flow  # noqa: E402
-from .hmc import analyze_ensemble, generate_ensemble  # noqa: E402
-from .lattice import make_theory, open_ensemble, register_theory  # noqa: E402
+def _version() -> str:
+    try:
+        from importlib.metadata import version
 
-__all__ = [
-    "TrainConfig",
-    "__version__",
-    "analyze_ensemble",
-    "architecture",
-    "build_flow",
-    "generate_ensemble",
-    "load_flow",
-    "make_theory",
-    "open_ensemble",
-    "register_theory",
-    "train_flow",
-]
+        return version("gaugeflow")
+    except Exception:  # not installed (running from a checkout)
+        return "unknown"
+
+
+__version__ = _version()
+
+_PUBLIC = {
+    "TrainConfig": "flows",
+    "architecture": "flows",
+    "build_flow": "flows",
+    "load_flow": "flows",
+    "train_flow": "flows",
+    "analyze_ensemble": "hmc",
+    "generate_ensemble": "hmc",
+    "make_theory": "lattice",
+    "open_ensemble": "lattice",
+    "register_theory": "lattice",
+}
+
+__all__ = ["__version__", *sorted(_PUBLIC)]
+
+
+def __getattr__(name):
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'gaugeflow' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_PUBLIC))

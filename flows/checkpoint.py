@@ -2,28 +2,35 @@
 
 A checkpoint is a ``torch.save`` of tensors and plain containers only::
 
-    {"schema": "gaugeflow-checkpoint", "schema_version": 1, "architecture": {...},
+    {"schema": "gaugeflow-checkpoint", "schema_version": 2, "architecture": {...},
      "train_config": {...}, "step": int, "model": state_dict, "optimizer": ..., "scheduler": ...,
-     "rng": [one RNG state per MPI rank], "metrics": {...}}
+     "rng": [one RNG state per MPI rank], "metrics": {...}, "sha256": digest of all the rest}
 
-and is read only with ``torch.load(weights_only=True)``, so a checkpoint can never execute
-code.  Use :func:`load_flow` to get a ready model.
+It is read only with ``torch.load(weights_only=True)``, so a checkpoint can never execute
+code, and its digest is verified before anything in it is used (``torch.load`` does not check
+the zip's CRCs: a flipped byte in a tensor would otherwise load as a silently changed weight).
+It is written atomically (:func:`gaugeflow.lattice.storage.write_atomically`): a crash or a
+full disk leaves the previous checkpoint.  Schema-1 checkpoints (no digest) are still read.
+Use :func:`load_flow` to get a ready model.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 
 import torch
 
 from gaugeflow.lattice.errors import TrainingError
 from gaugeflow.lattice.geometry import parse_lattice_shape
+from gaugeflow.lattice.storage import digest, write_atomically
 
 from .model import build_flow, transfer_weights, upgrade_architecture, upgrade_state_dict
 
 CHECKPOINT_SCHEMA = "gaugeflow-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 def rng_state() -> dict:
@@ -45,9 +52,13 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(path, model, optimizer, scheduler, step: int, config, metrics: dict, rng_states=None) -> None:
-    """Write atomically (temporary file, then rename): a crash never leaves a torn checkpoint.
+    """Write atomically, with a digest of the payload; refuse non-finite parameters.
 
     ``rng_states`` holds one RNG state per MPI rank (default: this process's)."""
+    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise TrainingError(f"parameters became non-finite by step {step} ({bad[0]}, ...); not written, the last "
+                            f"good checkpoint {path} is kept; lower learning_rate or grad_clip")
     payload = {
         "schema": CHECKPOINT_SCHEMA,
         "schema_version": CHECKPOINT_VERSION,
@@ -60,9 +71,10 @@ def save_checkpoint(path, model, optimizer, scheduler, step: int, config, metric
         "rng": rng_states if rng_states is not None else [rng_state()],
         "metrics": {k: float(v) for k, v in metrics.items()},
     }
-    temporary = f"{path}.tmp{os.getpid()}"
-    torch.save(payload, temporary)
-    os.replace(temporary, path)
+    payload["sha256"] = digest(payload)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    write_atomically(path, buffer.getvalue())
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
@@ -76,10 +88,13 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         raise TrainingError(f"{path} is not a readable gaugeflow checkpoint ({type(error).__name__})") from None
     if not isinstance(payload, dict) or payload.get("schema") != CHECKPOINT_SCHEMA:
         raise TrainingError(f"{path} is not a gaugeflow checkpoint")
-    if payload.get("schema_version") != CHECKPOINT_VERSION:
-        raise TrainingError(
-            f"{path} has checkpoint schema version {payload.get('schema_version')}; this gaugeflow reads {CHECKPOINT_VERSION}"
-        )
+    if payload.get("schema_version") not in READABLE_VERSIONS:
+        raise TrainingError(f"{path} has checkpoint schema version {payload.get('schema_version')}; "
+                            f"this gaugeflow reads {', '.join(map(str, READABLE_VERSIONS))}")
+    if payload["schema_version"] >= 2:
+        stored = payload.pop("sha256", None)
+        if stored != digest(payload):
+            raise TrainingError(f"{path}: checkpoint payload: checksum mismatch")
     stored_version = payload["architecture"].get("architecture_version", 0)
     payload["architecture"] = upgrade_architecture(payload["architecture"])
     payload["model"] = upgrade_state_dict(payload["model"], stored_version)
@@ -116,6 +131,8 @@ def load_flow(path, lattice=None, device=None):
         arch["lattice"] = shape
     model = build_flow(arch)
     weights = [v for k, v in payload["model"].items() if k.startswith("flows.") and v.is_floating_point()]
+    if not all(torch.isfinite(w).all() for w in weights):
+        raise TrainingError(f"{path} holds non-finite parameters; it cannot sample")
     if weights:
         model = model.to(weights[0].dtype)
     transfer_weights(model, payload["model"])

@@ -26,12 +26,14 @@ same dimension (:func:`transfer_weights`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 from normflows import NormalizingFlow
 
+from gaugeflow.lattice.backend import check_memory
 from gaugeflow.lattice.errors import InputError
 from gaugeflow.lattice.fields import AngleField, RealField, SUNField
 from gaugeflow.lattice.theories import make_theory
@@ -144,6 +146,8 @@ def _condition(theory, condition):
     if name not in theory.couplings:
         raise InputError(f"cannot condition on {name!r}: {theory.name} has couplings {', '.join(theory.couplings)}")
     low, high = float(low), float(high)
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise InputError(f"conditioning range for {name} must be finite, got {low}..{high}")
     if not low < high:
         raise InputError(f"conditioning range for {name} must have low < high, got {low}..{high}")
     if not low <= theory.couplings[name] <= high:
@@ -272,6 +276,11 @@ def build_flow(arch: dict) -> LatticeFlow:
     """Construct an untrained model (exactly its prior) from an architecture dict."""
     arch = upgrade_architecture(arch)
     theory = make_theory(arch["theory"], arch["lattice"], **arch["couplings"])
+    # every layer keeps boolean masks of the lattice (and plaquette planes) and an index of its
+    # active sites: refuse a lattice whose masks alone would not fit, before allocating them
+    n_planes = theory.dimension * (theory.dimension - 1) // 2
+    check_memory(arch["n_layers"] * theory.volume * (10 + n_planes), "cpu",
+                 f"the masks of {arch['n_layers']} layers on {'x'.join(map(str, theory.lattice_shape))}")
     transform = kernel_class(theory, arch["kernel"]).from_architecture(theory, arch)
     condition = arch.get("condition")
     layers = layer_family(theory).build(theory, arch, transform, 1 if condition else 0)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import math
 import os
 import time
@@ -37,8 +38,10 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from gaugeflow.lattice.backend import check_memory
 from gaugeflow.lattice.errors import InputError, TrainingError
 from gaugeflow.lattice.jobcontrol import Interrupted, stop_on_signals
+from gaugeflow.lattice.storage import WriterLock, write_atomically
 
 from .checkpoint import check_architecture, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .diagnostics import acceptance_rate, effective_sample_size
@@ -147,18 +150,31 @@ def metrics_log_path(checkpoint_path) -> str:
     return root + ".metrics.csv"
 
 
-def _open_log(path, resume_step: int | None):
-    """Open the CSV log; on resume, keep only rows up to the checkpoint's step."""
+def _logged_rows(path, up_to_step: int) -> list[dict]:
+    """Complete rows of an existing log up to a step (a row cut by a crash is dropped)."""
     rows = []
-    if resume_step is not None and os.path.exists(path):
-        with open(path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
-    handle = open(path, "w", newline="")
-    writer = csv.DictWriter(handle, fieldnames=LOG_COLUMNS)
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            try:
+                complete = None not in row.values() and int(row["step"]) <= up_to_step
+            except (TypeError, ValueError):
+                complete = False
+            if complete:
+                rows.append(row)
+    return rows
+
+
+def _open_log(path, resume_step: int | None):
+    """Open the CSV log; on resume, keep only rows up to the checkpoint's step.  The kept rows
+    are rewritten atomically, so a crash during the rewrite loses none of them."""
+    rows = _logged_rows(path, resume_step) if resume_step is not None and os.path.exists(path) else []
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=LOG_COLUMNS)
     writer.writeheader()
     writer.writerows(rows)
-    handle.flush()
-    return handle, writer
+    write_atomically(path, text.getvalue().encode())
+    handle = open(path, "a", newline="")
+    return handle, csv.DictWriter(handle, fieldnames=LOG_COLUMNS)
 
 
 @dataclass
@@ -185,14 +201,27 @@ def _rank_seed(seed: int, rank: int) -> int:
     return seed + 7919 * rank  # rank 0 uses the seed itself, as a single process does
 
 
-def _check_request(config: TrainConfig, checkpoint_path, comm) -> int:
+def training_memory_estimate(model, batch_size: int) -> int:
+    """Bytes a training step needs, roughly: every conditioner's activations at every site,
+    kept for the backward pass, over the sampling and the (path-gradient) density pass."""
+    parameter = next(model.parameters())
+    channels = sum(module.out_channels + module.in_channels for module in model.modules()
+                   if isinstance(module, torch.nn.modules.conv._ConvNd))
+    sites = math.prod(model.theory.lattice_shape)
+    return 3 * batch_size * sites * channels * parameter.element_size()
+
+
+def _check_request(model, config: TrainConfig, checkpoint_path, comm) -> int:
     """The per-rank batch size, after checking that the run can start at all."""
     if config.batch_size % comm.size:
         raise InputError(f"batch_size {config.batch_size} must be divisible by the number of MPI ranks ({comm.size})")
     directory = os.path.dirname(os.path.abspath(checkpoint_path))
     if not os.path.isdir(directory):
         raise InputError(f"cannot write {checkpoint_path}: directory {directory} does not exist")
-    return config.batch_size // comm.size
+    local_batch = config.batch_size // comm.size
+    check_memory(training_memory_estimate(model, local_batch), next(model.parameters()).device,
+                 f"training {model.theory.name} on {'x'.join(map(str, model.theory.lattice_shape))} at batch {local_batch}")
+    return local_batch
 
 
 def _start_or_resume(model, config: TrainConfig, checkpoint_path, resume: bool, comm) -> _Training:
@@ -270,7 +299,16 @@ def train_flow(
     parallel: ``config.batch_size`` is the global batch, split evenly over the ranks.
     """
     comm = communicator or SingleProcess()
-    local_batch = _check_request(config, checkpoint_path, comm)
+    local_batch = _check_request(model, config, checkpoint_path, comm)
+    lock = WriterLock(checkpoint_path).acquire() if comm.is_root else None  # checkpoint and metrics log
+    try:
+        return _train(model, config, checkpoint_path, resume, progress, comm, local_batch)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(model, config, checkpoint_path, resume, progress, comm, local_batch) -> TrainSummary:
     run = _start_or_resume(model, config, checkpoint_path, resume, comm)
     log_z = model.theory.exact_log_partition_function()
     log_path = metrics_log_path(checkpoint_path)

@@ -2,15 +2,17 @@
 
 This is the logic behind ``gaugeflow hmc`` and ``gaugeflow sample``, for any
 :class:`gaugeflow.hmc.sampler.Sampler`: thermalise ``n_chains`` independent chains (the
-sampler may tune itself there), then run production updates, appending every
-``save_every``-th configuration of every chain to the ensemble together with its
-observables, and the complete sampler state (current fields, RNG state, what the sampler
-adapted) after every update.  Rerunning with ``resume=True`` continues from that state, so an
-interrupted run followed by a resumed one stores exactly the rows an uninterrupted run
-would have stored.
+sampler may tune itself there), then run production updates, queueing every
+``save_every``-th configuration of every chain with its observables, and commit the queued
+rows together with the complete sampler state after them (current fields, RNG state, what the
+sampler adapted) as one segment of the ensemble (:mod:`gaugeflow.lattice.ensemble`) every
+``commit_every`` seconds, at the end and on a stop signal.  Rerunning with ``resume=True``
+continues from the last committed state, so an interrupted run -- however it was
+interrupted, SIGKILL included -- followed by a resumed one stores exactly the rows an
+uninterrupted run would have stored; at most ``commit_every`` seconds of work are redone.
 
 SIGTERM and SIGUSR1 (what Slurm sends before a time limit or preemption) stop the run
-after the update in progress has been stored; :class:`Interrupted` is then raised.
+after the update in progress has been committed; :class:`Interrupted` is then raised.
 
 :func:`run_chains` reads as its steps: check the options, open or create the file, restore
 or thermalise the chains, then the production loop of update, append and save.
@@ -18,6 +20,7 @@ or thermalise the chains, then the production loop of update, append and save.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -26,13 +29,17 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from gaugeflow.lattice.backend import make_generator, resolve_device
+from gaugeflow.lattice.backend import check_memory, make_generator, resolve_device
 from gaugeflow.lattice.ensemble import EnsembleError, create_ensemble, open_ensemble
 from gaugeflow.lattice.errors import InputError
 from gaugeflow.lattice.jobcontrol import EXIT_INTERRUPTED, Interrupted, stop_on_signals  # noqa: F401 (re-exported)
 
 from .hmc import HMCParameters, HMCSampler, thermalise  # noqa: F401 (thermalise re-exported)
 from .sampler import Sampler
+
+
+# a field of every chain, its momenta, force, proposal and the action's temporaries
+WORKING_COPIES = 10
 
 
 @dataclass
@@ -131,8 +138,9 @@ def _rows(theory, field, step, result) -> dict:
     )
 
 
-def _save_state(ensemble, theory, sampler: Sampler, field, generator, step) -> None:
-    ensemble.write_resume_state(
+def _commit(ensemble, theory, sampler: Sampler, field, generator, step) -> None:
+    """Commit the queued rows with the state that continues the chains after them."""
+    ensemble.commit(
         {
             "field": field.detach().to(theory.storage_dtype(torch.float64)).cpu().numpy(),
             "rng_state": generator.get_state().numpy(),
@@ -156,16 +164,22 @@ def run_chains(
     device: str = "cpu",
     precision: torch.dtype = torch.float64,
     progress: bool = True,
+    commit_every: float = 30.0,
 ) -> RunSummary:
     """Run ``n_chains`` Markov chains with ``sampler`` and store ``n_configs`` configurations in
-    total in ``path``.
+    total in ``path``, committing at least every ``commit_every`` seconds (0: after every update).
 
     ``resume=True`` tops up an existing file to ``n_configs`` (or starts a new file if
     ``path`` does not exist yet); without it an existing ``path`` is an error and is never
     touched.
     """
     _check_options(n_configs, n_therm, n_chains, save_every, start)
+    if not commit_every >= 0:
+        raise InputError(f"commit_every must be a non-negative number of seconds, got {commit_every}")
     device = resolve_device(device)
+    field_bytes = math.prod(theory.config_shape) * torch.empty((), dtype=theory.storage_dtype(precision)).element_size()
+    check_memory(WORKING_COPIES * n_chains * field_bytes, device,
+                 f"{n_chains} chains of {theory.name} on {'x'.join(map(str, theory.lattice_shape))}")
     run_parameters = {"n_chains": n_chains, "seed": seed, "save_every": save_every, "n_therm": n_therm, "start": start,
                       **sampler.run_parameters()}
     began = time.perf_counter()
@@ -179,8 +193,9 @@ def run_chains(
         n_start, accepted = len(ensemble), []
         bar = tqdm(total=max(0, n_configs - n_start), disable=None if progress else True, desc=sampler.name,
                    unit="cfg", leave=False)
+        last_commit = time.monotonic()
         with bar:
-            while len(ensemble) < n_configs:
+            while len(ensemble) + ensemble.n_pending < n_configs:
                 result = sampler.update(field, generator)
                 field, step = result.field, step + 1
                 accepted.append(result.accepted.double().mean().item())
@@ -188,8 +203,11 @@ def run_chains(
                     ensemble.append(**_rows(theory, field, step, result))
                     bar.update(n_chains)
                     bar.set_postfix(acc=f"{np.mean(accepted):.2f}", **sampler.postfix())
-                _save_state(ensemble, theory, sampler, field, generator, step)
-                if received["signal"] and len(ensemble) < n_configs:
+                done = len(ensemble) + ensemble.n_pending >= n_configs
+                if done or received["signal"] or time.monotonic() - last_commit >= commit_every:
+                    _commit(ensemble, theory, sampler, field, generator, step)
+                    last_commit = time.monotonic()
+                if received["signal"] and not done:
                     raise Interrupted(f"stopped by {received['signal']} after {len(ensemble)} of {n_configs} "
                                       "configurations; rerun with resume=True to continue")
         return RunSummary(path=str(path), n_configs=len(ensemble), n_new=len(ensemble) - n_start,

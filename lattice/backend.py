@@ -1,6 +1,8 @@
-"""Devices, precisions and random-number generators (``cpu``, ``cuda``, ``xpu``)."""
+"""Devices, precisions, memory and random-number generators (``cpu``, ``cuda``, ``xpu``)."""
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -43,3 +45,41 @@ def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Gener
     generator = torch.Generator(device=torch.device(device))
     generator.manual_seed(int(seed))
     return generator
+
+
+def available_memory(device) -> int | None:
+    """Bytes that can still be allocated on ``device`` (``None`` if unknown)."""
+    device = torch.device(device)
+    try:
+        if device.type == "cuda":
+            return int(torch.cuda.mem_get_info(device)[0])
+        if device.type == "xpu":
+            return int(torch.xpu.mem_get_info(device)[0])
+    except (RuntimeError, AttributeError):
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+
+
+def check_memory(needed: int, device, what: str) -> None:
+    """Refuse, with the figures, a job whose estimated memory exceeds what ``device`` has free."""
+    available = available_memory(device)
+    if available is not None and needed > available:
+        raise InputError(f"{what} would need about {format_bytes(needed)} on {device}, but only {format_bytes(available)} "
+                         "is available; use a smaller lattice, fewer chains or a smaller batch")

@@ -18,6 +18,18 @@ class Interrupted(RuntimeError):
     """A job stopped on a signal after saving everything done so far."""
 
 
+_early = {"signal": None}
+
+
+def adopt_early_signals(record: dict) -> None:
+    """Use ``record`` (``{"signal": name or None}``), which a program filled before it imported
+    the library, as signals received before the first :func:`stop_on_signals`: the command line
+    records SIGTERM/SIGUSR1 from its first instruction, and a job signalled while it was still
+    starting stops at its first chance, after saving, with :data:`EXIT_INTERRUPTED`."""
+    global _early
+    _early = record
+
+
 @contextlib.contextmanager
 def stop_on_signals(signals=(signal.SIGTERM, signal.SIGUSR1)):
     """Yield a dict whose ``'signal'`` entry becomes the signal's name when one arrives."""
@@ -32,6 +44,8 @@ def stop_on_signals(signals=(signal.SIGTERM, signal.SIGUSR1)):
             previous[s] = signal.signal(s, handler)
     except ValueError:  # not in the main thread: no signal handling
         pass
+    if _early["signal"]:  # arrived before any handler of ours: it counts now, once
+        received["signal"], _early["signal"] = _early["signal"], None
     try:
         yield received
     finally:

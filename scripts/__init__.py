@@ -2,8 +2,40 @@
 
 Thin wrappers: every subcommand parses its options, calls the library
 (:mod:`gaugeflow.lattice`, :mod:`gaugeflow.flows`, :mod:`gaugeflow.hmc`) and reports.
+
+:func:`main` records SIGTERM/SIGUSR1 before anything slow is imported: a batch system may
+signal a job at any moment, also in the second it takes to import PyTorch, and a long job must
+then still save what it has and exit with status 3 (see :mod:`gaugeflow.lattice.jobcontrol`).
 """
 
-from .commands import main
+import signal
+import sys
+
+LONG_JOBS = ("hmc", "train", "sample")  # the subcommands that stop cleanly on a signal
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+early_signal = {"signal": None}
+
+
+def _record(signum, _frame):
+    early_signal["signal"] = signal.Signals(signum).name
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    previous = {}
+    if argv and argv[0] in LONG_JOBS:
+        for stop in STOP_SIGNALS:
+            previous[stop] = signal.signal(stop, _record)
+    try:
+        from gaugeflow.lattice.jobcontrol import adopt_early_signals
+
+        from .commands import main as run
+
+        adopt_early_signals(early_signal)
+        return run(argv)
+    finally:
+        for stop, handler in previous.items():
+            signal.signal(stop, handler)
+
 
 __all__ = ["main"]

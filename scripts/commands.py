@@ -91,7 +91,20 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--out", required=True, help="output HDF5 file; never overwritten")
     group.add_argument("--resume", action="store_true",
                        help="continue the chains stored in --out and top it up to --n-configs (starts anew if --out is absent)")
+    group.add_argument("--commit-every", type=float, default=30.0, metavar="S",
+                       help="commit stored rows and the chain state to disk at least every S seconds; a crash redoes at most "
+                            "that much work (default: 30; 0: after every update)")
     _add_run_options(hmc)
+
+    verify = sub.add_parser("verify", help="check every checksum of an ensemble",
+                            description="Read every segment of an ensemble and check the checksums of its metadata, "
+                                        "every dataset and the resume state.  Exit 0 if all is intact, 2 otherwise.")
+    verify.add_argument("ensemble", help="HDF5 ensemble file")
+    compact = sub.add_parser("compact", help="join an ensemble's segments into one self-contained file",
+                             description="Verify an ensemble and write all its rows and its resume state into one "
+                                         "self-contained HDF5 file (also converts format-1 files).")
+    compact.add_argument("ensemble", help="HDF5 ensemble file")
+    compact.add_argument("--out", required=True, help="the compacted file; never overwritten")
 
     analyze = sub.add_parser("analyze", help="observable means, errors and autocorrelation times",
                              description="Gamma-method analysis of every observable in an ensemble.")
@@ -144,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--save-every", type=int, default=1, help="store every k-th step (default: 1)")
     sample.add_argument("--out", required=True, help="output HDF5 file; never overwritten")
     sample.add_argument("--resume", action="store_true", help="top --out up to --n-configs")
+    sample.add_argument("--commit-every", type=float, default=30.0, metavar="S",
+                        help="commit stored rows and the chain state to disk at least every S seconds; a crash redoes at most "
+                            "that much work (default: 30; 0: after every update)")
     _add_run_options(sample)
 
     plot = sub.add_parser("plot", help="draw training curves (loss, ESS, acceptance) to PNG")
@@ -173,6 +189,7 @@ def run_hmc(args) -> int:
         theory,
         args.out,
         n_configs=args.n_configs,
+        commit_every=args.commit_every,
         n_therm=args.therm,
         n_chains=args.chains,
         seed=args.seed,
@@ -258,7 +275,7 @@ def run_sample(args) -> int:
     model = load_flow(args.model, lattice=args.lattice, device=resolve_device(args.device))
     summary = run_chains(
         model.theory, args.out, FlowMetropolisSampler(model, source=args.model),
-        n_configs=args.n_configs, n_therm=args.therm, n_chains=args.chains, seed=args.seed,
+        n_configs=args.n_configs, n_therm=args.therm, n_chains=args.chains, seed=args.seed, commit_every=args.commit_every,
         save_every=args.save_every, resume=args.resume, device=args.device, progress=not args.quiet,
     )
     if not args.quiet:
@@ -297,7 +314,26 @@ def run_analyze(args) -> int:
     return 0
 
 
-COMMANDS = {"hmc": run_hmc, "analyze": run_analyze, "train": run_train, "sample": run_sample, "plot": run_plot}
+def run_verify(args) -> int:
+    from gaugeflow.lattice.ensemble import open_ensemble
+
+    with open_ensemble(args.ensemble) as ensemble:
+        report = ensemble.verify()
+    print(f"{args.ensemble}: intact: {report['rows']} rows in {report['segments']} segment(s), "
+          f"{report['checked_datasets']} datasets and the resume state checked")
+    return 0
+
+
+def run_compact(args) -> int:
+    from gaugeflow.lattice.ensemble import compact_ensemble
+
+    report = compact_ensemble(args.ensemble, args.out)
+    print(f"{args.out}: {report['rows']} rows in one file")
+    return 0
+
+
+COMMANDS = {"hmc": run_hmc, "analyze": run_analyze, "train": run_train, "sample": run_sample, "plot": run_plot,
+            "verify": run_verify, "compact": run_compact}
 
 
 def main(argv=None) -> int:

@@ -104,7 +104,7 @@ def test_sigterm_saves_and_resume_completes(tmp_path):
     assert "rerun with --resume" in stderr
     with h5py.File(out, "r") as f:
         stored = int(f.attrs["n_configs"])
-    assert 0 < stored < 200000
+    assert 0 < stored < 200000  # the signal committed what was queued
     target = stored + 4
     resumed = gaugeflow(*common, "--n-configs", target, "--resume")
     assert resumed.returncode == 0, resumed.stderr
@@ -223,3 +223,54 @@ def test_a_bug_is_not_reported_as_bad_input(tmp_path, monkeypatch):
         commands.main(["analyze", str(tmp_path / "any.h5")])
     monkeypatch.undo()
     assert commands.main(["analyze", str(tmp_path / "missing.h5")]) == 2  # a bad path is bad input
+
+
+@pytest.mark.parametrize("command, args, message", [
+    ("hmc", ["--theory", "su100000", "--lattice", "4x4", "--beta", 1], "TiB on cpu, but only"),
+    ("hmc", ["--theory", "u1", "--lattice", "65536x65536", "--beta", 1], "TiB on cpu, but only"),
+    ("train", ["--theory", "u1", "--lattice", "65536x65536", "--beta", 1], "the masks of 16 layers"),
+    ("train", ["--theory", "u1", "--lattice", "2048x2048", "--beta", 1, "--batch-size", 4096], "at batch 4096 would need"),
+    ("train", ["--theory", "u1", "--lattice", "8x8", "--beta", 1, "--condition", "beta:-inf:inf"], "must be finite"),
+])
+def test_what_cannot_work_is_refused_before_allocating(tmp_path, command, args, message):
+    result = gaugeflow(command, *args, "--quiet", "--out", tmp_path / "out")
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", ["hmc", "train"])
+def test_a_signal_while_starting_up_still_stops_cleanly(tmp_path, command):
+    """SIGTERM while Python is still importing PyTorch: exit 3, and --resume then works."""
+    out = tmp_path / ("ens.h5" if command == "hmc" else "m.pt")
+    args = {"hmc": ["hmc", "--theory", "u1", "--beta", 2, "--lattice", "4x4", "--n-configs", 8, "--chains", 2,
+                    "--therm", 2],
+            "train": ["train", "--theory", "u1", "--beta", 1, "--lattice", "4x4", "--layers", 2, "--hidden", 4,
+                      "--steps", 4, "--batch-size", 8]}[command]
+    process = subprocess.Popen([sys.executable, "-m", "gaugeflow.cli", *map(str, args), "--quiet", "--out", str(out)],
+                               env=dict(os.environ, OMP_NUM_THREADS="1"), stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)  # handlers are in place after ~0.05 s; importing PyTorch takes about a second
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 3, stderr
+    assert "stopped by SIGTERM" in stderr
+    resumed = gaugeflow(*args, "--quiet", "--out", out, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+
+
+# write steps of a resumed run: 1-3 rewrite the metrics log, 4-6 write the checkpoint of step 4
+@pytest.mark.parametrize("step, written", [(2, "m.metrics.csv"), (4, "m.pt"), (6, "m.pt")])
+def test_train_on_a_full_disk_keeps_the_last_checkpoint(tmp_path, step, written):
+    out = tmp_path / "m.pt"
+    args = ["train", "--theory", "u1", "--beta", 1, "--lattice", "4x4", "--layers", 2, "--hidden", 4, "--batch-size", 8,
+            "--checkpoint-every", 2, "--log-every", 2, "--quiet", "--out", out]
+    assert gaugeflow(*args, "--steps", 2).returncode == 0
+    before, log_before = out.read_bytes(), (tmp_path / "m.metrics.csv").read_bytes()
+    env = dict(os.environ, OMP_NUM_THREADS="1", GAUGEFLOW_FAULT=f"enospc:{step}")
+    result = subprocess.run([sys.executable, "-m", "gaugeflow.cli", *map(str, args), "--steps", "4", "--resume"],
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 2 and "No space left on device (ENOSPC)" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and str(tmp_path / written) in result.stderr
+    assert out.read_bytes() == before  # the last good checkpoint
+    assert (tmp_path / "m.metrics.csv").read_bytes()[: len(log_before)] == log_before
+    assert not [name for name in os.listdir(tmp_path) if ".tmp" in name or name.endswith(".lock")]
+    assert gaugeflow(*args, "--steps", 4, "--resume").returncode == 0

@@ -11,7 +11,7 @@ import torch
 
 from gaugeflow.hmc.hmc import HMCParameters
 from gaugeflow.hmc.run import Interrupted, generate_ensemble
-from gaugeflow.lattice.ensemble import FORMAT_NAME, EnsembleError, open_ensemble
+from gaugeflow.lattice.ensemble import FORMAT_NAME, EnsembleError, compact_ensemble, open_ensemble, segment_directory
 from gaugeflow.lattice.theories import make_theory
 
 
@@ -26,7 +26,12 @@ def run(path, n_configs, theory=None, **kwargs):
 
 
 def digest(path):
-    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+    """Of the manifest and every segment."""
+    hasher = hashlib.sha256(open(path, "rb").read())
+    directory = segment_directory(path)
+    for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+        hasher.update(name.encode() + open(os.path.join(directory, name), "rb").read())
+    return hasher.hexdigest()
 
 
 def test_schema_and_round_trip(tmp_path):
@@ -34,18 +39,24 @@ def test_schema_and_round_trip(tmp_path):
     summary = run(path, 10)
     assert summary.n_configs == 10 and summary.n_new == 10
     with h5py.File(path, "r") as f:  # plain h5py reads everything
-        assert f.attrs["format"] == FORMAT_NAME and f.attrs["format_version"] == 1
+        assert f.attrs["format"] == FORMAT_NAME and f.attrs["format_version"] == 2 and f.attrs["layout"] == "manifest"
         assert f.attrs["theory"] == "u1" and list(f.attrs["lattice_shape"]) == [4, 4]
         assert f.attrs["beta"] == 2.0 and f.attrs["sampler"] == "hmc" and f.attrs["seed"] == 7
         assert "created" in f.attrs and "software_version" in f.attrs
         assert f["configs"].shape == (10, 2, 4, 4) and f["configs"].dtype == np.float64
-        assert f["configs"].maxshape == (None, 2, 4, 4) and f["configs"].chunks is not None
+        assert f["configs"].is_virtual and f["configs"].maxshape == (None, 2, 4, 4)
         assert list(f["chain"][:]) == [0, 1] * 5
         assert list(f["step"][:]) == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
         assert f["accepted"].dtype == np.bool_
         configs = f["configs"][:]
         assert configs.min() > -np.pi and configs.max() <= np.pi
         stored_plaquette = f["observables/plaquette"][:]
+    segments = sorted(os.listdir(segment_directory(path)))
+    assert segments == ["segment-000000.h5"]  # one commit at the end of a short run
+    with h5py.File(os.path.join(segment_directory(path), segments[0]), "r") as f:
+        assert f["configs"].chunks is not None and f["configs"].fletcher32
+        assert len(f["configs"].attrs["sha256"]) == 64 and len(f["resume"].attrs["sha256"]) == 64
+        assert f.attrs["layout"] == "segment" and f.attrs["first_row"] == 0 and f.attrs["n_rows"] == 10
     recomputed = u1_theory().observables(torch.as_tensor(configs))["plaquette"].numpy()
     assert np.allclose(stored_plaquette, recomputed, atol=1e-14)
     with open_ensemble(path) as ensemble:
@@ -110,20 +121,45 @@ def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch):
         assert np.array_equal(a["step"][:], b["step"][:])
 
 
-def test_rows_past_n_configs_are_ignored_and_overwritten(tmp_path):
-    """A write cut short leaves rows beyond n_configs; readers ignore them, appends replace them."""
-    path, whole = tmp_path / "ens.h5", tmp_path / "whole.h5"
+def write_format_1(path, ensemble, n_rows, extra_rows):
+    """What the previous gaugeflow wrote: one file, rows past ``n_configs`` from a cut-short write."""
+    rows = {"configs": ensemble.configs(), **{n: ensemble.column(n) for n in ("chain", "step", "accepted", "delta_h")}}
+    with h5py.File(path, "w") as f:
+        for key, value in ensemble.metadata.items():
+            if key not in ("observable_names", "config_shape", "config_dtype", "config_row_bytes"):
+                f.attrs[key] = value
+        f.attrs["format_version"], f.attrs["format"], f.attrs["n_configs"] = 1, FORMAT_NAME, n_rows
+        for name, values in rows.items():
+            f.create_dataset(name, data=np.concatenate([values[:n_rows], values[: extra_rows]]), maxshape=(None,) + values.shape[1:])
+        for name in ensemble.observable_names:
+            f.create_dataset(f"observables/{name}", data=ensemble.column(name)[: n_rows + extra_rows])
+        state = ensemble.resume_state()
+        group = f.create_group("resume")
+        for key, value in state.items():
+            if isinstance(value, np.ndarray):
+                group.create_dataset(key, data=value)
+            else:
+                group.attrs[key] = value
+
+
+def test_format_1_is_read_and_compacted_into_a_resumable_file(tmp_path):
+    whole, short = tmp_path / "whole.h5", tmp_path / "short.h5"
     run(whole, 8)
-    run(path, 4)
-    with h5py.File(path, "r+") as f:  # simulate a partial write of two more rows
-        for name in ("configs", "chain", "step", "accepted", "delta_h"):
-            f[name].resize(6, axis=0)
-        f["configs"][4:] = 99.0
-    assert len(open_ensemble(path)) == 4
-    assert open_ensemble(path).configs().shape[0] == 4
-    run(path, 8, resume=True)
-    with h5py.File(whole, "r") as a, h5py.File(path, "r") as b:
-        assert np.array_equal(a["configs"][:], b["configs"][:])
+    run(short, 4)
+    legacy = tmp_path / "legacy.h5"
+    with open_ensemble(short) as ensemble:
+        write_format_1(legacy, ensemble, 4, extra_rows=2)
+    with open_ensemble(legacy) as old:
+        assert len(old) == 4 and old.configs().shape[0] == 4 and len(old.column("plaquette")) == 4
+    with pytest.raises(EnsembleError, match="format version 1; convert it with 'gaugeflow compact"):
+        run(legacy, 8, resume=True)
+    compact = tmp_path / "compact.h5"
+    compact_ensemble(legacy, compact)
+    with h5py.File(compact, "r") as f:
+        assert f.attrs["layout"] == "single" and f["configs"].shape[0] == 4 and not f["configs"].is_virtual
+    run(compact, 8, resume=True)  # the single file becomes segment 0 of a manifest and grows
+    with h5py.File(whole, "r") as a, h5py.File(compact, "r") as b:
+        assert np.array_equal(a["configs"][:], b["configs"][:]) and np.array_equal(a["step"][:], b["step"][:])
 
 
 def test_existing_file_is_never_overwritten(tmp_path):

@@ -190,6 +190,8 @@ def test_checkpoint_from_before_architecture_versioning_loads(tmp_path):
     model = model_for(n_layers=2)
     train_flow(model, config(steps=2), path, progress=False)
     payload = torch.load(path, weights_only=True)
+    payload["schema_version"] = 1  # what the code of that time wrote: no digest either
+    del payload["sha256"]
     del payload["architecture"]["architecture_version"]
     payload["model"] = {k.replace(".conditioner.", ".net."): v for k, v in payload["model"].items()}
     torch.save(payload, tmp_path / "old.pt")
@@ -201,3 +203,62 @@ def test_checkpoint_from_before_architecture_versioning_loads(tmp_path):
     assert other.theory.lattice_shape == (8, 8)
     with pytest.raises(TrainingError, match="2-dimensional; lattice 8x8x8 is not"):
         load_flow(tmp_path / "old.pt", lattice="8x8x8")
+
+
+def test_flipped_or_truncated_checkpoints_are_refused_never_silently_used(tmp_path):
+    import random
+
+    path = tmp_path / "m.pt"
+    train_flow(model_for(n_layers=2), config(steps=2), path, progress=False)
+    original = open(path, "rb").read()
+    reference = load_checkpoint(path)
+    rng, refused = random.Random(3), 0
+    damaged = tmp_path / "damaged.pt"
+    offsets = rng.sample(range(len(original)), 60)
+    for offset in offsets:
+        data = bytearray(original)
+        data[offset] ^= 0x04
+        damaged.write_bytes(bytes(data))
+        try:
+            payload = load_checkpoint(damaged)
+        except TrainingError:
+            refused += 1
+            continue
+        assert all(torch.equal(payload["model"][k], reference["model"][k]) for k in reference["model"]), offset
+        assert payload["architecture"] == reference["architecture"] and payload["step"] == reference["step"]
+    for length in (0, 100, len(original) // 2, len(original) - 1):
+        damaged.write_bytes(original[:length])
+        with pytest.raises(TrainingError):
+            load_checkpoint(damaged)
+    assert refused > 30
+
+
+def test_non_finite_parameters_are_never_checkpointed(tmp_path, monkeypatch):
+    import gaugeflow.flows.train as train_module
+
+    path = tmp_path / "m.pt"
+    model = model_for(n_layers=2)
+    original = train_module.training_step
+
+    def poisoned(model, run, *args):
+        result = original(model, run, *args)
+        if run.step == 3:
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+        return result
+
+    monkeypatch.setattr(train_module, "training_step", poisoned)
+    with pytest.raises(TrainingError, match="non-finite by step 4.*last good checkpoint"):
+        train_flow(model, config(steps=6, checkpoint_every=2), path, progress=False)
+    assert load_checkpoint(path)["step"] == 2
+
+
+def test_a_second_trainer_on_the_same_output_is_refused(tmp_path):
+    from gaugeflow.lattice.storage import StorageError, WriterLock
+
+    path = tmp_path / "m.pt"
+    with WriterLock(path):
+        with pytest.raises(StorageError, match="being written by another process"):
+            train_flow(model_for(n_layers=2), config(steps=2), path, progress=False)
+    assert not path.exists()
+    train_flow(model_for(n_layers=2), config(steps=2), path, progress=False)  # once the other is done
