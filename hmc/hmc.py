@@ -159,7 +159,8 @@ class HMCSampler:
         return {"n_steps": self.params.n_steps}
 
     def restore(self, state: dict) -> None:
-        self.params = replace(self.params, n_steps=int(state["n_steps"]))
+        if "n_steps" in state:
+            self.params = replace(self.params, n_steps=int(state["n_steps"]))
 
     def postfix(self) -> dict:
         return {"steps": self.params.n_steps}

@@ -24,9 +24,10 @@ import torch
 class TrajectoryResult:
     """The outcome of one update of every chain."""
 
-    field: torch.Tensor  # state after the accept/reject step
+    field: torch.Tensor  # the chains' state after the accept/reject step
     accepted: torch.Tensor  # [B] bool
     delta_h: torch.Tensor  # [B] float64; accept probability min(1, exp(-delta_h))
+    configs: torch.Tensor | None = None  # the physical fields to store, if the state is not (flow HMC: x = f(z))
 
 
 @runtime_checkable
@@ -48,7 +49,9 @@ class Sampler(Protocol):
         """What the sampler adapted (scalars), stored with the resume state."""
 
     def restore(self, state: dict) -> None:
-        """Take back :meth:`resume_attributes` from a stored resume state."""
+        """Take back what an earlier run chose: the file's attributes (:meth:`run_parameters`)
+        merged with the resume state (:meth:`resume_attributes`), where there is one.  A sampler
+        takes the keys it knows and ignores the rest."""
 
     def postfix(self) -> dict:
         """A few numbers for the progress bar and the run summary."""

@@ -21,7 +21,17 @@ import abc
 import torch
 
 from .geometry import sum_per_config
-from .groups import dagger, project_to_sun, random_algebra, traceless_antihermitian, wrap_angle
+from .groups import (
+    UNITARITY_TOLERANCE,
+    dagger,
+    expm_algebra,
+    matmul,
+    random_algebra,
+    reunitarize,
+    traceless_antihermitian,
+    unitarity_drift,
+    wrap_angle,
+)
 
 
 class FieldType(abc.ABC):
@@ -96,10 +106,16 @@ class SUNField(FieldType):
         return 0.5 * sum_per_config((momenta.conj() * momenta).real)
 
     def evolve(self, field, momenta, dt):
-        return torch.linalg.matrix_exp(dt * momenta) @ field
+        """``exp(dt P) U`` with the closed-form exponential of su(2)/su(3) (Rodrigues,
+        Cayley-Hamilton; :func:`gaugeflow.lattice.groups.expm_algebra`)."""
+        return matmul(expm_algebra(dt * momenta), field)
 
     def tangent_force(self, field, gradient):
-        return traceless_antihermitian(gradient @ dagger(field))
+        return traceless_antihermitian(matmul(gradient, dagger(field)))
 
     def project(self, field):
-        return project_to_sun(field)
+        """Reunitarise (cheaply) only when rounding has moved the links more than
+        ``UNITARITY_TOLERANCE`` off SU(N); otherwise the field is returned untouched."""
+        if unitarity_drift(field) > UNITARITY_TOLERANCE:
+            return reunitarize(field)
+        return field

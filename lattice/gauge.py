@@ -20,7 +20,7 @@ import torch
 
 from .errors import InputError
 from .geometry import shift
-from .groups import dagger
+from .groups import dagger, matmul
 
 SITE_AXIS = 1  # after selecting a direction, sites start at axis 1
 
@@ -41,7 +41,8 @@ def _site_mean(values: torch.Tensor, n_site_axes: int) -> torch.Tensor:
 def plaquettes(links: torch.Tensor, mu: int, nu: int) -> torch.Tensor:
     """Plaquette matrices ``U_{mu nu}(x)``, shape ``[B, x..., N, N]``."""
     u_mu, u_nu = links[:, mu], links[:, nu]
-    return u_mu @ shift(u_nu, mu, 1, SITE_AXIS) @ dagger(shift(u_mu, nu, 1, SITE_AXIS)) @ dagger(u_nu)
+    forward = matmul(u_mu, shift(u_nu, mu, 1, SITE_AXIS))
+    return matmul(forward, dagger(matmul(u_nu, shift(u_mu, nu, 1, SITE_AXIS))))
 
 
 def planes(dimension: int):

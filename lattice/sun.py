@@ -18,7 +18,7 @@ from . import exact, gauge
 from .errors import InputError
 from .fields import SUNField
 from .geometry import shift
-from .groups import complex_dtype, dagger, haar_random_sun, identity_sun, real_trace, traceless_antihermitian
+from .groups import complex_dtype, dagger, haar_random_sun, identity_sun, matmul, real_trace, traceless_antihermitian
 from .theory import Coupling, GaugeTheory, sum_per_config
 
 
@@ -56,16 +56,16 @@ class SUN(GaugeTheory):
             if nu == mu:
                 continue
             u_mu, u_nu = links[:, mu], links[:, nu]
-            up = shift(u_nu, mu, 1, site) @ dagger(shift(u_mu, nu, 1, site)) @ dagger(u_nu)
+            up = matmul(matmul(shift(u_nu, mu, 1, site), dagger(shift(u_mu, nu, 1, site))), dagger(u_nu))
             u_nu_down = shift(u_nu, nu, -1, site)
-            down = dagger(shift(u_nu_down, mu, 1, site)) @ dagger(shift(u_mu, nu, -1, site)) @ u_nu_down
+            down = matmul(matmul(dagger(shift(u_nu_down, mu, 1, site)), dagger(shift(u_mu, nu, -1, site))), u_nu_down)
             total = total + up + down
         return total
 
     def force(self, links):
         """Analytic su(N) force ``F_mu(x) = (beta/N) P_su(N)(U_mu(x) A_mu(x))`` from the staples
         (the autograd force of the base class agrees)."""
-        forces = [traceless_antihermitian(links[:, mu] @ self.staples(links, mu)) for mu in range(self.dimension)]
+        forces = [traceless_antihermitian(matmul(links[:, mu], self.staples(links, mu))) for mu in range(self.dimension)]
         return (self.couplings["beta"] / self.n_colors) * torch.stack(forces, dim=1)
 
     @classmethod

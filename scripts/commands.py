@@ -55,6 +55,30 @@ def _add_theory_options(parser):
                            help=f"{coupling.description} ({', '.join(theories_with_coupling(name))})")
 
 
+def _add_hmc_options(group):
+    group.add_argument("--trajectory-length", type=float, default=1.0, help="molecular-dynamics time per trajectory (default: 1.0)")
+    group.add_argument("--steps", type=int, default=10, help="initial integration steps per trajectory (default: 10)")
+    group.add_argument("--integrator", default="omelyan", choices=("omelyan", "leapfrog"), help="(default: omelyan)")
+    group.add_argument("--jitter", type=float, default=0.2,
+                       help="each trajectory's step size is drawn from step*[1-j, 1+j]; keeps HMC ergodic (default: 0.2)")
+    group.add_argument("--no-tune", dest="tune", action="store_false",
+                       help="keep --steps fixed instead of tuning it during thermalisation")
+    group.add_argument("--target-acceptance", type=float, default=0.8, help="tuning target (default: 0.8)")
+
+
+def _add_commit_option(group):
+    group.add_argument("--commit-every", type=float, default=30.0, metavar="S",
+                       help="commit stored rows and the chain state to disk at least every S seconds; a crash redoes at most "
+                            "that much work (default: 30; 0: after every update)")
+
+
+def _hmc_parameters(args):
+    from gaugeflow.hmc.hmc import HMCParameters
+
+    return dict(params=HMCParameters(args.trajectory_length, args.steps, args.integrator, args.jitter), tune=args.tune,
+                target_acceptance=args.target_acceptance)
+
+
 def _add_run_options(parser, precision="float64"):
     group = parser.add_argument_group("execution")
     group.add_argument("--seed", type=int, default=1, help="random seed (default: 1)")
@@ -78,22 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="configurations stored in total, over all chains, after thermalisation (default: 1000)")
     group.add_argument("--therm", type=int, default=200, help="thermalisation trajectories per chain, not stored (default: 200)")
     group.add_argument("--chains", type=int, default=4, help="independent chains run as one batch (default: 4)")
-    group.add_argument("--trajectory-length", type=float, default=1.0, help="molecular-dynamics time per trajectory (default: 1.0)")
-    group.add_argument("--steps", type=int, default=10, help="initial integration steps per trajectory (default: 10)")
-    group.add_argument("--integrator", default="omelyan", choices=("omelyan", "leapfrog"), help="(default: omelyan)")
-    group.add_argument("--jitter", type=float, default=0.2,
-                       help="each trajectory's step size is drawn from step*[1-j, 1+j]; keeps HMC ergodic (default: 0.2)")
-    group.add_argument("--no-tune", dest="tune", action="store_false",
-                       help="keep --steps fixed instead of tuning it during thermalisation")
-    group.add_argument("--target-acceptance", type=float, default=0.8, help="tuning target (default: 0.8)")
+    _add_hmc_options(group)
     group.add_argument("--save-every", type=int, default=1, help="store every k-th trajectory (default: 1)")
     group.add_argument("--start", default="hot", choices=("hot", "cold"), help="initial configuration (default: hot)")
     group.add_argument("--out", required=True, help="output HDF5 file; never overwritten")
     group.add_argument("--resume", action="store_true",
                        help="continue the chains stored in --out and top it up to --n-configs (starts anew if --out is absent)")
-    group.add_argument("--commit-every", type=float, default=30.0, metavar="S",
-                       help="commit stored rows and the chain state to disk at least every S seconds; a crash redoes at most "
-                            "that much work (default: 30; 0: after every update)")
+    _add_commit_option(group)
     _add_run_options(hmc)
 
     verify = sub.add_parser("verify", help="check every checksum of an ensemble",
@@ -145,22 +160,41 @@ def build_parser() -> argparse.ArgumentParser:
                             "--batch-size is the global batch; --device cuda/xpu picks the GPU of the local rank")
     _add_run_options(train, precision="float32")
 
-    sample = sub.add_parser("sample", help="generate an ensemble with a trained flow (independence Metropolis)",
-                            description="Generate an exact ensemble from a trained flow: every chain proposes flow "
-                                        "samples and accepts them with the Metropolis probability min(1, w'/w), "
-                                        "w = exp(-S)/q.  Same HDF5 format and resume semantics as 'gaugeflow hmc'.")
+    sample = sub.add_parser("sample", help="generate an ensemble with a trained flow (exact Markov chains)",
+                            description="Generate an exact ensemble with a trained flow.  'flow': every chain proposes "
+                                        "flow samples and accepts them with probability min(1, w'/w), w = exp(-S)/q; "
+                                        "'composite' (default): each step is such a proposal followed by K HMC "
+                                        "trajectories, K chosen during thermalisation (--fallback auto) unless given; "
+                                        "'flow-hmc': HMC in the flow's latent variables.  Same HDF5 format and resume "
+                                        "semantics as 'gaugeflow hmc'.")
     sample.add_argument("--model", required=True, help="checkpoint written by 'gaugeflow train'")
     sample.add_argument("--lattice", help="run the model on another lattice of the same dimension (default: its own)")
+    sample.add_argument("--sampler", default="composite", choices=("flow", "composite", "flow-hmc"),
+                        help="(default: composite)")
+    policy = sample.add_mutually_exclusive_group()
+    policy.add_argument("--hmc-per-step", type=int, metavar="K", help="composite: HMC trajectories after each flow step")
+    policy.add_argument("--fallback", choices=("auto",), default="auto",
+                        help="composite: choose K (or pure flow, or pure HMC) from what thermalisation measures (default)")
     sample.add_argument("--n-configs", type=int, default=1000, help="configurations stored in total (default: 1000)")
-    sample.add_argument("--therm", type=int, default=10, help="Metropolis steps per chain before storing (default: 10)")
+    sample.add_argument("--therm", type=int, default=40, help="updates per chain before storing (default: 40)")
     sample.add_argument("--chains", type=int, default=4, help="independent chains (default: 4)")
     sample.add_argument("--save-every", type=int, default=1, help="store every k-th step (default: 1)")
     sample.add_argument("--out", required=True, help="output HDF5 file; never overwritten")
     sample.add_argument("--resume", action="store_true", help="top --out up to --n-configs")
-    sample.add_argument("--commit-every", type=float, default=30.0, metavar="S",
-                        help="commit stored rows and the chain state to disk at least every S seconds; a crash redoes at most "
-                            "that much work (default: 30; 0: after every update)")
+    _add_commit_option(sample)
+    _add_hmc_options(sample.add_argument_group("HMC (composite and flow-hmc)"))
     _add_run_options(sample)
+
+    reweight = sub.add_parser("reweight", help="observables and log Z from independent flow samples",
+                              description="Self-normalised importance sampling of every observable and the estimate "
+                                          "log Z = log mean(exp(-S)/q) with errors, from independent flow samples "
+                                          "(Nicoli et al. arXiv:2007.07115); also the ESS.")
+    reweight.add_argument("--model", required=True, help="checkpoint written by 'gaugeflow train'")
+    reweight.add_argument("--lattice", help="run the model on another lattice of the same dimension")
+    reweight.add_argument("--n-samples", type=int, default=4096, help="flow samples (default: 4096)")
+    reweight.add_argument("--batch-size", type=int, default=256, help="samples per batch (default: 256)")
+    reweight.add_argument("--json", action="store_true", help="print {name: {mean, error}} as JSON")
+    _add_run_options(reweight)
 
     plot = sub.add_parser("plot", help="draw training curves (loss, ESS, acceptance) to PNG")
     plot.add_argument("metrics", help="a training log, <model>.metrics.csv")
@@ -177,14 +211,12 @@ def _set_threads(args) -> None:
 
 
 def run_hmc(args) -> int:
-    from gaugeflow.hmc.hmc import HMCParameters
     from gaugeflow.hmc.run import generate_ensemble
     from gaugeflow.lattice.backend import resolve_precision
     from gaugeflow.lattice.theories import make_theory
 
     _set_threads(args)
     theory = make_theory(args.theory, args.lattice, **_couplings(args))
-    params = HMCParameters(args.trajectory_length, args.steps, args.integrator, args.jitter)
     summary = generate_ensemble(
         theory,
         args.out,
@@ -193,9 +225,7 @@ def run_hmc(args) -> int:
         n_therm=args.therm,
         n_chains=args.chains,
         seed=args.seed,
-        params=params,
-        tune=args.tune,
-        target_acceptance=args.target_acceptance,
+        **_hmc_parameters(args),
         save_every=args.save_every,
         start=args.start,
         resume=args.resume,
@@ -267,20 +297,42 @@ def run_train(args) -> int:
 
 def run_sample(args) -> int:
     from gaugeflow.flows import load_flow
-    from gaugeflow.hmc.flow_metropolis import FlowMetropolisSampler
-    from gaugeflow.hmc.run import run_chains
+    from gaugeflow.hmc.run import generate_ensemble
     from gaugeflow.lattice.backend import resolve_device
 
     _set_threads(args)
     model = load_flow(args.model, lattice=args.lattice, device=resolve_device(args.device))
-    summary = run_chains(
-        model.theory, args.out, FlowMetropolisSampler(model, source=args.model),
+    summary = generate_ensemble(
+        model.theory, args.out, sampler=args.sampler, model=model, hmc_per_step=args.hmc_per_step, source=args.model,
         n_configs=args.n_configs, n_therm=args.therm, n_chains=args.chains, seed=args.seed, commit_every=args.commit_every,
-        save_every=args.save_every, resume=args.resume, device=args.device, progress=not args.quiet,
+        save_every=args.save_every, resume=args.resume, device=args.device, progress=not args.quiet, **_hmc_parameters(args),
     )
     if not args.quiet:
-        print(f"{summary.path}: {summary.n_configs} configurations ({summary.n_new} new), "
-              f"Metropolis acceptance {summary.acceptance:.3f}, {summary.seconds:.1f} s", file=sys.stderr)
+        details = ", ".join(f"{k} {v}" for k, v in summary.postfix.items())
+        print(f"{summary.path}: {summary.n_configs} configurations ({summary.n_new} new), {args.sampler} acceptance "
+              f"{summary.acceptance:.3f}{', ' + details if details else ''}, {summary.seconds:.1f} s", file=sys.stderr)
+    return 0
+
+
+def run_reweight(args) -> int:
+    import torch
+
+    from gaugeflow.flows import load_flow
+    from gaugeflow.flows.reweighting import reweighted_estimates
+    from gaugeflow.hmc.analysis import format_table
+    from gaugeflow.lattice.backend import resolve_device
+
+    _set_threads(args)
+    torch.manual_seed(args.seed)
+    model = load_flow(args.model, lattice=args.lattice, device=resolve_device(args.device))
+    results = reweighted_estimates(model, args.n_samples, args.batch_size)
+    exact = model.theory.exact_log_partition_function()
+    if exact is not None:
+        results["log_partition_function_exact"] = {"mean": exact, "error": 0.0}
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print(format_table({k: {**v, "tau_int": None} for k, v in results.items()}))
     return 0
 
 
@@ -333,7 +385,7 @@ def run_compact(args) -> int:
 
 
 COMMANDS = {"hmc": run_hmc, "analyze": run_analyze, "train": run_train, "sample": run_sample, "plot": run_plot,
-            "verify": run_verify, "compact": run_compact}
+            "verify": run_verify, "compact": run_compact, "reweight": run_reweight}
 
 
 def main(argv=None) -> int:

@@ -188,18 +188,24 @@ def test_sample_from_a_trained_flow_and_resume(tmp_path):
     assert gaugeflow(*args, "--n-configs", 6).returncode == 0
     resumed = gaugeflow(*args, "--n-configs", 10, "--resume")
     assert resumed.returncode == 0, resumed.stderr
-    with h5py.File(out, "r") as f:
-        assert f.attrs["sampler"] == "flow" and int(f.attrs["n_configs"]) == 10
+    with h5py.File(out, "r") as f:  # the default: a composite chain whose policy thermalisation chose
+        assert f.attrs["sampler"] == "composite" and int(f.attrs["n_configs"]) == 10
+        assert f.attrs["fallback"] == "auto" and "flow acceptance" in f.attrs["fallback_reason"]
         assert list(f["step"][:]) == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+    for sampler in ("flow", "flow-hmc"):
+        result = gaugeflow(*args[:-1], tmp_path / f"by-{sampler}.h5", "--sampler", sampler, "--n-configs", 4)
+        assert result.returncode == 0, result.stderr
+        with h5py.File(tmp_path / f"by-{sampler}.h5", "r") as f:
+            assert f.attrs["sampler"] == sampler and f["configs"].shape == (4, 2, 4, 4)
     larger = gaugeflow("sample", "--model", model, "--lattice", "8x8", "--chains", 2, "--therm", 1, "--n-configs", 2,
-                       "--quiet", "--out", tmp_path / "large.h5")
+                       "--sampler", "flow", "--quiet", "--out", tmp_path / "large.h5")
     assert larger.returncode == 0, larger.stderr
     with h5py.File(tmp_path / "large.h5", "r") as f:
         assert f["configs"].shape == (2, 2, 8, 8)
     hmc_file = tmp_path / "hmc.h5"
     assert gaugeflow("hmc", "--theory", "u1", "--beta", 1.0, *SMALL_RUN, "--out", hmc_file).returncode == 0
     mixed = gaugeflow("sample", "--model", model, "--chains", 2, "--n-configs", 10, "--quiet", "--out", hmc_file, "--resume")
-    assert mixed.returncode == 2 and "sampler 'hmc', not 'flow'" in mixed.stderr
+    assert mixed.returncode == 2 and "sampler 'hmc', not 'composite'" in mixed.stderr
 
 
 def test_library_messages_are_translated_to_options_but_paths_are_not():

@@ -52,8 +52,11 @@ def test_schema_and_round_trip(tmp_path):
         assert configs.min() > -np.pi and configs.max() <= np.pi
         stored_plaquette = f["observables/plaquette"][:]
     segments = sorted(os.listdir(segment_directory(path)))
-    assert segments == ["segment-000000.h5"]  # one commit at the end of a short run
+    # a short run commits twice: the thermalised state, then the rows at the end
+    assert segments == ["segment-000000.h5", "segment-000001.h5"]
     with h5py.File(os.path.join(segment_directory(path), segments[0]), "r") as f:
+        assert f.attrs["n_rows"] == 0 and f["resume"].attrs["next_trajectory"] == 0
+    with h5py.File(os.path.join(segment_directory(path), segments[1]), "r") as f:
         assert f["configs"].chunks is not None and f["configs"].fletcher32
         assert len(f["configs"].attrs["sha256"]) == 64 and len(f["resume"].attrs["sha256"]) == 64
         assert f.attrs["layout"] == "segment" and f.attrs["first_row"] == 0 and f.attrs["n_rows"] == 10

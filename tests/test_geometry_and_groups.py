@@ -77,3 +77,52 @@ def test_projection_is_idempotent_and_restores_group(generator):
     assert (projected - u).abs().max() < 1e-2
     a = torch.randn(5, 3, 3, dtype=torch.complex128, generator=generator)
     assert torch.allclose(traceless_antihermitian(traceless_antihermitian(a)), traceless_antihermitian(a))
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_closed_form_exponentials_match_matrix_exp_at_every_scale(n):
+    from gaugeflow.lattice.groups import expm_algebra, unitarity_drift
+
+    generator = torch.Generator().manual_seed(n)
+    for scale in (1e-9, 1e-4, 1e-2, 0.07, 0.3, 1.0, 3.0):  # both sides of the series/closed-form switch
+        x = scale * random_algebra((4000,), n, generator=generator)
+        exponential = expm_algebra(x)
+        assert (exponential - torch.linalg.matrix_exp(x)).abs().max() < 2e-14 * max(1.0, scale)
+        assert unitarity_drift(exponential) < 1e-14 * max(1.0, scale)
+        assert (torch.linalg.det(exponential) - 1).abs().max() < 1e-14 * max(1.0, scale)
+        assert (expm_algebra(-x) @ exponential - torch.eye(n, dtype=x.dtype)).abs().max() < 1e-14 * max(1.0, scale)
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_reunitarisation_only_beyond_the_tolerance(n):
+    from gaugeflow.lattice.fields import SUNField
+    from gaugeflow.lattice.groups import UNITARITY_TOLERANCE, unitarity_drift
+
+    generator = torch.Generator().manual_seed(7)
+    links = haar_random_sun((64,), n, generator=generator)
+    field = SUNField(n)
+    slightly = links + 1e-14 * torch.randn(links.shape, dtype=links.dtype, generator=generator)
+    assert torch.equal(field.project(slightly), slightly)  # within tolerance: untouched, bit for bit
+    drifted = links + 1e-9 * torch.randn(links.shape, dtype=links.dtype, generator=generator)
+    assert unitarity_drift(drifted) > UNITARITY_TOLERANCE
+    fixed = field.project(drifted)
+    assert unitarity_drift(fixed) < 1e-14 and (torch.linalg.det(fixed) - 1).abs().max() < 1e-14
+    assert (fixed - links).abs().max() < 1e-8  # the nearby SU(N) matrix, not another one
+
+
+def test_broadcast_products_give_the_same_trajectory(monkeypatch):
+    """The product form chosen for GPUs, run on the CPU: same HMC trajectory to rounding."""
+    from gaugeflow.hmc.hmc import HMCParameters, hmc_trajectory
+    from gaugeflow.lattice import groups
+    from gaugeflow.lattice.theories import make_theory
+
+    theory = make_theory("su3", "4x4x4x4", beta=5.5)
+    start = theory.hot_start(2, generator=torch.Generator().manual_seed(1))
+    params = HMCParameters(0.5, 5, "omelyan", 0.0)
+    matmul_result = hmc_trajectory(theory, start, params, torch.Generator().manual_seed(2))
+    monkeypatch.setattr(groups, "BROADCAST_PRODUCT_DEVICES", {"cpu"})
+    a, b = groups.haar_random_sun((5,), 3), groups.haar_random_sun((5,), 3)
+    assert (groups.matmul(a, b) - a @ b).abs().max() < 1e-15
+    broadcast_result = hmc_trajectory(theory, start, params, torch.Generator().manual_seed(2))
+    assert (broadcast_result.field - matmul_result.field).abs().max() < 1e-12
+    assert (broadcast_result.delta_h - matmul_result.delta_h).abs().max() < 1e-9

@@ -1,0 +1,138 @@
+"""Composite chains: flow independence Metropolis followed by HMC, with a fallback policy.
+
+Each step of a composite chain (Hackett et al., arXiv:2107.00734) is a flow
+independence-Metropolis proposal (:class:`~gaugeflow.hmc.flow_metropolis.FlowMetropolisSampler`)
+followed by ``K`` HMC trajectories.  Both kernels leave ``p`` invariant, so the chain is exact
+for any fixed ``K`` and any model, and ergodic whenever ``K >= 1``: HMC moves the chain where
+the flow is poor, the flow jumps between topological sectors where HMC freezes.
+
+**Fallback policy** (``hmc_per_step=None``, ``gaugeflow sample --fallback auto``): during
+thermalisation the chain measures the flow's acceptance ``a``, the cost of a flow step
+``t_f`` and of a trajectory ``t_h``, and HMC's integrated autocorrelation time ``tau`` (Gamma
+method over the chains, of the topological charge where there is one, else of the action
+density), and chooses what minimises the estimated cost per independent sample,
+
+    cost(K) = (t_f + K t_h) / min(1, a + K / (2 tau)),      cost(pure HMC) = 2 tau t_h,
+
+over ``K`` in {1, 2, 4, 8, 16}, plus pure flow (``K = 0``) when ``a >= 0.5`` and pure HMC when
+``a < 0.02``: per step, an accepted proposal is a new independent sample, and ``K``
+trajectories decorrelate about ``K / (2 tau)`` of one.  The choice is made once, before
+production, so the stored chain is a fixed Markov process; it and its reason are stored in
+the ensemble's attributes (``hmc_per_step``, ``use_flow``, ``fallback_reason``) and logged, and
+a resumed run keeps it.  The choice rests on measured times, so two separate runs with the
+same seed may choose differently: fix ``K`` (``--hmc-per-step``) for runs that must be
+reproducible bit for bit.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+
+from gaugeflow.lattice.errors import InputError
+
+from .autocorrelation import gamma_method
+from .flow_metropolis import FlowMetropolisSampler
+from .hmc import HMCParameters, HMCSampler
+from .sampler import TrajectoryResult
+
+log = logging.getLogger("gaugeflow")
+CANDIDATE_K = (1, 2, 4, 8, 16)
+PURE_FLOW_ACCEPTANCE, USELESS_FLOW_ACCEPTANCE = 0.5, 0.02
+
+
+def choose_policy(acceptance: float, tau: float, flow_seconds: float, hmc_seconds: float) -> tuple[bool, int, str]:
+    """``(use_flow, K, reason)`` minimising the estimated cost per independent sample."""
+    tau = max(float(tau), 0.5)
+    options = {("hmc", 1): 2 * tau * hmc_seconds}
+    for k in CANDIDATE_K:
+        options[("flow", k)] = (flow_seconds + k * hmc_seconds) / min(1.0, acceptance + k / (2 * tau))
+    if acceptance >= PURE_FLOW_ACCEPTANCE:
+        options[("flow", 0)] = flow_seconds / min(1.0, acceptance)
+    if acceptance < USELESS_FLOW_ACCEPTANCE:
+        options = {("hmc", 1): options[("hmc", 1)]}
+    (kind, k), cost = min(options.items(), key=lambda item: item[1])
+    measured = (f"flow acceptance {acceptance:.3f}, HMC tau_int {tau:.1f}, {1e3 * flow_seconds:.1f} ms per flow step, "
+                f"{1e3 * hmc_seconds:.1f} ms per trajectory")
+    if kind == "hmc":
+        why = "the flow is useless" if acceptance < USELESS_FLOW_ACCEPTANCE else "HMC alone is cheapest"
+        return False, 1, f"pure HMC ({why}): {measured}"
+    return True, k, f"flow + {k} HMC per step (estimated {1e3 * cost:.1f} ms per independent sample): {measured}"
+
+
+class CompositeSampler:
+    """Flow independence Metropolis, then ``hmc_per_step`` HMC trajectories (``None``: chosen
+    by the fallback policy during thermalisation)."""
+
+    name = "composite"
+
+    def __init__(self, model, hmc_per_step: int | None = None, params: HMCParameters | None = None, tune: bool = True,
+                 target_acceptance: float = 0.8, source: str = ""):
+        if hmc_per_step is not None and int(hmc_per_step) < 0:
+            raise InputError(f"hmc_per_step must be non-negative, got {hmc_per_step}")
+        self.flow = FlowMetropolisSampler(model, source)
+        self.hmc = HMCSampler(self.flow.model.theory, params, tune, target_acceptance)
+        self.auto = hmc_per_step is None
+        self.decided = not self.auto  # set once: by the policy, or by restore() from an earlier run
+        self.use_flow, self.hmc_per_step = True, 1 if hmc_per_step is None else int(hmc_per_step)
+        self.reason = "fixed by the user"
+        self.hmc_acceptance = []
+
+    def run_parameters(self) -> dict:
+        return {**self.flow.run_parameters(), **self.hmc.run_parameters(), "fallback": "auto" if self.auto else "fixed",
+                "hmc_per_step": self.hmc_per_step, "use_flow": self.use_flow, "fallback_reason": self.reason}
+
+    def update(self, field, generator) -> TrajectoryResult:
+        result = self.flow.update(field, generator) if self.use_flow else None
+        field = field if result is None else result.field
+        for _ in range(self.hmc_per_step if self.use_flow else 1):
+            trajectory = self.hmc.update(field, generator)
+            field = trajectory.field
+            self.hmc_acceptance.append(trajectory.accepted.double().mean().item())
+            self.flow.log_weight = None  # the state moved: its weight is recomputed at the next flow step
+        if result is None:
+            return trajectory
+        return TrajectoryResult(field, result.accepted, result.delta_h)
+
+    def thermalise(self, field, n_therm, generator, progress=False, received=None):
+        field = self.hmc.thermalise(field, n_therm, generator, progress, received)
+        if not self.auto or (received is not None and received["signal"]):
+            return field
+        measure = max(10, n_therm // 4)
+        series, began = [], time.perf_counter()
+        for _ in range(measure):
+            field = self.hmc.update(field, generator).field
+            observables = self.hmc.theory.observables(field)
+            series.append(observables.get("topological_charge", observables["action_density"]).cpu().numpy())
+        hmc_seconds = (time.perf_counter() - began) / measure
+        tau = gamma_method(list(np.asarray(series).T)).tau_int if np.ptp(np.asarray(series)) > 0 else 0.5
+        accepted, began = [], time.perf_counter()
+        for _ in range(measure):
+            step = self.flow.update(field, generator)
+            field = step.field
+            accepted.append(step.accepted.double().mean().item())
+        flow_seconds = (time.perf_counter() - began) / measure
+        if not self.decided:  # the measurements above ran anyway: the random numbers they drew are the same
+            self.use_flow, self.hmc_per_step, self.reason = choose_policy(float(np.mean(accepted)), tau, flow_seconds,
+                                                                          hmc_seconds)
+            self.decided = True
+            log.warning("composite sampler: %s", self.reason)
+        return field
+
+    def resume_attributes(self) -> dict:
+        return {**self.hmc.resume_attributes(), "hmc_per_step": self.hmc_per_step, "use_flow": self.use_flow,
+                "fallback_reason": self.reason}
+
+    def restore(self, state: dict) -> None:
+        self.hmc.restore(state)
+        self.flow.restore(state)
+        if "hmc_per_step" in state:
+            self.hmc_per_step, self.use_flow = int(state["hmc_per_step"]), bool(state["use_flow"])
+            self.reason, self.decided = str(state["fallback_reason"]), True
+
+    def postfix(self) -> dict:
+        hmc = f"{np.mean(self.hmc_acceptance[-50:]):.2f}" if self.hmc_acceptance else "-"
+        return {"K": self.hmc_per_step if self.use_flow else "hmc", "hmc_acc": hmc, **self.hmc.postfix()}

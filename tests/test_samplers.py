@@ -1,0 +1,171 @@
+"""The flow samplers are exact whatever the model: composite chains, flow HMC and reweighting
+against exact results, with barely trained models (``pytest -s`` prints the comparisons)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from gaugeflow.flows import TrainConfig, architecture, build_flow, train_flow
+from gaugeflow.flows.reweighting import reweighted_estimates
+from gaugeflow.hmc import HMCParameters, analyze_ensemble, generate_ensemble, hmc_trajectory
+from gaugeflow.hmc.composite import choose_policy
+from gaugeflow.hmc.flow_hmc import PulledBackTheory
+from gaugeflow.hmc.hmc import hamiltonian, molecular_dynamics
+from gaugeflow.lattice import exact, open_ensemble
+from gaugeflow.lattice.theories import make_theory
+
+
+def barely_trained(theory, tmp_path, steps=5, layers=4, seed=0):
+    torch.manual_seed(seed)
+    model = build_flow(architecture(theory, n_layers=layers, hidden_channels=[8]))
+    train_flow(model, TrainConfig(steps=steps, batch_size=32, log_every=steps, checkpoint_every=steps, seed=seed),
+               tmp_path / f"{theory.name}-{seed}.pt", progress=False)
+    return model
+
+
+def check(name, result, exact_value, sigmas=3.0):
+    pull = (result["mean"] - exact_value) / result["error"]
+    print(f"{name}: {result['mean']:.5f} +- {result['error']:.5f} vs exact {exact_value:.5f} (pull {pull:+.2f})")
+    assert abs(pull) < sigmas, name
+
+
+RUN = dict(n_chains=32, n_therm=20, seed=4, progress=False, params=HMCParameters(1.0, 4))
+
+
+@pytest.fixture(scope="module")
+def u1_model(tmp_path_factory):
+    return barely_trained(make_theory("u1", "4x4", beta=1.0), tmp_path_factory.mktemp("u1"))
+
+
+@pytest.mark.parametrize("sampler, kwargs", [("composite", {"hmc_per_step": 1}), ("flow-hmc", {})])
+def test_u1_plaquette_and_topological_charge_are_exact(tmp_path, u1_model, sampler, kwargs):
+    theory = u1_model.theory
+    path = tmp_path / "u1.h5"
+    generate_ensemble(theory, path, sampler=sampler, model=u1_model, n_configs=32 * 120, **RUN, **kwargs)
+    results = analyze_ensemble(path)
+    check(f"u1 4x4 beta=1 {sampler} plaquette", results["plaquette"], exact.u1_plaquette(1.0, 16))
+    check(f"u1 4x4 beta=1 {sampler} <Q^2>", results["topological_charge_squared"],
+          exact.u1_topological_charge_squared(1.0, 16))
+    assert results["acceptance"]["mean"] > 0.05  # the flow (composite) or the latent HMC really moves
+    with open_ensemble(path) as ensemble:
+        assert ensemble.metadata["sampler"] == sampler
+
+
+@pytest.mark.parametrize("sampler", ["composite", "flow-hmc"])
+def test_su2_plaquette_is_exact(tmp_path, sampler):
+    theory = make_theory("su2", "4x4", beta=1.5)
+    model = barely_trained(theory, tmp_path, steps=2, layers=2)
+    path = tmp_path / "su2.h5"
+    generate_ensemble(theory, path, sampler=sampler, model=model, n_configs=16 * 60, hmc_per_step=1,
+                      **{**RUN, "n_chains": 16})
+    check(f"su2 4x4 beta=1.5 {sampler} plaquette", analyze_ensemble(path)["plaquette"], exact.su2_plaquette(1.5, 16))
+
+
+@pytest.mark.parametrize("sampler", ["composite", "flow-hmc"])
+def test_free_scalar_propagator_is_exact(tmp_path, sampler):
+    theory = make_theory("phi4", "4x4", m2=0.5, lam=0.0)
+    model = barely_trained(theory, tmp_path, steps=3, layers=2)
+    path = tmp_path / "free.h5"
+    generate_ensemble(theory, path, sampler=sampler, model=model, n_configs=32 * 120, hmc_per_step=1, **RUN)
+    with open_ensemble(path) as ensemble:
+        configs = torch.as_tensor(ensemble.configs())
+        chains = ensemble.per_chain(np.arange(len(ensemble)))
+    from gaugeflow.hmc import gamma_method
+    from gaugeflow.lattice import two_point_function
+
+    g = two_point_function(configs).numpy()
+    propagator = exact.free_scalar_propagator((4, 4), 0.5)
+    for x, y in ((0, 0), (1, 0), (2, 1)):
+        result = gamma_method([g[rows, x, y] for rows in chains])
+        check(f"free 4x4 m2=0.5 {sampler} G({x},{y})", {"mean": result.mean, "error": result.error}, propagator[x, y])
+
+
+def test_flow_hmc_is_reversible_and_its_energy_error_scales_as_dt_squared():
+    """With a smooth flow (NCP kernels): the rational-quadratic splines are only C^1, their
+    pulled-back force jumps at the knots and leapfrog's error there is O(dt) (still exact)."""
+    torch.manual_seed(0)
+    model = build_flow(architecture(make_theory("u1", "4x4", beta=1.0), n_layers=4, hidden_channels=[8], kernel="ncp"))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    theory = PulledBackTheory(model)
+    generator = torch.Generator().manual_seed(3)
+    z = model.theory.hot_start(16, generator=generator)
+    momenta = theory.field.random_momenta(z, generator)
+    params = HMCParameters(0.5, 8, "leapfrog", 0.0)
+    end, end_momenta = molecular_dynamics(theory, z, momenta, params)
+    back, back_momenta = molecular_dynamics(theory, end, -end_momenta, params)
+    assert (back - z).abs().max() < 1e-10 and (back_momenta + momenta).abs().max() < 1e-10
+    errors = []
+    for n_steps in (8, 16, 32):
+        p = HMCParameters(0.5, n_steps, "leapfrog", 0.0)
+        end, end_momenta = molecular_dynamics(theory, z, momenta, p)
+        delta_h = hamiltonian(theory, end, end_momenta) - hamiltonian(theory, z, momenta)
+        errors.append(delta_h.pow(2).mean().sqrt().item())
+    ratios = [errors[0] / errors[1], errors[1] / errors[2]]
+    print("flow HMC rms dH at 8/16/32 steps:", errors, "ratios", ratios)
+    assert all(3.8 < r < 4.2 for r in ratios)
+    result = hmc_trajectory(theory, z, params, generator)  # and one full update runs
+    assert result.field.shape == z.shape and result.delta_h.dtype == torch.float64
+
+
+@pytest.mark.parametrize("theory, log_z", [
+    (make_theory("u1", "4x4", beta=1.0), None),
+    (make_theory("su2", "4x4", beta=1.0), None),
+])
+def test_reweighting_gives_observables_and_log_z(tmp_path, theory, log_z):
+    model = barely_trained(theory, tmp_path, steps=10, layers=4 if theory.name == "u1" else 2)
+    torch.manual_seed(7)
+    results = reweighted_estimates(model, 4096)
+    exact_log_z = theory.exact_log_partition_function()
+    check(f"{theory.name} 4x4 beta=1 reweighted log Z", results["log_partition_function"], exact_log_z)
+    plaquette = exact.u1_plaquette(1.0, 16) if theory.name == "u1" else exact.su2_plaquette(1.0, 16)
+    check(f"{theory.name} 4x4 beta=1 reweighted plaquette", results["plaquette"], plaquette)
+    if theory.name == "u1":
+        check("u1 4x4 beta=1 reweighted <Q^2>", results["topological_charge_squared"],
+              exact.u1_topological_charge_squared(1.0, 16))
+    assert 0 < results["ess"]["mean"] <= 1
+    assert results["log_partition_function"]["error"] < 0.1
+
+
+def test_the_fallback_policy_chooses_by_cost_per_independent_sample():
+    use_flow, k, reason = choose_policy(0.9, 20.0, 0.01, 0.01)
+    assert (use_flow, k) == (True, 0) and "flow + 0 HMC" in reason
+    use_flow, k, reason = choose_policy(0.005, 20.0, 0.01, 0.01)
+    assert not use_flow and "the flow is useless" in reason
+    use_flow, k, _ = choose_policy(0.2, 200.0, 0.01, 0.01)  # frozen HMC: the flow's jumps are worth it
+    assert use_flow and k >= 1
+    use_flow, k, reason = choose_policy(0.05, 0.6, 0.05, 0.001)  # fast-decorrelating, cheap HMC wins
+    assert not use_flow and "HMC alone is cheapest" in reason
+
+
+def test_auto_policy_measures_the_flow_and_drops_it_where_it_is_useless(tmp_path):
+    exact_flow = make_theory("u1", "4x4", beta=0.0)  # the uniform prior is the target: acceptance 1
+    torch.manual_seed(0)
+    model = build_flow(architecture(exact_flow, n_layers=2, hidden_channels=[4]))
+    generate_ensemble(exact_flow, tmp_path / "a.h5", sampler="composite", model=model, n_configs=8, **{**RUN, "n_chains": 4})
+    with open_ensemble(tmp_path / "a.h5") as ensemble:  # measured and recorded; which is cheaper depends on timings
+        assert "flow acceptance 1.000" in ensemble.metadata["fallback_reason"]
+    frozen = make_theory("u1", "8x8", beta=6.0)  # an untrained flow is useless here
+    model = build_flow(architecture(frozen, n_layers=2, hidden_channels=[4]))
+    generate_ensemble(frozen, tmp_path / "b.h5", sampler="composite", model=model, n_configs=8, **{**RUN, "n_chains": 4})
+    with open_ensemble(tmp_path / "b.h5") as ensemble:
+        assert not ensemble.metadata["use_flow"] and "useless" in ensemble.metadata["fallback_reason"]
+
+
+@pytest.mark.parametrize("sampler, kwargs", [("composite", {"hmc_per_step": 2}), ("flow-hmc", {})])
+def test_flow_samplers_resume_bit_for_bit(tmp_path, u1_model, sampler, kwargs):
+    import h5py
+
+    theory = u1_model.theory
+    options = {**RUN, "n_chains": 4, "commit_every": 0}
+    generate_ensemble(theory, tmp_path / "whole.h5", sampler=sampler, model=u1_model, n_configs=24, **options, **kwargs)
+    generate_ensemble(theory, tmp_path / "split.h5", sampler=sampler, model=u1_model, n_configs=8, **options, **kwargs)
+    generate_ensemble(theory, tmp_path / "split.h5", sampler=sampler, model=u1_model, n_configs=24, resume=True,
+                      **options, **kwargs)
+    with h5py.File(tmp_path / "whole.h5") as a, h5py.File(tmp_path / "split.h5") as b:
+        for name in ("configs", "accepted", "delta_h"):
+            assert np.array_equal(a[name][:], b[name][:]), name
+    assert not math.isnan(analyze_ensemble(tmp_path / "split.h5")["plaquette"]["mean"])
