@@ -122,10 +122,10 @@ def main():
                 r = run_sampler(sampler, theory, model, args, workdir)
                 rows[beta, sampler] = r
                 tau = f"{r['tau']:.1f}" if r["resolved"] else f"> {r['tau']:.1f} (unresolved)"
-                pull = (r["chi"] - chi_exact) / r["chi_error"] if r["chi_error"] > 0 else float("nan")
+                pull = f"{(r['chi'] - chi_exact) / r['chi_error']:+.1f}" if r["chi_error"] > 0 else "n/a (no move)"
                 label = sampler + (f" ({r['policy'].split(':')[0]})" if r["policy"] else "")
                 print(f"| {beta:g} | {label} | {r['acceptance']:.3f} | {tau} | {r['cost']:.3g} | "
-                      f"{r['chi']:.5f} +- {r['chi_error']:.5f} | {chi_exact:.5f} | {pull:+.1f} |", flush=True)
+                      f"{r['chi']:.5f} +- {r['chi_error']:.5f} | {chi_exact:.5f} | {pull} |", flush=True)
         print("\n| beta | HMC / best flow sampler (cost per independent sample) | best | break-even samples |")
         print("|---|---|---|---|")
         ratios = []

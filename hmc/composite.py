@@ -30,7 +30,6 @@ import logging
 import time
 
 import numpy as np
-import torch
 
 from gaugeflow.lattice.errors import InputError
 

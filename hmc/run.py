@@ -38,7 +38,6 @@ from gaugeflow.lattice.jobcontrol import EXIT_INTERRUPTED, Interrupted, stop_on_
 from .hmc import HMCParameters, HMCSampler, thermalise  # noqa: F401 (thermalise re-exported)
 from .sampler import Sampler
 
-
 # a field of every chain, its momenta, force, proposal and the action's temporaries
 WORKING_COPIES = 10
 

@@ -1,8 +1,9 @@
 """The theory registry: build a theory from its name, lattice and couplings.
 
-Built in: ``phi4`` (couplings ``m2``, ``lam``), ``u1`` (``beta``) and the family ``suN``
-(``su2``, ``su3``, ...; ``beta``).  A new theory is one module with a :class:`Theory`
-subclass plus one line::
+Built in: ``phi4`` (couplings ``m2``, ``lam``), ``u1`` (``beta``), the family ``suN``
+(``su2``, ``su3``, ...; ``beta``), and the Schwinger model with two Wilson fermions,
+``schwinger`` (exact determinant) and ``schwinger-pseudofermion`` (``beta``, ``kappa``).
+A new theory is one module with a :class:`Theory` subclass plus one line::
 
     register_theory(MyTheory)
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 from .errors import InputError
 from .geometry import parse_lattice_shape
 from .phi4 import Phi4
+from .schwinger import Schwinger, SchwingerPseudofermion
 from .sun import SUN
 from .theory import Coupling, Theory
 from .u1 import U1
@@ -76,5 +78,5 @@ def make_theory(name: str, lattice_shape, **couplings) -> Theory:
     return cls(shape, **{c: couplings[c] for c in cls.coupling_names}, **extra)
 
 
-for _builtin in (Phi4, U1, SUN):
+for _builtin in (Phi4, U1, SUN, Schwinger, SchwingerPseudofermion):
     register_theory(_builtin)

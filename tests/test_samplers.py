@@ -12,9 +12,10 @@ from gaugeflow.flows.reweighting import reweighted_estimates
 from gaugeflow.hmc import HMCParameters, analyze_ensemble, generate_ensemble, hmc_trajectory
 from gaugeflow.hmc.composite import choose_policy
 from gaugeflow.hmc.flow_hmc import PulledBackTheory
-from gaugeflow.hmc.hmc import hamiltonian, molecular_dynamics
 from gaugeflow.lattice import exact, open_ensemble
 from gaugeflow.lattice.theories import make_theory
+
+from md_checks import check_reversible_and_second_order
 
 
 def barely_trained(theory, tmp_path, steps=5, layers=4, seed=0):
@@ -93,21 +94,9 @@ def test_flow_hmc_is_reversible_and_its_energy_error_scales_as_dt_squared():
     theory = PulledBackTheory(model)
     generator = torch.Generator().manual_seed(3)
     z = model.theory.hot_start(16, generator=generator)
-    momenta = theory.field.random_momenta(z, generator)
-    params = HMCParameters(0.5, 8, "leapfrog", 0.0)
-    end, end_momenta = molecular_dynamics(theory, z, momenta, params)
-    back, back_momenta = molecular_dynamics(theory, end, -end_momenta, params)
-    assert (back - z).abs().max() < 1e-10 and (back_momenta + momenta).abs().max() < 1e-10
-    errors = []
-    for n_steps in (8, 16, 32):
-        p = HMCParameters(0.5, n_steps, "leapfrog", 0.0)
-        end, end_momenta = molecular_dynamics(theory, z, momenta, p)
-        delta_h = hamiltonian(theory, end, end_momenta) - hamiltonian(theory, z, momenta)
-        errors.append(delta_h.pow(2).mean().sqrt().item())
-    ratios = [errors[0] / errors[1], errors[1] / errors[2]]
-    print("flow HMC rms dH at 8/16/32 steps:", errors, "ratios", ratios)
-    assert all(3.8 < r < 4.2 for r in ratios)
-    result = hmc_trajectory(theory, z, params, generator)  # and one full update runs
+    errors = check_reversible_and_second_order(theory, z, generator, ratio_range=(3.8, 4.2))
+    print("flow HMC rms dH at 8/16/32 steps:", errors)
+    result = hmc_trajectory(theory, z, HMCParameters(0.5, 8, "leapfrog", 0.0), generator)  # and one full update runs
     assert result.field.shape == z.shape and result.delta_h.dtype == torch.float64
 
 
