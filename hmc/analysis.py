@@ -7,7 +7,9 @@ Derived quantities use the binned jackknife:
 * ``chi_2pt`` (phi^4) ``= V (<m^2> - <m>^2)`` with ``m`` the magnetisation per site, i.e. the
   sum over separations of the connected two-point function (Albergo et al., arXiv:2101.08176);
 * ``topological_susceptibility`` ``= <Q^2> / V`` (where the ensemble has a topological charge);
-* ``topological_charge_squared`` ``= <Q^2>``.
+* ``topological_charge_squared`` ``= <Q^2>``;
+* ``pion_effective_mass_t{t}`` ``= log(C(t) / C(t+1))`` for ``t < T/2`` where the ensemble has
+  a pion correlator ``pion_correlator_t{t}`` (Schwinger model).
 
 Diagnostics: ``acceptance`` and ``exp_minus_delta_h`` (``<exp(-dH)>``, 1 for a correct HMC).
 """
@@ -55,6 +57,10 @@ def analyze_ensemble(path, S: float = 1.5) -> dict[str, dict]:
         g = gamma_method(q2, S=S)
         results["topological_charge_squared"] = _result(g.mean, g.error, g.tau_int)
         results["topological_susceptibility"] = _result(g.mean / volume, g.error / volume, g.tau_int)
+    correlator = [per_chain[f"pion_correlator_t{t}"] for t in range(len(per_chain)) if f"pion_correlator_t{t}" in per_chain]
+    for t in range(len(correlator) // 2):
+        results[f"pion_effective_mass_t{t}"] = _result(*jackknife(lambda a, b: math.log(a / b), correlator[t],
+                                                                   correlator[t + 1]))
     results["acceptance"] = _result(*_mean_and_naive_error(accepted))
     finite = [np.exp(-np.nan_to_num(c, nan=np.inf)) for c in delta_h]
     results["exp_minus_delta_h"] = _result(*_mean_and_naive_error(finite))

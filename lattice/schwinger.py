@@ -15,8 +15,15 @@ with the Wilson operator ``D`` of :mod:`gaugeflow.lattice.fermions` (hopping par
   ``S_gauge + phi^dagger (D^dagger D)^{-1} phi`` through a conjugate-gradient solver, with the
   force ``-d/dtheta |D(theta) X|^2`` at fixed ``X = (D^dagger D)^{-1} phi``.
 
-Observables: those of U(1) (plaquette, Wilson loops, Polyakov loop, topological charge) and,
-for the exact theory, the chiral condensate ``(1/V) Re tr D^{-1}``.  ``kappa`` enters the
+Observables: those of U(1) (plaquette, Wilson loops, Polyakov loop, topological charge), the
+chiral condensate ``(1/V) Re tr D^{-1}`` and the pion correlator
+
+    C(t) = (1/V) sum_{x, y} tr[ S(x, y) S(x, y)^dagger ],  x_1 - y_1 = t,   S = D^{-1},
+
+(the pseudoscalar correlator of two degenerate flavours, by gamma5-hermiticity; averaged over
+all source points) as ``pion_correlator_t{t}``, from the dense inverse (small lattices);
+``gaugeflow analyze`` adds the effective masses ``log(C(t)/C(t+1))``.  For free fields they
+tend to ``2 log(1 + m0)``, ``m0 = 1/(2 kappa) - 2`` (tested).  ``kappa`` enters the
 action non-linearly, so flows cannot be conditioned on it.
 """
 
@@ -32,6 +39,15 @@ from .fields import AngleField
 from .geometry import sum_per_config
 from .theory import Coupling, Theory
 from .u1 import U1
+
+
+def pion_correlator(inverse: torch.Tensor, lattice_shape) -> torch.Tensor:
+    """``C(t)`` ``[B, L_1]`` from the dense ``D^{-1}`` ``[B, 2V, 2V]`` (all source points)."""
+    l0, l1 = lattice_shape
+    squares = inverse.reshape(-1, 2, l0, l1, 2, l0, l1).abs().pow(2).sum(dim=(1, 2, 4, 5))  # [B, x_1, y_1]
+    times = torch.arange(l1, device=inverse.device)
+    separation = (times[None, :] + times[:, None]) % l1  # [t, y_1] -> x_1 = y_1 + t
+    return squares[:, separation, times[None, :]].sum(-1) / (l0 * l1)
 
 
 class Schwinger(U1):
@@ -71,8 +87,10 @@ class Schwinger(U1):
 
     def observables(self, theta):
         result = super().observables(theta)
-        inverse_trace = torch.linalg.inv(wilson_matrix(theta, self.kappa)).diagonal(dim1=-2, dim2=-1).sum(-1)
-        result["chiral_condensate"] = inverse_trace.real / self.volume
+        inverse = torch.linalg.inv(wilson_matrix(theta, self.kappa))
+        result["chiral_condensate"] = inverse.diagonal(dim1=-2, dim2=-1).sum(-1).real / self.volume
+        for t, value in enumerate(pion_correlator(inverse, self.lattice_shape).unbind(1)):
+            result[f"pion_correlator_t{t}"] = value
         return result
 
 

@@ -171,3 +171,15 @@ def test_flows_on_the_exact_determinant_target_sample_exactly(tmp_path):
     a, b = results["composite"]["plaquette"], results["hmc"]["plaquette"]
     assert abs(a["mean"] - b["mean"]) < 3 * math.hypot(a["error"], b["error"])
     assert results["composite"]["acceptance"]["mean"] > 0.002  # flow proposals are really accepted
+
+
+def test_free_pion_effective_mass_is_twice_the_quark_pole_mass():
+    from gaugeflow.lattice.schwinger import pion_correlator
+
+    kappa = 0.2
+    theta = torch.zeros(1, 2, 4, 32, dtype=torch.float64)
+    correlator = pion_correlator(torch.linalg.inv(wilson_matrix(theta, kappa)), (4, 32))[0]
+    effective = torch.log(correlator[:-1] / correlator[1:])
+    m0 = 1 / (2 * kappa) - 2
+    assert abs(effective[9].item() - 2 * math.log(1 + m0)) < 1e-3  # Wilson fermions, r = 1: E(p=0) = log(1 + m0)
+    assert torch.allclose(correlator[1:16], torch.flip(correlator[17:], [0]), rtol=1e-12)  # symmetric: t -> T - t
