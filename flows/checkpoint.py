@@ -51,7 +51,8 @@ def set_rng_state(state: dict) -> None:
         torch.xpu.set_rng_state_all(state["xpu"])
 
 
-def save_checkpoint(path, model, optimizer, scheduler, step: int, config, metrics: dict, rng_states=None) -> None:
+def save_checkpoint(path, model, optimizer, scheduler, step: int, config, metrics: dict, rng_states=None,
+                    training_seconds: float = 0.0) -> None:
     """Write atomically, with a digest of the payload; refuse non-finite parameters.
 
     ``rng_states`` holds one RNG state per MPI rank (default: this process's)."""
@@ -70,6 +71,7 @@ def save_checkpoint(path, model, optimizer, scheduler, step: int, config, metric
         "scheduler": scheduler.state_dict(),
         "rng": rng_states if rng_states is not None else [rng_state()],
         "metrics": {k: float(v) for k, v in metrics.items()},
+        "training_seconds": float(training_seconds),  # over all resumed runs: a time budget continues
     }
     payload["sha256"] = digest(payload)
     buffer = io.BytesIO()

@@ -58,6 +58,10 @@ __all__ = ["TrainConfig", "TrainSummary", "TrainingError", "reverse_kl_step_term
 
 @dataclass
 class TrainConfig:
+    """Training options.  With ``minutes`` set, training runs for that wall-clock budget
+    (summed over resumes) with the learning-rate schedule stretched over it; ``steps`` is then
+    only a cap."""
+
     steps: int = 2000
     batch_size: int = 64  # best acceptance per CPU minute (benchmarks/README.md); raise on GPUs
     learning_rate: float = 2e-3
@@ -69,6 +73,7 @@ class TrainConfig:
     eval_batches: int = 4
     seed: int = 1
     max_nonfinite: int = 20
+    minutes: float | None = None
 
     def __post_init__(self):
         if self.estimator not in ESTIMATORS:
@@ -78,6 +83,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "log_every", "checkpoint_every", "eval_batches", "max_nonfinite"):
             if int(getattr(self, name)) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.minutes is not None and not (math.isfinite(float(self.minutes)) and self.minutes > 0):
+            raise InputError(f"minutes must be positive and finite, got {self.minutes}")
         for name in ("learning_rate", "grad_clip"):
             value = float(getattr(self, name))
             if not (math.isfinite(value) and value > 0):
@@ -139,10 +146,17 @@ def evaluate(model, batch_size: int, n_batches: int, communicator=None) -> dict:
     return {"ess": effective_sample_size(log_weights), "acceptance": acceptance_rate(log_weights)}
 
 
-def _learning_rate_factor(config: TrainConfig):
+def _learning_rate_factor(config: TrainConfig, progress: dict):
+    """The schedule over the fraction of training done: of ``steps``, or of the time budget
+    (``progress["fraction"]``, kept up to date by the loop)."""
     if config.schedule == "constant":
         return lambda step: 1.0
-    return lambda step: 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(step, config.steps) / config.steps))
+
+    def cosine(step):
+        fraction = progress["fraction"] if config.minutes else min(step, config.steps) / config.steps
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(fraction, 1.0)))
+
+    return cosine
 
 
 def metrics_log_path(checkpoint_path) -> str:
@@ -191,10 +205,12 @@ class _Training:
 
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
+    progress: dict  # {"fraction": of the time budget used} (minutes mode)
     step: int = 0
     metrics: dict = None
     skipped: int = 0
     nonfinite_in_a_row: int = 0
+    seconds_before: float = 0.0  # training time of earlier runs (resumed)
 
 
 def _rank_seed(seed: int, rank: int) -> int:
@@ -227,8 +243,9 @@ def _check_request(model, config: TrainConfig, checkpoint_path, comm) -> int:
 def _start_or_resume(model, config: TrainConfig, checkpoint_path, resume: bool, comm) -> _Training:
     """Optimizer, scheduler and RNG: fresh, or restored from ``checkpoint_path``."""
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _learning_rate_factor(config))
-    run = _Training(optimizer, scheduler, metrics={})
+    progress = {"fraction": 0.0}
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _learning_rate_factor(config, progress))
+    run = _Training(optimizer, scheduler, progress, metrics={})
     if not (resume and os.path.exists(checkpoint_path)):
         if os.path.exists(checkpoint_path):
             raise TrainingError(f"{checkpoint_path} already exists; pass resume=True to continue it, or choose another output")
@@ -241,6 +258,7 @@ def _start_or_resume(model, config: TrainConfig, checkpoint_path, resume: bool, 
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
     run.step, run.metrics = int(payload["step"]), dict(payload["metrics"])
+    run.seconds_before = float(payload.get("training_seconds", 0.0))
     if len(payload["rng"]) == comm.size:
         set_rng_state(payload["rng"][comm.rank])
     else:  # another number of ranks: statistically equivalent, not bit for bit
@@ -315,10 +333,20 @@ def _train(model, config, checkpoint_path, resume, progress, comm, local_batch) 
     log_handle, log_writer = _open_log(log_path, run.step if resume else None) if comm.is_root else (None, None)
     began = time.perf_counter()
     show = progress and comm.is_root
+    budget = 60 * config.minutes if config.minutes else None
+
+    def time_is_up() -> bool:  # rank 0's clock decides, so every rank keeps the same schedule
+        if budget is None:
+            return False
+        run.progress["fraction"] = comm.broadcast((run.seconds_before + time.perf_counter() - began) / budget)
+        return run.progress["fraction"] >= 1.0
+
     with log_handle or contextlib.nullcontext(), stop_on_signals() as received:
-        bar = tqdm(total=config.steps, initial=run.step, disable=None if show else True, desc="train", unit="step", leave=False)
+        bar = tqdm(total=None if budget else config.steps, initial=run.step, disable=None if show else True, desc="train",
+                   unit="step", leave=False)
         try:
-            while run.step < config.steps:
+            finished = run.step >= config.steps or time_is_up()
+            while not finished:
                 run.step += 1
                 loss, log_q, log_p, grad_norm = training_step(model, run, config, local_batch, comm)
                 if run.nonfinite_in_a_row:
@@ -329,7 +357,8 @@ def _train(model, config, checkpoint_path, resume, progress, comm, local_batch) 
                             f"steps (last good checkpoint: {checkpoint_path}); lower learning_rate or use float64"
                         )
                 bar.update(1)
-                if run.step % config.log_every == 0 or run.step == config.steps:
+                finished = run.step >= config.steps or time_is_up()
+                if run.step % config.log_every == 0 or finished:
                     run.metrics = _metrics(model, run, config, local_batch, comm, loss, log_q, log_p, grad_norm, log_z,
                                            time.perf_counter() - began)
                     if comm.is_root:
@@ -338,15 +367,15 @@ def _train(model, config, checkpoint_path, resume, progress, comm, local_batch) 
                     m = run.metrics
                     bar.set_postfix(loss=f"{m['loss']:.3f}", ess=f"{m['ess']:.2f}", acc=f"{m['acceptance']:.2f}")
                 stopping = comm.any(received["signal"] is not None)
-                if run.step % config.checkpoint_every == 0 or run.step == config.steps or stopping:
+                if run.step % config.checkpoint_every == 0 or finished or stopping:
                     rng_states = comm.gather(rng_state())
                     if comm.is_root:
                         save_checkpoint(checkpoint_path, model, run.optimizer, run.scheduler, run.step, config,
-                                        run.metrics, rng_states)
-                if stopping and run.step < config.steps:
+                                        run.metrics, rng_states, run.seconds_before + time.perf_counter() - began)
+                if stopping and not finished:
                     raise Interrupted(
-                        f"stopped by {received['signal'] or 'a signal to another rank'} at step {run.step} of "
-                        f"{config.steps}; checkpoint saved to {checkpoint_path}; rerun with resume=True to continue"
+                        f"stopped by {received['signal'] or 'a signal to another rank'} at step {run.step}; "
+                        f"checkpoint saved to {checkpoint_path}; rerun with resume=True to continue"
                     )
         finally:
             bar.close()

@@ -140,7 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--condition", metavar="NAME:LOW:HIGH",
                        help="one model for a range of a coupling, e.g. beta:1.5:2.5 (trained on values drawn uniformly)")
     group = train.add_argument_group("training")
-    group.add_argument("--steps", type=int, default=2000, help="optimizer steps in total (default: 2000)")
+    group.add_argument("--steps", type=int, help="optimizer steps in total (default: 2000; with --minutes, no cap)")
+    group.add_argument("--minutes", type=float,
+                       help="train for this wall-clock budget (summed over --resume runs), the learning-rate schedule "
+                            "stretched over it")
     group.add_argument("--batch-size", type=int, default=64,
                        help="samples per step, over all MPI ranks (default: 64, best per CPU minute; use 1024+ on GPUs)")
     group.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (default: 2e-3)")
@@ -271,7 +274,8 @@ def run_train(args) -> int:
             raise CommandError(f"--condition must look like beta:1.5:2.5, got {args.condition!r}")
     arch = architecture(theory, condition=condition, n_layers=args.layers, kernel=args.kernel, hidden_channels=hidden,
                         kernel_size=args.kernel_size, n_bins=args.bins, n_mixture=args.mixture)
-    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, schedule=args.schedule,
+    steps = args.steps if args.steps is not None else (10**9 if args.minutes else 2000)
+    config = TrainConfig(steps=steps, minutes=args.minutes, batch_size=args.batch_size, learning_rate=args.lr, schedule=args.schedule,
                          grad_clip=args.grad_clip, estimator=args.estimator, log_every=args.log_every,
                          checkpoint_every=args.checkpoint_every, eval_batches=args.eval_batches, seed=args.seed)
     communicator = Communicator() if args.mpi else None

@@ -262,3 +262,19 @@ def test_a_second_trainer_on_the_same_output_is_refused(tmp_path):
             train_flow(model_for(n_layers=2), config(steps=2), path, progress=False)
     assert not path.exists()
     train_flow(model_for(n_layers=2), config(steps=2), path, progress=False)  # once the other is done
+
+
+def test_a_time_budget_sets_the_schedule_and_survives_a_resume(tmp_path):
+    path = tmp_path / "m.pt"
+    budget = config(steps=10**6, minutes=0.02, log_every=10**6, checkpoint_every=10**6)  # 1.2 s
+    summary = train_flow(model_for(n_layers=2), budget, path, progress=False)
+    first = load_checkpoint(path)
+    used = first["training_seconds"]
+    assert summary.step > 2 and 1.2 <= used < 30
+    assert summary.metrics["learning_rate"] < 0.02 * budget.learning_rate  # the cosine ran to its end (1%)
+    longer = config(steps=10**6, minutes=0.04, log_every=10**6, checkpoint_every=10**6)
+    resumed = train_flow(model_for(n_layers=2), longer, path, resume=True, progress=False)
+    total = load_checkpoint(path)["training_seconds"]
+    assert resumed.step > summary.step and 2.4 <= total < used + 30
+    with pytest.raises(ValueError, match="minutes"):
+        config(minutes=float("nan"))
