@@ -91,6 +91,7 @@ class CompositeSampler:
             trajectory = self.hmc.update(field, generator)
             field = trajectory.field
             self.hmc_acceptance.append(trajectory.accepted.double().mean().item())
+        if self.hmc_per_step or not self.use_flow:
             self.flow.log_weight = None  # the state moved: its weight is recomputed at the next flow step
         if result is None:
             return trajectory

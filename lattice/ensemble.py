@@ -188,6 +188,7 @@ class Ensemble:
             self.close()
             raise
         self._pending: list[dict] = []
+        self._pending_rows = 0  # kept, not summed: the production loop asks after every update
 
     # -- metadata ---------------------------------------------------------------------
     def _read_metadata(self):
@@ -230,7 +231,7 @@ class Ensemble:
     @property
     def n_pending(self) -> int:
         """Rows appended but not committed yet."""
-        return sum(len(rows["chain"]) for rows in self._pending)
+        return self._pending_rows
 
     def check_compatible(self, theory_name: str, lattice_shape, couplings: dict) -> None:
         """Raise :class:`EnsembleError` unless the file holds this theory, lattice and couplings."""
@@ -384,6 +385,7 @@ class Ensemble:
             "delta_h": np.array(delta_h, dtype=np.float64),
             **{f"observables/{k}": np.array(v, dtype=np.float64) for k, v in observables.items()},
         })
+        self._pending_rows += len(chain)
 
     def commit(self, resume_arrays: dict, resume_attributes: dict) -> None:
         """Write the queued rows and the sampler state after them as the next segment.
@@ -412,7 +414,7 @@ class Ensemble:
         path = os.path.join(segment_directory(self.path), segment_name(index))
         write_atomically(path, hdf5_image(build))
         self.segments.append(_Segment(path, index, first_row, n_rows))
-        self._pending = []
+        self._pending, self._pending_rows = [], 0
         self._write_manifest()
 
     def _empty_rows(self) -> dict:
