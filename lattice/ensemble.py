@@ -397,19 +397,12 @@ class Ensemble:
         rows = {key: np.concatenate([block[key] for block in self._pending]) for key in self._pending[0]} \
             if self._pending else self._empty_rows()
         n_rows = len(rows["chain"])
-        state = {name: np.asarray(value) for name, value in resume_arrays.items()}
-        state.update(resume_attributes)
         metadata = self.metadata
 
         def build(h5file):
             _write_attrs(h5file, metadata, layout="segment", segment=index, first_row=first_row, n_rows=n_rows)
             _write_rows(h5file, rows, int(metadata["config_row_bytes"]))
-            group = h5file.create_group("resume")
-            for name, value in resume_arrays.items():
-                group.create_dataset(name, data=np.asarray(value))
-            for key, value in resume_attributes.items():
-                group.attrs[key] = value
-            group.attrs["sha256"] = digest(state)
+            _write_resume(h5file, resume_arrays, resume_attributes)
 
         path = os.path.join(segment_directory(self.path), segment_name(index))
         write_atomically(path, hdf5_image(build))
@@ -502,6 +495,18 @@ def _write_rows(h5file, rows: dict, row_bytes: int) -> None:
         dataset.attrs["sha256"] = digest(values)
 
 
+def _write_resume(h5file, arrays: dict, attributes: dict) -> None:
+    """The ``/resume`` group: the sampler state's arrays and scalars, with their SHA-256 (the
+    digest :meth:`Ensemble.resume_state` checks)."""
+    arrays = {name: np.asarray(value) for name, value in arrays.items()}
+    group = h5file.create_group("resume")
+    for name, value in arrays.items():
+        group.create_dataset(name, data=value)
+    for key, value in attributes.items():
+        group.attrs[key] = value
+    group.attrs["sha256"] = digest({**arrays, **attributes})
+
+
 def open_ensemble(path, mode: str = "r") -> Ensemble:
     """Open an existing ensemble for reading (``'r'``) or appending (``'a'``; takes the writer lock)."""
     if mode not in ("r", "a"):
@@ -570,12 +575,7 @@ def compact_ensemble(path, out) -> dict:
         _write_attrs(h5file, metadata, layout="single", segment=0, first_row=0, n_rows=len(rows["chain"]))
         _write_rows(h5file, rows, int(metadata["config_row_bytes"]))
         if state is not None:
-            group = h5file.create_group("resume")
-            for name, value in arrays.items():
-                group.create_dataset(name, data=value)
-            for key, value in attributes.items():
-                group.attrs[key] = value
-            group.attrs["sha256"] = digest({**arrays, **attributes})
+            _write_resume(h5file, arrays, attributes)
 
     lock = WriterLock(out).acquire()
     try:
