@@ -22,10 +22,9 @@ reversible); only the acceptance at a given step size suffers.
 
 from __future__ import annotations
 
-import json
-
 import torch
 
+from .flow_metropolis import flow_run_parameters
 from .hmc import HMCParameters, HMCSampler
 
 
@@ -69,8 +68,7 @@ class FlowHMCSampler(HMCSampler):
         self.source = str(source)
 
     def run_parameters(self) -> dict:
-        return {**super().run_parameters(), "flow_architecture": json.dumps(self.theory.model.architecture, sort_keys=True),
-                "flow_checkpoint": self.source}
+        return {**super().run_parameters(), **flow_run_parameters(self.theory.model, self.source)}
 
     def update(self, z, generator):
         result = super().update(z, generator)

@@ -15,6 +15,11 @@ import torch
 from .sampler import TrajectoryResult
 
 
+def flow_run_parameters(model, source: str) -> dict:
+    """What identifies the flow a chain runs on (stored as ensemble attributes, checked on resume)."""
+    return {"flow_architecture": json.dumps(model.architecture, sort_keys=True), "flow_checkpoint": str(source)}
+
+
 class FlowMetropolisSampler:
     """Batched independence Metropolis with a trained flow, as a
     :class:`gaugeflow.hmc.sampler.Sampler` (``gaugeflow sample``).
@@ -36,7 +41,7 @@ class FlowMetropolisSampler:
         self.log_weight = None
 
     def run_parameters(self) -> dict:
-        return {"flow_architecture": json.dumps(self.model.architecture, sort_keys=True), "flow_checkpoint": self.source}
+        return flow_run_parameters(self.model, self.source)
 
     def _log_weights(self, field):
         return self.model.target_log_prob(field) - self.model.log_prob(field)
