@@ -7,6 +7,12 @@ and output are ``[batch, channels, x_0, ..., x_{D-1}]`` for D = 1..4 (PyTorch ha
 convolution; :class:`PeriodicConv` builds one from 3D convolutions, one per kernel offset
 along the last axis).
 
+Circular padding is one gather with a cached index per lattice shape
+(:func:`periodic_pad`), not ``padding_mode="circular"``: PyTorch pads circularly by slicing and
+copying each face and corner (about 170 operator calls per convolution with its backward,
+against about 20 for the gather), which made the conditioners dominate the operator launches
+of a training step.  The values are the same bit for bit.
+
 Conditioning on a coupling (one model for a range of ``beta`` or ``lam``): with
 ``context_channels = k`` the network takes per-sample context ``[batch, k]`` and appends it
 to the input as ``k`` constant channels (constant over the lattice, so translation
@@ -19,6 +25,8 @@ the identity map, which makes an untrained flow exactly its prior.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -27,8 +35,29 @@ from gaugeflow.lattice.errors import InputError
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 
 
+@functools.lru_cache(maxsize=64)
+def _periodic_pad_index(shape: tuple[int, ...], pad: int, device: torch.device) -> torch.Tensor:
+    """Row-major flat indices into a ``shape`` torus of the sites of the grid padded by ``pad``
+    on both sides of every axis (cached: one index per lattice shape and device)."""
+    index = torch.zeros((), dtype=torch.long, device=device)
+    for n in shape:
+        index = index[..., None] * n + torch.arange(-pad, n + pad, device=device) % n
+    return index.flatten()
+
+
+def periodic_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """``x [B, C, x...]`` padded by ``pad`` sites on both sides of every lattice axis with the
+    periodic images (as ``F.pad(mode="circular")``), by a single gather."""
+    lattice = tuple(x.shape[2:])
+    index = _periodic_pad_index(lattice, pad, x.device)
+    return x.flatten(2)[:, :, index].unflatten(2, [n + 2 * pad for n in lattice])
+
+
 class PeriodicConv(nn.Module):
-    """``D``-dimensional convolution with circular padding (odd kernel size), D = 1..4."""
+    """``D``-dimensional convolution with circular padding (odd kernel size), D = 1..4.
+
+    The convolutions are unpadded; :func:`periodic_pad` pads their input, so the parameters
+    (and state-dict keys) are those of ``nn.ConvNd`` as before."""
 
     def __init__(self, dimension: int, in_channels: int, out_channels: int, kernel_size: int = 3):
         super().__init__()
@@ -39,29 +68,27 @@ class PeriodicConv(nn.Module):
         self.dimension = dimension
         self.pad = kernel_size // 2
         if dimension <= 3:
-            self.convs = nn.ModuleList(
-                [_CONV[dimension](in_channels, out_channels, kernel_size, padding=self.pad, padding_mode="circular")]
-            )
+            self.convs = nn.ModuleList([_CONV[dimension](in_channels, out_channels, kernel_size)])
         else:
             # sum over offsets along the last axis of 3D convolutions of shifted inputs
             self.convs = nn.ModuleList(
                 [
-                    nn.Conv3d(in_channels, out_channels, kernel_size, padding=self.pad, padding_mode="circular", bias=(j == 0))
+                    nn.Conv3d(in_channels, out_channels, kernel_size, bias=(j == 0))
                     for j in range(kernel_size)
                 ]
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        padded = periodic_pad(x, self.pad)
         if self.dimension <= 3:
-            return self.convs[0](x)
+            return self.convs[0](padded)
         b, c, l0, l1, l2, l3 = x.shape
         out = 0
         for j, conv in enumerate(self.convs):
-            shifted = torch.roll(x, shifts=self.pad - j, dims=-1)  # input at x_3 + (j - pad)
-            slices = shifted.permute(0, 5, 1, 2, 3, 4).reshape(b * l3, c, l0, l1, l2)
+            window = padded.narrow(-1, j, l3)  # input at x_3 + (j - pad)
+            slices = window.permute(0, 5, 1, 2, 3, 4).reshape(b * l3, c, *window.shape[2:5])
             out = out + conv(slices)
-        out = out.reshape(b, l3, -1, l0, l1, l2).permute(0, 2, 3, 4, 5, 1)
-        return out
+        return out.reshape(b, l3, -1, l0, l1, l2).permute(0, 2, 3, 4, 5, 1)
 
     def zero_(self, bias: torch.Tensor | None = None) -> None:
         """Zero all weights; set the bias (default 0)."""

@@ -20,12 +20,23 @@ and the *masks* (:mod:`gaugeflow.flows.masks`).
   bias, so a new layer is exactly the identity;
 * ``context`` (the value of a conditioned coupling) reaches the conditioner;
 * parameters are computed once from frozen data (identical before and after the layer, so the
-  inverse uses the same ones) and only at the active sites;
+  inverse uses the same ones);
 * the log-determinant is accumulated in float64.
 
+Two ways to act on the active sites, with the same density:
+
+* *masked arithmetic* (the default, :meth:`MaskedCoupling.layer_params` gives parameters at
+  every site, :meth:`masked_transform` and :meth:`where_active`): the element-wise map runs on
+  the whole lattice and ``torch.where`` keeps its result at the active sites only; the log-det
+  sums ``log|T'|`` over the active sites.  A few operator calls per layer, independent of
+  the mask, where gathering and scattering the active sites cost dozens (each index, clone
+  and index-put has its own backward) -- a training step is launch bound on a GPU;
+* *gathered* (:meth:`active_params`, :meth:`active_values`, :meth:`with_active_values`): the
+  map runs on the active sites only; for maps that are costly per element (the SU(N)
+  spectral map diagonalises a matrix per site), whose subclasses override ``layer_params``.
+
 A subclass says what the features are (:meth:`MaskedCoupling.features`) and how the
-transform acts on its field (:meth:`MaskedCoupling.couple`), usually through
-:meth:`MaskedCoupling.active_values` / :meth:`transform_active` / :meth:`with_active_values`.
+transform acts on its field (:meth:`MaskedCoupling.couple`).
 """
 
 from __future__ import annotations
@@ -80,16 +91,39 @@ class MaskedCoupling(Flow, abc.ABC):
 
     @abc.abstractmethod
     def couple(self, x: torch.Tensor, params: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Apply the transform (or its inverse) with ``params [B, n_active, n_params]``;
+        """Apply the transform (or its inverse) with the parameters :meth:`layer_params` gives;
         returns the new field and the log-det per sample."""
 
     # -- shared mechanics ---------------------------------------------------------------
+    def _conditioner_output(self, x: torch.Tensor, context) -> torch.Tensor:
+        """``[B, n_params, x...]``; the conversions are no-ops (no copy) when the conditioner
+        and the field share a precision, as in training."""
+        weight = next(self.conditioner.parameters())
+        return self.conditioner(self.features(x).to(weight.dtype), context).to(real_dtype(x.dtype))
+
+    def layer_params(self, x: torch.Tensor, context=None) -> torch.Tensor:
+        """Conditioner output at every site, ``[B, x..., n_params]`` (a view), in ``x``'s real
+        precision: the form :meth:`masked_transform` takes."""
+        return self._conditioner_output(x, context).movedim(1, -1)
+
     def active_params(self, x: torch.Tensor, context=None) -> torch.Tensor:
         """Conditioner output at the active sites, ``[B, n_active, n_params]``, in ``x``'s real precision."""
-        weight = next(self.conditioner.parameters())
-        out = self.conditioner(self.features(x).to(weight.dtype), context)
-        out = out.reshape(out.shape[0], out.shape[1], -1)[:, :, self.active_index]
-        return out.transpose(1, 2).to(real_dtype(x.dtype))
+        out = self._conditioner_output(x, context)
+        return out.reshape(out.shape[0], out.shape[1], -1)[:, :, self.active_index].transpose(1, 2)
+
+    def where_active(self, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+        """``new`` at the active sites, ``old`` elsewhere (both ``[B, x...]``)."""
+        return torch.where(self.active, new, old)
+
+    def masked_transform(self, values: torch.Tensor, params: torch.Tensor, inverse: bool):
+        """The element-wise map at every site of ``values [B, x...]`` (``params [B, x...,
+        n_params]``) and the float64 log-det ``[B]`` summed over the active sites only.  The
+        values at inactive sites are computed but meaningless: keep them out with
+        :meth:`where_active`."""
+        apply = self.transform.inverse if inverse else self.transform.forward
+        new, log_derivative = apply(values, params)
+        log_derivative = torch.where(self.active, log_derivative, 0.0)
+        return new, log_derivative.flatten(1).sum(-1, dtype=torch.float64)
 
     def active_values(self, field: torch.Tensor) -> torch.Tensor:
         """``field [B, x..., *rest]`` at the active sites: ``[B, n_active, *rest]``."""
@@ -102,15 +136,8 @@ class MaskedCoupling(Flow, abc.ABC):
         sites[:, self.active_index] = values
         return sites.reshape(field.shape)
 
-    def transform_active(self, values: torch.Tensor, params: torch.Tensor, inverse: bool):
-        """The element-wise map on ``values [B, n_active, ...]``; returns the new values and the
-        summed float64 log-det ``[B]``."""
-        apply = self.transform.inverse if inverse else self.transform.forward
-        new, log_derivative = apply(values, params)
-        return new, log_derivative.reshape(len(values), -1).to(torch.float64).sum(-1)
-
     def _run(self, x, inverse: bool, context):
-        return self.couple(x, self.active_params(x, context), inverse)
+        return self.couple(x, self.layer_params(x, context), inverse)
 
     def forward(self, z, context=None):
         """Sampling direction: ``(x, log|det dx/dz|)``."""
@@ -128,7 +155,7 @@ class GaugeCoupling(MaskedCoupling):
     ``active`` marks the sites ``x`` of the active links ``U_mu(x)`` and of the active
     plaquettes ``U_{mu nu}(x)``; ``frozen`` ``[n_planes, x...]`` the plaquettes (in
     ``self.planes`` order) that contain no active link and feed the conditioner, with
-    ``features_per_plane`` gauge-invariant features each.  Subclasses transform the active
+    ``features_per_plane`` gauge-invariant features each; ``links`` ``[D, x...]`` the active links.  Subclasses transform the active
     plaquette ``P -> P'`` and move the active link by ``P' P^{-1}``."""
 
     def __init__(self, lattice_shape, mu: int, nu: int, offset: int, transform, features_per_plane: int,
@@ -136,7 +163,7 @@ class GaugeCoupling(MaskedCoupling):
         masks = gauge_link_masks(lattice_shape, mu, nu, offset)
         n_planes = masks["frozen"].shape[0]
         super().__init__(masks["active"], transform, features_per_plane * n_planes, hidden_channels, kernel_size,
-                         context_channels, frozen=masks["frozen"])
+                         context_channels, frozen=masks["frozen"], links=masks["links"])
         self.mu, self.nu, self.offset = int(mu), int(nu), int(offset)
         self.planes = planes(len(lattice_shape))  # the order of the frozen masks
 

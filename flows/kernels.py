@@ -52,7 +52,7 @@ from gaugeflow.lattice.groups import wrap_angle
 
 from .transforms import ElementwiseTransform, spline_derivative_shift
 
-__all__ = ["CircleKernel", "NCPKernel", "CircularSplineKernel", "circular_rq_spline"]
+__all__ = ["CircleKernel", "NCPKernel", "CircularSplineKernel", "circular_rq_spline", "rq_spline_on_circle"]
 
 _PI = math.pi
 _TWO_PI = 2.0 * math.pi
@@ -67,6 +67,8 @@ def _broadcast(theta: torch.Tensor, params: torch.Tensor, n_params: int):
         dtype = torch.get_default_dtype()
     theta = theta.to(dtype)
     params = params.to(dtype=dtype)
+    if theta.shape == params.shape[:-1]:  # as a coupling layer calls: no expand calls needed
+        return theta, params
     shape = torch.broadcast_shapes(theta.shape, params.shape[:-1])
     return theta.expand(shape), params.expand(*shape, n_params)
 
@@ -208,76 +210,87 @@ def circular_rq_spline(
       in float32 with steep parameters a rounded inverse root slightly outside the bin gave a
       NaN log-derivative;
     * inputs are assumed to lie in ``[-pi, pi]`` (the kernels wrap them first); normflows
-      instead gives points outside the identity map and log-derivative 0.
+      instead gives points outside the identity map and log-derivative 0;
+    * few operator calls (a training step is launch bound on a GPU): widths and heights are
+      normalised together, and the six numbers of an element's bin (its two knots in ``x``
+      and ``y``, the knot derivatives at both ends) come from one ``gather``.
 
     Returns ``(outputs, log|d outputs / d inputs|)``.
     """
-    num_bins = unnormalized_widths.shape[-1]
-    if min_bin_width * num_bins > 1.0 or min_bin_height * num_bins > 1.0:
+    unnormalized = torch.stack([unnormalized_widths, unnormalized_heights, unnormalized_derivatives], dim=-2)
+    return rq_spline_on_circle(inputs, unnormalized, inverse, (min_bin_width, min_bin_height, min_derivative))
+
+
+def _knots(unnormalized_sizes: torch.Tensor, min_sizes: tuple[float, float]) -> torch.Tensor:
+    """``[..., 2, n_bins + 1]`` knots in ``x`` and ``y`` from ``[..., 2, n_bins]`` unnormalised
+    bin widths and heights: ``-pi``, ``2 pi cumsum(min + (1 - n min) softmax) - pi``, ``pi``,
+    the ends exact."""
+    n_bins = unnormalized_sizes.shape[-1]
+    sizes = F.softmax(unnormalized_sizes, dim=-1)
+    if min_sizes[0] == min_sizes[1]:  # the usual case: one scalar affine map for both rows
+        sizes = min_sizes[0] + (1 - min_sizes[0] * n_bins) * sizes
+    else:
+        sizes = torch.stack([m + (1 - m * n_bins) * row for m, row in zip(min_sizes, sizes.unbind(-2))], dim=-2)
+    lower = _TWO_PI * F.pad(torch.cumsum(sizes, dim=-1)[..., :-1], (1, 0)) - _PI  # first exactly -pi
+    return F.pad(lower, (0, 1), value=_PI)
+
+
+def _log_slope(t, delta, curvature, d_start, d_end, denominator):
+    """``log`` of the spline's slope at relative position ``t`` in a bin of mean slope ``delta``,
+    with knot derivatives ``d_start`` at ``t = 0`` and ``d_end`` at ``t = 1`` (Durkan et al. eq. 5)."""
+    one_minus_t = 1 - t
+    numerator = delta.square() * (d_end * t.square() + 2 * delta * t * one_minus_t + d_start * one_minus_t.square())
+    return torch.log(numerator) - 2 * torch.log(denominator)
+
+
+def rq_spline_on_circle(
+    inputs: torch.Tensor, unnormalized: torch.Tensor, inverse: bool, minima: tuple[float, float, float],
+    derivative_shift: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`circular_rq_spline` with its parameters in one tensor ``[..., 3, n_bins]`` (rows:
+    unnormalised widths, heights, derivatives; the derivatives shifted by ``derivative_shift``),
+    ``minima = (min_bin_width, min_bin_height, min_derivative)``."""
+    num_bins = unnormalized.shape[-1]
+    if minima[0] * num_bins > 1.0 or minima[1] * num_bins > 1.0:
         raise InputError("minimal bin width/height too large for the number of bins")
-
-    def knots(unnormalized, min_size):
-        sizes = F.softmax(unnormalized, dim=-1)
-        sizes = min_size + (1 - min_size * num_bins) * sizes
-        inner = _TWO_PI * torch.cumsum(sizes, dim=-1)[..., :-1] - _PI
-        end = inner.new_full((*inner.shape[:-1], 1), _PI)
-        return torch.cat([-end, inner, end], dim=-1)  # [..., n_bins + 1], exact ends +-pi
-
-    cumwidths = knots(unnormalized_widths, min_bin_width)
-    cumheights = knots(unnormalized_heights, min_bin_height)
-    widths = cumwidths[..., 1:] - cumwidths[..., :-1]
-    heights = cumheights[..., 1:] - cumheights[..., :-1]
-    derivatives = min_derivative + F.softplus(unnormalized_derivatives)
+    knots = _knots(unnormalized[..., :2, :], minima[:2])  # [..., 2, n + 1]
+    derivatives = minima[2] + F.softplus(unnormalized[..., 2:, :] + derivative_shift)  # [..., 1, n]
     derivatives = torch.cat([derivatives, derivatives[..., :1]], dim=-1)  # circular: d(+pi) = d(-pi)
+    table = torch.cat([knots, derivatives], dim=-2)  # [..., 3, n + 1]: x knots, y knots, derivatives
 
-    locations = cumheights if inverse else cumwidths
-    bin_idx = (inputs[..., None] >= locations[..., 1:-1]).sum(dim=-1, keepdim=True)
-
-    def pick(values):
-        return values.gather(-1, bin_idx)[..., 0]
-
-    input_cumwidths, input_bin_widths = pick(cumwidths), pick(widths)
-    input_cumheights, input_heights = pick(cumheights), pick(heights)
-    input_delta = input_heights / input_bin_widths
-    input_derivatives = pick(derivatives)
-    input_derivatives_plus_one = pick(derivatives[..., 1:])
-    curvature = input_derivatives + input_derivatives_plus_one - 2 * input_delta
+    with torch.no_grad():  # the bin: the number of interior knots <= the input
+        bin_idx = (inputs[..., None] >= knots[..., int(inverse), 1:-1]).sum(dim=-1, keepdim=True)
+        ends = torch.cat([bin_idx, bin_idx + 1], dim=-1)[..., None, :].expand(*table.shape[:-1], 2)
+    (x_lo, x_hi), (y_lo, y_hi), (d_lo, d_hi) = (row.unbind(-1) for row in table.gather(-1, ends).unbind(-2))
+    width, height = x_hi - x_lo, y_hi - y_lo
+    delta = height / width
+    curvature = d_lo + d_hi - 2 * delta
 
     if inverse:
         # Solve the bin's quadratic measured from the nearer knot: from the lower knot the
         # discriminant cancels catastrophically near the upper knot when the slope there is small
         # (at +pi this made normflows' assert fire in float32).  Reflecting the bin
-        # (x -> cw_{k+1} - x, y -> ch_{k+1} - y, d_k <-> d_{k+1}) gives the same spline form.
-        from_lower = inputs - input_cumheights
-        from_upper = pick(cumheights[..., 1:]) - inputs
+        # (x -> x_hi - x, y -> y_hi - y, d_lo <-> d_hi) gives the same spline form.
+        from_lower, from_upper = inputs - y_lo, y_hi - inputs
         upper = from_upper < from_lower
         shifted = torch.where(upper, from_upper, from_lower)
-        d_near = torch.where(upper, input_derivatives_plus_one, input_derivatives)
-        d_far = torch.where(upper, input_derivatives, input_derivatives_plus_one)
-        a = shifted * curvature + input_heights * (input_delta - d_near)
-        b = input_heights * d_near - shifted * curvature
-        c = -input_delta * shifted
-        discriminant = (b.pow(2) - 4 * a * c).clamp(min=0)
+        d_near, d_far = torch.where(upper, d_hi, d_lo), torch.where(upper, d_lo, d_hi)
+        a = shifted * curvature + height * (delta - d_near)
+        b = height * d_near - shifted * curvature
+        c = -delta * shifted
+        discriminant = (b.square() - 4 * a * c).clamp(min=0)
         # clamp: a rounded root just outside [0, 1] can make the log-derivative NaN in float32
         rho = ((2 * c) / (-b - torch.sqrt(discriminant))).clamp(0, 1)
-        step = rho * input_bin_widths
-        outputs = torch.where(upper, pick(cumwidths[..., 1:]) - step, input_cumwidths + step)
-        rho_one_minus_rho = rho * (1 - rho)
-        denominator = input_delta + curvature * rho_one_minus_rho
-        derivative_numerator = input_delta.pow(2) * (
-            d_far * rho.pow(2) + 2 * input_delta * rho_one_minus_rho + d_near * (1 - rho).pow(2)
-        )
-        return outputs, 2 * torch.log(denominator) - torch.log(derivative_numerator)
+        step = rho * width
+        outputs = torch.where(upper, x_hi - step, x_lo + step)
+        denominator = delta + curvature * (rho * (1 - rho))
+        return outputs, -_log_slope(rho, delta, curvature, d_near, d_far, denominator)
 
-    xi = ((inputs - input_cumwidths) / input_bin_widths).clamp(0, 1)
-    numerator = input_heights * (input_delta * xi.pow(2) + input_derivatives * xi * (1 - xi))
-    outputs = input_cumheights + numerator / (input_delta + curvature * xi * (1 - xi))
+    xi = ((inputs - x_lo) / width).clamp(0, 1)
     xi_one_minus_xi = xi * (1 - xi)
-    denominator = input_delta + curvature * xi_one_minus_xi
-    derivative_numerator = input_delta.pow(2) * (
-        input_derivatives_plus_one * xi.pow(2) + 2 * input_delta * xi_one_minus_xi + input_derivatives * (1 - xi).pow(2)
-    )
-    return outputs, torch.log(derivative_numerator) - 2 * torch.log(denominator)
+    denominator = delta + curvature * xi_one_minus_xi
+    outputs = y_lo + height * (delta * xi.square() + d_lo * xi_one_minus_xi) / denominator
+    return outputs, _log_slope(xi, delta, curvature, d_lo, d_hi, denominator)
 
 
 class CircularSplineKernel(CircleKernel):
@@ -335,15 +348,12 @@ class CircularSplineKernel(CircleKernel):
 
     def _spline(self, x: torch.Tensor, params: torch.Tensor, inverse: bool):
         n = self.n_bins
-        return circular_rq_spline(
+        return rq_spline_on_circle(
             x,
-            params[..., :n],
-            params[..., n : 2 * n],
-            params[..., 2 * n : 3 * n] + spline_derivative_shift(params.dtype, self.min_derivative),
-            inverse=inverse,
-            min_bin_width=self.min_bin_width,
-            min_bin_height=self.min_bin_height,
-            min_derivative=self.min_derivative,
+            params[..., : 3 * n].unflatten(-1, (3, n)),
+            inverse,
+            (self.min_bin_width, self.min_bin_height, self.min_derivative),
+            spline_derivative_shift(params.dtype, self.min_derivative),
         )
 
     def forward(self, theta, params):

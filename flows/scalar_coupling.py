@@ -25,8 +25,8 @@ class ScalarCoupling(MaskedCoupling):
         super().__init__(checkerboard(lattice_shape, parity), transform, 1, hidden_channels, kernel_size, context_channels)
 
     def features(self, phi):
-        return torch.where(self.active, torch.zeros_like(phi), phi)[:, None]
+        return torch.where(self.active, 0.0, phi).unsqueeze(1)
 
     def couple(self, phi, params, inverse):
-        new, log_det = self.transform_active(self.active_values(phi), params, inverse)
-        return self.with_active_values(phi, new), log_det
+        new, log_det = self.masked_transform(phi, params, inverse)
+        return self.where_active(new, phi), log_det

@@ -158,6 +158,11 @@ class SUNSpectralCoupling(GaugeCoupling):
             channels.extend(torch.where(self.frozen[index], part, torch.zeros_like(part)) for part in parts)
         return torch.stack(channels, dim=1)
 
+    def layer_params(self, links, context=None):
+        """Parameters at the active sites only: the spectral map diagonalises a matrix per site,
+        too costly to run on the whole lattice as masked arithmetic."""
+        return self.active_params(links, context)
+
     def couple(self, links, params, inverse):
         plaquette = self.active_values(plaquettes(links, self.mu, self.nu))  # [B, n_active, N, N]
         factor, log_det = self.transform.left_factor(plaquette, params, inverse)

@@ -31,16 +31,16 @@ class U1PlaquetteCoupling(GaugeCoupling):
     def __init__(self, lattice_shape, mu: int, nu: int, offset: int, kernel, hidden_channels=(16, 16),
                  kernel_size: int = 3, context_channels: int = 0):
         super().__init__(lattice_shape, mu, nu, offset, kernel, 2, hidden_channels, kernel_size, context_channels)
+        self.register_buffer("feature_mask", self.frozen.repeat(2, *[1] * len(lattice_shape)), persistent=False)
 
     def features(self, theta):
         angles = torch.stack([plaquette_angles(theta, rho, sigma) for rho, sigma in self.planes], dim=1)
-        return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1) * self.frozen.repeat(2, *[1] * (theta.dim() - 2))
+        return torch.where(self.feature_mask, torch.cat([torch.cos(angles), torch.sin(angles)], dim=1), 0.0)
 
     def couple(self, theta, params, inverse):
-        plaquette = self.active_values(wrap_angle(plaquette_angles(theta, self.mu, self.nu)))
-        new_plaquette, log_det = self.transform_active(plaquette, params, inverse)
-        links = theta[:, self.mu]
-        moved = wrap_angle(self.active_values(links) + new_plaquette - plaquette)
-        new_theta = theta.clone()
-        new_theta[:, self.mu] = self.with_active_values(links, moved)
-        return new_theta, log_det
+        # masked arithmetic (see MaskedCoupling): every plaquette of the plane is transformed,
+        # only the active links move
+        plaquette = wrap_angle(plaquette_angles(theta, self.mu, self.nu))
+        new_plaquette, log_det = self.masked_transform(plaquette, params, inverse)
+        moved = wrap_angle(theta[:, self.mu] + new_plaquette - plaquette)  # [B, x...]
+        return torch.where(self.links, moved.unsqueeze(1), theta), log_det
