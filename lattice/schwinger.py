@@ -5,15 +5,20 @@ Integrating out the fermions leaves the effective action
     S(theta) = S_gauge(theta) - log det(D^dagger D),     S_gauge = -beta sum_x cos theta_01(x),
 
 with the Wilson operator ``D`` of :mod:`gaugeflow.lattice.fermions` (hopping parameter
-``kappa``, antiperiodic in time).  Two ways to sample it:
+``kappa``, antiperiodic in time).  The theory is the U(1) gauge action plus a fermion action
+object, chosen by the option ``fermions`` (registry :data:`FERMION_ACTIONS`):
 
-* ``schwinger`` -- the determinant exactly: dense ``D`` and a batched log-determinant, force
-  by automatic differentiation (small lattices; Albergo et al., arXiv:2106.05934);
-* ``schwinger-pseudofermion`` -- ``det(D^dagger D) = pi^-n int dphi exp(-phi^dagger (D^dagger
-  D)^{-1} phi)``: at the start of every HMC trajectory a heat bath draws ``phi = D^dagger eta``
-  (:meth:`SchwingerPseudofermion.refresh_auxiliary_fields`), and the trajectory runs on
-  ``S_gauge + phi^dagger (D^dagger D)^{-1} phi`` through a conjugate-gradient solver, with the
-  force ``-d/dtheta |D(theta) X|^2`` at fixed ``X = (D^dagger D)^{-1} phi``.
+* ``exact`` (theory name ``schwinger``) -- the determinant exactly: dense ``D`` and a batched
+  log-determinant, force by automatic differentiation (small lattices; Albergo et al.,
+  arXiv:2106.05934);
+* ``pseudofermion`` (theory name ``schwinger-pseudofermion``) -- ``det(D^dagger D) = pi^-n
+  int dphi exp(-phi^dagger (D^dagger D)^{-1} phi)``: at the start of every HMC trajectory a
+  heat bath draws ``phi = D^dagger eta`` (:meth:`Schwinger.refresh_auxiliary_fields`), and
+  the trajectory runs on ``S_gauge + phi^dagger (D^dagger D)^{-1} phi`` through a
+  conjugate-gradient solver, with the force ``-d/dtheta |D(theta) X|^2`` at fixed
+  ``X = (D^dagger D)^{-1} phi``.  Without pseudofermions drawn its action is the exact one.
+
+Ensembles and models store a theory by name and couplings, so the name carries the option.
 
 Observables: those of U(1) (plaquette, Wilson loops, Polyakov loop, topological charge), the
 chiral condensate ``(1/V) Re tr D^{-1}`` and the pion correlator
@@ -37,7 +42,7 @@ from .errors import InputError
 from .fermions import apply_wilson, apply_wilson_dagger, conjugate_gradient, wilson_matrix
 from .fields import AngleField
 from .geometry import sum_per_config
-from .theory import Coupling, Theory
+from .theory import Coupling, Option, Theory
 from .u1 import U1
 
 
@@ -50,59 +55,35 @@ def pion_correlator(inverse: torch.Tensor, lattice_shape) -> torch.Tensor:
     return squares[:, separation, times[None, :]].sum(-1) / (l0 * l1)
 
 
-class Schwinger(U1):
-    """``S = S_gauge - log det(D^dagger D)`` with the determinant computed exactly."""
+class ExactDeterminant:
+    """The fermion action ``-log det(D^dagger D) = -2 log |det D|`` from the dense ``D``."""
 
-    name = "schwinger"
-    couplings_declared = (Coupling("beta", "gauge coupling"),
-                          Coupling("kappa", "hopping parameter of the Wilson fermions", affine=False))
+    def __init__(self, kappa: float, lattice_shape):
+        self.kappa = kappa
 
-    def __init__(self, lattice_shape, *, beta, kappa):
-        Theory.__init__(self, lattice_shape, beta=beta, kappa=kappa)
-        if self.dimension != 2:
-            raise InputError(f"the Schwinger model is two-dimensional; got lattice {self.lattice_shape}")
-        if not 0 < self.couplings["kappa"] < 0.5:
-            raise InputError(f"kappa must lie in (0, 0.5) for Wilson fermions here, got {self.couplings['kappa']}")
-        self.field = AngleField()
+    def action(self, theta) -> torch.Tensor:
+        return -2 * torch.linalg.slogdet(wilson_matrix(theta, self.kappa)).logabsdet
 
-    @property
-    def kappa(self) -> float:
-        return self.couplings["kappa"]
+    def gradient(self, theta) -> torch.Tensor:
+        """``dS_f/dtheta`` by automatic differentiation through the determinant."""
+        with torch.enable_grad():
+            leaf = theta.detach().requires_grad_(True)
+            (gradient,) = torch.autograd.grad(self.action(leaf).sum(), leaf)
+        return gradient
 
-    def gauge_action(self, theta):
-        return U1.action(self, theta)
-
-    def fermion_log_det(self, theta) -> torch.Tensor:
-        """``log det(D^dagger D) = 2 log |det D|`` per configuration (float64)."""
-        return 2 * torch.linalg.slogdet(wilson_matrix(theta, self.kappa)).logabsdet
-
-    def action(self, theta):
-        return self.gauge_action(theta) - self.fermion_log_det(theta)
-
-    def force(self, theta):
-        return Theory.force(self, theta)  # automatic differentiation through the determinant
-
-    def exact_log_partition_function(self):
-        return None
-
-    def observables(self, theta):
-        result = super().observables(theta)
-        inverse = torch.linalg.inv(wilson_matrix(theta, self.kappa))
-        result["chiral_condensate"] = inverse.diagonal(dim1=-2, dim2=-1).sum(-1).real / self.volume
-        for t, value in enumerate(pion_correlator(inverse, self.lattice_shape).unbind(1)):
-            result[f"pion_correlator_t{t}"] = value
-        return result
+    def refresh(self, theta, generator=None) -> ExactDeterminant:
+        return self
 
 
-class SchwingerPseudofermion(Schwinger):
-    """The same theory sampled with pseudofermions; without them drawn, ``action`` is the exact
-    effective action (small lattices only)."""
+class Pseudofermions(ExactDeterminant):
+    """``phi^dagger (D^dagger D)^{-1} phi`` at fixed pseudofermions ``phi`` (the exact
+    determinant while none are drawn).  ``cg_iterations`` collects the iterations of every
+    solve, shared by all refreshed copies."""
 
-    name = "schwinger-pseudofermion"
     cg_tolerance = 1e-13
 
-    def __init__(self, lattice_shape, *, beta, kappa):
-        super().__init__(lattice_shape, beta=beta, kappa=kappa)
+    def __init__(self, kappa: float, lattice_shape):
+        super().__init__(kappa, lattice_shape)
         self.pseudofermions = None
         self.cg_iterations: list[int] = []
 
@@ -114,10 +95,9 @@ class SchwingerPseudofermion(Schwinger):
         self.cg_iterations.append(report.iterations)
         return x
 
-    def refresh_auxiliary_fields(self, theta, generator=None):
+    def refresh(self, theta, generator=None) -> Pseudofermions:
         """Heat bath: ``phi = D^dagger eta``, ``eta`` complex Gaussian with density ``exp(-|eta|^2)``."""
-        shape = (theta.shape[0], 2, *self.lattice_shape)
-        parts = torch.randn((2, *shape), generator=generator, dtype=torch.float64, device=theta.device) / 2**0.5
+        parts = torch.randn((2, *theta.shape), generator=generator, dtype=torch.float64, device=theta.device) / 2**0.5
         refreshed = copy.copy(self)
         refreshed.pseudofermions = apply_wilson_dagger(theta, torch.complex(parts[0], parts[1]), self.kappa)
         return refreshed
@@ -125,15 +105,97 @@ class SchwingerPseudofermion(Schwinger):
     def action(self, theta):
         if self.pseudofermions is None:
             return super().action(theta)
-        x = self._solve(theta)
-        return self.gauge_action(theta) + sum_per_config((self.pseudofermions.conj() * x).real)
+        return sum_per_config((self.pseudofermions.conj() * self._solve(theta)).real)
 
-    def force(self, theta):
+    def gradient(self, theta):
         if self.pseudofermions is None:
-            return super().force(theta)
+            return super().gradient(theta)
         x = self._solve(theta)
         with torch.enable_grad():
             leaf = theta.detach().requires_grad_(True)
-            surrogate = self.gauge_action(leaf) - sum_per_config(apply_wilson(leaf, x, self.kappa).abs() ** 2)
+            surrogate = -sum_per_config(apply_wilson(leaf, x, self.kappa).abs() ** 2)
             (gradient,) = torch.autograd.grad(surrogate.sum(), leaf)
-        return self.field.tangent_force(theta, gradient)
+        return gradient
+
+
+FERMION_ACTIONS = {"exact": ExactDeterminant, "pseudofermion": Pseudofermions}
+
+
+class Schwinger(U1):
+    """``S = S_gauge + S_f`` with the fermion action ``S_f`` chosen by the option ``fermions``
+    (:data:`FERMION_ACTIONS`); instances are named ``schwinger`` (exact determinant) and
+    ``schwinger-<fermions>`` otherwise."""
+
+    name = "schwinger"
+    couplings_declared = (Coupling("beta", "gauge coupling"),
+                          Coupling("kappa", "hopping parameter of the Wilson fermions", affine=False))
+    options_declared = (Option("fermions", "treatment of the fermion determinant", tuple(FERMION_ACTIONS)),)
+
+    def __init__(self, lattice_shape, *, beta, kappa, fermions="exact"):
+        Theory.__init__(self, lattice_shape, beta=beta, kappa=kappa)
+        if self.dimension != 2:
+            raise InputError(f"the Schwinger model is two-dimensional; got lattice {self.lattice_shape}")
+        if not 0 < self.couplings["kappa"] < 0.5:
+            raise InputError(f"kappa must lie in (0, 0.5) for Wilson fermions here, got {self.couplings['kappa']}")
+        self.options = {"fermions": self.options_declared[0].check(fermions)}
+        self.name = "schwinger" if fermions == "exact" else f"schwinger-{fermions}"
+        self.field = AngleField()
+        self.fermions = FERMION_ACTIONS[fermions](self.kappa, self.lattice_shape)
+
+    @classmethod
+    def parse_name(cls, name):
+        if name == cls.name:
+            return {}
+        treatment = name.removeprefix(cls.name + "-")
+        return {"fermions": treatment} if treatment != name and treatment in FERMION_ACTIONS else None
+
+    @property
+    def kappa(self) -> float:
+        return self.couplings["kappa"]
+
+    @property
+    def cg_iterations(self) -> list[int]:
+        """Conjugate-gradient iterations of every solve so far (empty for exact determinants)."""
+        return getattr(self.fermions, "cg_iterations", [])
+
+    def gauge_action(self, theta):
+        return U1.action(self, theta)
+
+    def fermion_action(self, theta):
+        return self.fermions.action(theta)
+
+    def fermion_log_det(self, theta) -> torch.Tensor:
+        """``log det(D^dagger D) = 2 log |det D|`` per configuration (float64)."""
+        return -ExactDeterminant.action(self.fermions, theta)
+
+    def action(self, theta):
+        return self.gauge_action(theta) + self.fermion_action(theta)
+
+    def gauge_force(self, theta):
+        return U1.force(self, theta)
+
+    def fermion_force(self, theta):
+        return self.field.tangent_force(theta, self.fermions.gradient(theta))
+
+    def force(self, theta):
+        return self.gauge_force(theta) + self.fermion_force(theta)
+
+    def refresh_auxiliary_fields(self, theta, generator=None):
+        """Draws the fermion action's auxiliary fields (pseudofermions), if it has any."""
+        fermions = self.fermions.refresh(theta, generator)
+        if fermions is self.fermions:
+            return self
+        refreshed = copy.copy(self)
+        refreshed.fermions = fermions
+        return refreshed
+
+    def exact_log_partition_function(self):
+        return None
+
+    def observables(self, theta):
+        result = super().observables(theta)
+        inverse = torch.linalg.inv(wilson_matrix(theta, self.kappa))
+        result["chiral_condensate"] = inverse.diagonal(dim1=-2, dim2=-1).sum(-1).real / self.volume
+        for t, value in enumerate(pion_correlator(inverse, self.lattice_shape).unbind(1)):
+            result[f"pion_correlator_t{t}"] = value
+        return result

@@ -2,7 +2,8 @@
 
 Built in: ``phi4`` (couplings ``m2``, ``lam``), ``u1`` (``beta``), the family ``suN``
 (``su2``, ``su3``, ...; ``beta``), and the Schwinger model with two Wilson fermions,
-``schwinger`` (exact determinant) and ``schwinger-pseudofermion`` (``beta``, ``kappa``).
+``schwinger`` (``beta``, ``kappa``; option ``fermions``: ``exact`` determinant or
+``pseudofermion``, the latter also named ``schwinger-pseudofermion``).
 A new theory is one module with a :class:`Theory` subclass plus one line::
 
     register_theory(MyTheory)
@@ -10,7 +11,8 @@ A new theory is one module with a :class:`Theory` subclass plus one line::
 after which ``make_theory("mytheory", ...)``, ``gaugeflow hmc --theory mytheory`` and its
 coupling options work.  A class that stands for a family of names (SU(N)) overrides the
 class method :meth:`Theory.parse_name`, which returns the extra constructor arguments for
-the names it accepts.
+the names it accepts.  Options (:class:`Option`, e.g. ``fermions``) are passed to
+:func:`make_theory` like couplings and become command-line options the same way.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ from __future__ import annotations
 from .errors import InputError
 from .geometry import parse_lattice_shape
 from .phi4 import Phi4
-from .schwinger import Schwinger, SchwingerPseudofermion
+from .schwinger import Schwinger
 from .sun import SUN
-from .theory import Coupling, Theory
+from .theory import Coupling, Option, Theory
 from .u1 import U1
 
 _REGISTRY: dict[str, type[Theory]] = {}
@@ -60,23 +62,40 @@ def declared_couplings() -> dict[str, Coupling]:
     return couplings
 
 
+def declared_options() -> dict[str, Option]:
+    """Every option of every registered theory, by name (the command line's options)."""
+    options = {}
+    for cls in _REGISTRY.values():
+        for option in cls.options_declared:
+            options.setdefault(option.name, option)
+    return options
+
+
 def theories_with_coupling(name: str) -> list[str]:
-    """Registered theory names that take coupling ``name`` (for help texts)."""
-    return [theory for theory, cls in _REGISTRY.items() if name in cls.coupling_names]
+    """Registered theory names that take coupling or option ``name`` (for help texts)."""
+    return [theory for theory, cls in _REGISTRY.items() if name in cls.coupling_names + cls.option_names]
 
 
-def make_theory(name: str, lattice_shape, **couplings) -> Theory:
-    """``make_theory('u1', '8x8', beta=2.0)``; couplings given as ``None`` count as missing."""
-    cls, extra = theory_class(name)
+def make_theory(name: str, lattice_shape, **settings) -> Theory:
+    """``make_theory('u1', '8x8', beta=2.0)``, ``make_theory('schwinger', '8x8', beta=2.0,
+    kappa=0.26, fermions='pseudofermion')``: couplings and options by name; values given as
+    ``None`` count as missing (an option then takes what the name implies, else its default)."""
+    cls, implied = theory_class(name)
     shape = parse_lattice_shape(lattice_shape)
-    unknown = sorted(k for k, v in couplings.items() if k not in cls.coupling_names and v is not None)
+    given = {k: v for k, v in settings.items() if v is not None}
+    unknown = sorted(k for k in given if k not in cls.coupling_names + cls.option_names)
     if unknown:
-        raise InputError(f"theory {name!r} takes no coupling(s) {', '.join(unknown)}")
-    missing = [c for c in cls.coupling_names if couplings.get(c) is None]
+        raise InputError(f"theory {name!r} takes no coupling(s) or option(s) {', '.join(unknown)}")
+    missing = [c for c in cls.coupling_names if c not in given]
     if missing:
         raise InputError(f"theory {name!r} needs coupling(s) {', '.join(missing)}")
-    return cls(shape, **{c: couplings[c] for c in cls.coupling_names}, **extra)
+    for option in cls.options_declared:
+        if option.name in given and option.name in implied and option.check(given[option.name]) != implied[option.name]:
+            raise InputError(f"theory {name!r} means {option.name}={implied[option.name]}; "
+                             f"it cannot be combined with {option.name}={given[option.name]}")
+    options = {o: given[o] for o in cls.option_names if o in given}
+    return cls(shape, **{c: given[c] for c in cls.coupling_names}, **{**implied, **options})
 
 
-for _builtin in (Phi4, U1, SUN, Schwinger, SchwingerPseudofermion):
+for _builtin in (Phi4, U1, SUN, Schwinger):
     register_theory(_builtin)

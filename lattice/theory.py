@@ -11,6 +11,10 @@ A theory is the single place that knows about itself.  It declares
 
 * ``name`` and its couplings (:class:`Coupling`: name, meaning, and whether the action is
   affine in it -- only those can be conditioned on by a flow);
+* its options (:class:`Option`), discrete choices of how to treat the theory that are no
+  numbers (e.g. the Schwinger model's ``fermions``: exact determinant or pseudofermions).
+  Ensembles and models store a theory by ``name`` and couplings only, so a theory with
+  options names each instance after them and accepts those names in :meth:`parse_name`;
 * ``field``, its field type (:mod:`gaugeflow.lattice.fields`): HMC moves on it, and flow
   priors and coupling layers are chosen by it, never by the theory's name;
 * :meth:`Theory.exact_log_partition_function` where ``log Z`` is known exactly;
@@ -46,23 +50,46 @@ class Coupling:
     affine: bool = True
 
 
+@dataclass(frozen=True)
+class Option:
+    """A discrete choice a theory offers (also the command-line option ``--name``): its name,
+    what it means, and the allowed values, the first of which is the default."""
+
+    name: str
+    description: str
+    choices: tuple[str, ...]
+
+    @property
+    def default(self) -> str:
+        return self.choices[0]
+
+    def check(self, value) -> str:
+        if value not in self.choices:
+            raise InputError(f"{self.name} must be one of {', '.join(self.choices)}, got {value!r}")
+        return value
+
+
 class Theory(abc.ABC):
     """Base class of all theories.
 
     Subclasses set the class attributes ``name`` and ``couplings_declared`` (a tuple of
     :class:`Coupling`), set ``self.field`` (a :class:`gaugeflow.lattice.fields.FieldType`) in
     ``__init__``, and implement the abstract methods.  The constructor takes the lattice shape
-    and every coupling as a keyword argument.
+    and every coupling as a keyword argument; a theory with ``options_declared`` (a tuple of
+    :class:`Option`) takes those as keyword arguments of its own ``__init__`` as well.
     """
 
     name: str = "theory"
     couplings_declared: tuple[Coupling, ...] = ()
     coupling_names: tuple[str, ...] = ()  # derived from couplings_declared
+    options_declared: tuple[Option, ...] = ()
+    option_names: tuple[str, ...] = ()  # derived from options_declared
     is_gauge_theory: bool = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         cls.coupling_names = tuple(c.name for c in cls.couplings_declared)
+        cls.option_names = tuple(o.name for o in cls.options_declared)
 
     def __init__(self, lattice_shape, **couplings):
         self.lattice_shape = tuple(int(extent) for extent in lattice_shape)
@@ -106,7 +133,8 @@ class Theory(abc.ABC):
     def parse_name(cls, name: str) -> dict | None:
         """Extra constructor arguments if ``name`` (lower case) names this theory, else ``None``.
 
-        Families of theories (``su2``, ``su3``, ...) override this."""
+        Families of theories (``su2``, ``su3``, ...) and theories whose instance names carry
+        their options (``schwinger-pseudofermion``) override this."""
         return {} if name == cls.name.lower() else None
 
     def coupling(self, name: str) -> Coupling:

@@ -22,7 +22,7 @@ import sys
 
 from gaugeflow.lattice.errors import GaugeflowError, InputError
 from gaugeflow.lattice.jobcontrol import EXIT_INTERRUPTED, Interrupted
-from gaugeflow.lattice.theories import declared_couplings, theories_with_coupling, theory_names
+from gaugeflow.lattice.theories import declared_couplings, declared_options, theories_with_coupling, theory_names
 
 # library parameter -> option of this program, where the two differ
 OPTION_FOR_PARAMETER = {
@@ -53,6 +53,9 @@ def _add_theory_options(parser):
     for name, coupling in declared_couplings().items():
         group.add_argument("--" + name.replace("_", "-"), dest=name, type=float,
                            help=f"{coupling.description} ({', '.join(theories_with_coupling(name))})")
+    for name, option in declared_options().items():
+        group.add_argument("--" + name.replace("_", "-"), dest=name, choices=option.choices,
+                           help=f"{option.description} ({', '.join(theories_with_coupling(name))}; default: {option.default})")
 
 
 def _add_hmc_options(group):
@@ -359,7 +362,9 @@ def run_plot(args) -> int:
 
 
 def _couplings(args) -> dict:
-    return {name: getattr(args, name) for name in declared_couplings() if getattr(args, name) is not None}
+    """The couplings and theory options given on the command line."""
+    names = [*declared_couplings(), *declared_options()]
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
 def run_analyze(args) -> int:

@@ -95,7 +95,7 @@ def test_the_command_line_offers_a_registered_theory(rotor_registered, tmp_path)
 
 
 def test_unknown_names_list_what_is_registered(rotor_registered):
-    with pytest.raises(InputError, match="unknown theory .rotr.; choose one of phi4, u1, suN, schwinger, schwinger-pseudofermion, rotor"):
+    with pytest.raises(InputError, match="unknown theory .rotr.; choose one of phi4, u1, suN, schwinger, rotor"):
         make_theory("rotr", "8", beta=1.0)
 
 

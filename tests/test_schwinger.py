@@ -141,11 +141,31 @@ def test_kappa_cannot_be_conditioned_on_and_the_command_line_runs_it(tmp_path):
     with pytest.raises(InputError, match="not affine"):
         LatticeTarget(make_theory("schwinger", "4x4", beta=1.0, kappa=0.2), "kappa")
     out = tmp_path / "s.h5"
-    result = subprocess.run([sys.executable, "-m", "gaugeflow.cli", "hmc", "--theory", "schwinger-pseudofermion",
-                             "--lattice", "4x4", "--beta", "2", "--kappa", "0.2", "--n-configs", "4", "--chains", "2",
-                             "--therm", "2", "--quiet", "--out", str(out)], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "gaugeflow.cli", "hmc", "--theory", "schwinger", "--fermions",
+                             "pseudofermion", "--lattice", "4x4", "--beta", "2", "--kappa", "0.2", "--n-configs", "4",
+                             "--chains", "2", "--therm", "2", "--quiet", "--out", str(out)], check=False, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "chiral_condensate" in analyze_ensemble(out)
+    with open_ensemble(out) as ensemble:  # the file names the fermion treatment: a resume rebuilds the same theory
+        assert ensemble.theory_name == "schwinger-pseudofermion"
+
+
+def test_the_fermion_treatment_is_an_option_and_the_old_name_still_works():
+    from gaugeflow.cli import main
+    from gaugeflow.lattice.schwinger import ExactDeterminant, Pseudofermions
+
+    by_option = make_theory("schwinger", "4x4", beta=2.0, kappa=0.2, fermions="pseudofermion")
+    by_name = make_theory("schwinger-pseudofermion", "4x4", beta=2.0, kappa=0.2)
+    assert type(by_option.fermions) is type(by_name.fermions) is Pseudofermions
+    assert by_option.name == by_name.name == "schwinger-pseudofermion"
+    assert make_theory(by_option.name, "4x4", **by_option.couplings).name == by_option.name
+    assert type(make_theory("schwinger", "4x4", beta=2.0, kappa=0.2).fermions) is ExactDeterminant
+    with pytest.raises(InputError, match="cannot be combined with fermions=exact"):
+        make_theory("schwinger-pseudofermion", "4x4", beta=2.0, kappa=0.2, fermions="exact")
+    with pytest.raises(InputError, match="takes no coupling.s. or option.s. fermions"):
+        make_theory("u1", "4x4", beta=2.0, fermions="exact")
+    with pytest.raises(SystemExit):  # argparse refuses an unknown treatment
+        main(["hmc", "--theory", "schwinger", "--fermions", "staggered", "--lattice", "4x4", "--out", "x.h5"])
 
 
 def test_flows_on_the_exact_determinant_target_sample_exactly(tmp_path):
