@@ -11,12 +11,15 @@ object, chosen by the option ``fermions`` (registry :data:`FERMION_ACTIONS`):
 * ``exact`` (theory name ``schwinger``) -- the determinant exactly: dense ``D`` and a batched
   log-determinant, force by automatic differentiation (small lattices; Albergo et al.,
   arXiv:2106.05934);
-* ``pseudofermion`` (theory name ``schwinger-pseudofermion``) -- ``det(D^dagger D) = pi^-n
-  int dphi exp(-phi^dagger (D^dagger D)^{-1} phi)``: at the start of every HMC trajectory a
-  heat bath draws ``phi = D^dagger eta`` (:meth:`Schwinger.refresh_auxiliary_fields`), and
-  the trajectory runs on ``S_gauge + phi^dagger (D^dagger D)^{-1} phi`` through a
-  conjugate-gradient solver, with the force ``-d/dtheta |D(theta) X|^2`` at fixed
-  ``X = (D^dagger D)^{-1} phi``.  Without pseudofermions drawn its action is the exact one.
+* ``pseudofermion`` (theory name ``schwinger-pseudofermion``) -- even-odd preconditioned:
+  ``det(D^dagger D) = det(D_hat^dagger D_hat) = pi^-n int dphi exp(-phi^dagger (D_hat^dagger
+  D_hat)^{-1} phi)`` with the Schur complement ``D_hat = 1 - kappa^2 H_oe H_eo`` on the odd
+  sites (:mod:`gaugeflow.lattice.fermions`; even extents).  At the start of every HMC
+  trajectory a heat bath draws ``phi = D_hat^dagger eta`` on the odd sites
+  (:meth:`Schwinger.refresh_auxiliary_fields`), and the trajectory runs on ``S_gauge +
+  phi^dagger (D_hat^dagger D_hat)^{-1} phi`` through a conjugate-gradient solver, with the
+  force ``-d/dtheta |D_hat(theta) X|^2`` at fixed ``X = (D_hat^dagger D_hat)^{-1} phi``.
+  Without pseudofermions drawn its action is the exact one.
 
 Ensembles and models store a theory by name and couplings, so the name carries the option.
 
@@ -39,7 +42,7 @@ import copy
 import torch
 
 from .errors import InputError
-from .fermions import apply_wilson, apply_wilson_dagger, conjugate_gradient, wilson_matrix
+from .fermions import EvenOddWilson, checkerboard, conjugate_gradient, wilson_matrix
 from .fields import AngleField
 from .geometry import sum_per_config
 from .theory import Coupling, Option, Theory
@@ -76,30 +79,35 @@ class ExactDeterminant:
 
 
 class Pseudofermions(ExactDeterminant):
-    """``phi^dagger (D^dagger D)^{-1} phi`` at fixed pseudofermions ``phi`` (the exact
-    determinant while none are drawn).  ``cg_iterations`` collects the iterations of every
-    solve, shared by all refreshed copies."""
+    """Even-odd preconditioned pseudofermions on the odd sites,
+    ``phi^dagger (D_hat^dagger D_hat)^{-1} phi`` with the Schur complement
+    ``D_hat = 1 - kappa^2 H_oe H_eo`` (:class:`gaugeflow.lattice.fermions.EvenOddWilson`;
+    ``det D_hat = det D``), at fixed ``phi`` ``[B, 2, V/2]``; the exact determinant while none
+    are drawn.  ``cg_iterations`` collects the iterations of every solve, shared by all
+    refreshed copies.  Needs even extents."""
 
     cg_tolerance = 1e-13
 
     def __init__(self, kappa: float, lattice_shape):
         super().__init__(kappa, lattice_shape)
+        checkerboard(tuple(lattice_shape))  # refuses odd extents now rather than in the first trajectory
         self.pseudofermions = None
         self.cg_iterations: list[int] = []
 
-    def _normal(self, theta):
-        return lambda v: apply_wilson_dagger(theta, apply_wilson(theta, v, self.kappa), self.kappa)
-
     def _solve(self, theta):
-        x, report = conjugate_gradient(self._normal(theta.detach()), self.pseudofermions, self.cg_tolerance)
+        """``X = (D_hat^dagger D_hat)^{-1} phi`` by conjugate gradient."""
+        operator = EvenOddWilson(theta.detach(), self.kappa)
+        x, report = conjugate_gradient(operator.apply_normal, self.pseudofermions, self.cg_tolerance)
         self.cg_iterations.append(report.iterations)
         return x
 
     def refresh(self, theta, generator=None) -> Pseudofermions:
-        """Heat bath: ``phi = D^dagger eta``, ``eta`` complex Gaussian with density ``exp(-|eta|^2)``."""
-        parts = torch.randn((2, *theta.shape), generator=generator, dtype=torch.float64, device=theta.device) / 2**0.5
+        """Heat bath: ``phi = D_hat^dagger eta``, ``eta`` complex Gaussian on the odd sites with
+        density ``exp(-|eta|^2)``."""
+        shape = (2, theta.shape[0], 2, theta[0, 0].numel() // 2)
+        parts = torch.randn(shape, generator=generator, dtype=torch.float64, device=theta.device) / 2**0.5
         refreshed = copy.copy(self)
-        refreshed.pseudofermions = apply_wilson_dagger(theta, torch.complex(parts[0], parts[1]), self.kappa)
+        refreshed.pseudofermions = EvenOddWilson(theta, self.kappa).apply_dagger(torch.complex(parts[0], parts[1]))
         return refreshed
 
     def action(self, theta):
@@ -108,12 +116,14 @@ class Pseudofermions(ExactDeterminant):
         return sum_per_config((self.pseudofermions.conj() * self._solve(theta)).real)
 
     def gradient(self, theta):
+        """``dS/dtheta = -d/dtheta |D_hat(theta) X|^2`` at fixed ``X``: from ``S = phi^dagger
+        (D_hat^dagger D_hat)^{-1} phi``, ``dS = -X^dagger d(D_hat^dagger D_hat) X``."""
         if self.pseudofermions is None:
             return super().gradient(theta)
         x = self._solve(theta)
         with torch.enable_grad():
             leaf = theta.detach().requires_grad_(True)
-            surrogate = -sum_per_config(apply_wilson(leaf, x, self.kappa).abs() ** 2)
+            surrogate = -sum_per_config(EvenOddWilson(leaf, self.kappa).apply(x).abs() ** 2)
             (gradient,) = torch.autograd.grad(surrogate.sum(), leaf)
         return gradient
 
