@@ -32,19 +32,23 @@ from tqdm.auto import tqdm
 
 from gaugeflow.lattice.errors import InputError
 
-from .integrators import get_integrator
+from .integrators import free_drift, get_integrator, nested_drift
 from .sampler import TrajectoryResult
 
 
 @dataclass
 class HMCParameters:
-    """Trajectory length ``tau``, integration steps per trajectory, integrator name and the
-    relative jitter of the step size (0 disables it)."""
+    """Trajectory length ``tau``, integration steps per trajectory, integrator name, the
+    relative jitter of the step size (0 disables it) and ``md_substeps``: with more than one,
+    multiple time scales (:func:`gaugeflow.hmc.integrators.nested_drift`) over the theory's
+    :meth:`~gaugeflow.lattice.theory.Theory.action_parts`, each finer part integrated with
+    ``md_substeps`` steps per step of the next coarser one (``n_steps`` counts the coarsest)."""
 
     trajectory_length: float = 1.0
     n_steps: int = 10
     integrator: str = "omelyan"
     jitter: float = 0.2
+    md_substeps: int = 1
 
     def __post_init__(self):
         if not (math.isfinite(self.trajectory_length) and self.trajectory_length > 0):
@@ -55,6 +59,9 @@ class HMCParameters:
         get_integrator(self.integrator)
         if not 0 <= self.jitter < 1:
             raise InputError(f"jitter (of the step size) must lie in [0, 1), got {self.jitter}")
+        if int(self.md_substeps) < 1:
+            raise InputError(f"md_substeps must be at least 1, got {self.md_substeps}")
+        self.md_substeps = int(self.md_substeps)
 
     @property
     def step_size(self) -> float:
@@ -66,10 +73,17 @@ def hamiltonian(theory, field, momenta) -> torch.Tensor:
 
 
 def molecular_dynamics(theory, field, momenta, params: HMCParameters, step_size: float | None = None):
-    """Integrate one trajectory (step size ``params.step_size`` unless given); returns ``(field, momenta)``."""
+    """Integrate one trajectory (step size ``params.step_size`` unless given); returns ``(field, momenta)``.
+
+    With ``params.md_substeps > 1`` the theory's action parts run on nested time scales."""
     integrate = get_integrator(params.integrator)
     step_size = params.step_size if step_size is None else step_size
-    return integrate(theory.field, theory.force, field, momenta, step_size, params.n_steps)
+    if params.md_substeps == 1:
+        drift, force = free_drift(theory.field), theory.force
+    else:
+        forces = [part.force for part in theory.action_parts()]
+        drift, force = nested_drift(integrate, theory.field, forces, params.md_substeps), forces[-1]
+    return integrate(drift, force, field, momenta, step_size, params.n_steps)
 
 
 def hmc_trajectory(theory, field: torch.Tensor, params: HMCParameters, generator=None) -> TrajectoryResult:
@@ -137,6 +151,9 @@ class HMCSampler:
         if not 0 < target_acceptance < 1:
             raise InputError(f"target_acceptance must lie strictly between 0 and 1, got {target_acceptance}")
         self.theory, self.params = theory, params or HMCParameters()
+        if self.params.md_substeps > 1 and len(theory.action_parts()) == 1:
+            raise InputError(f"md_substeps={self.params.md_substeps} needs an action of several parts on different time "
+                             f"scales; {theory.name} has one")
         self.tune, self.target_acceptance = tune, target_acceptance
 
     def run_parameters(self) -> dict:
@@ -144,6 +161,7 @@ class HMCSampler:
             "integrator": self.params.integrator,
             "trajectory_length": float(self.params.trajectory_length),
             "step_size_jitter": float(self.params.jitter),
+            "md_substeps": self.params.md_substeps,
         }
 
     def update(self, field, generator):

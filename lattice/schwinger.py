@@ -45,7 +45,7 @@ from .errors import InputError
 from .fermions import EvenOddWilson, checkerboard, conjugate_gradient, wilson_matrix
 from .fields import AngleField
 from .geometry import sum_per_config
-from .theory import Coupling, Option, Theory
+from .theory import ActionPart, Coupling, Option, Theory
 from .u1 import U1
 
 
@@ -189,6 +189,11 @@ class Schwinger(U1):
 
     def force(self, theta):
         return self.gauge_force(theta) + self.fermion_force(theta)
+
+    def action_parts(self):
+        """Gauge action (cheap, stiff: the finer time scale) and fermion action."""
+        return (ActionPart("gauge", self.gauge_action, self.gauge_force),
+                ActionPart("fermions", self.fermion_action, self.fermion_force))
 
     def refresh_auxiliary_fields(self, theta, generator=None):
         """Draws the fermion action's auxiliary fields (pseudofermions), if it has any."""

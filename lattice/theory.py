@@ -18,6 +18,8 @@ A theory is the single place that knows about itself.  It declares
 * ``field``, its field type (:mod:`gaugeflow.lattice.fields`): HMC moves on it, and flow
   priors and coupling layers are chosen by it, never by the theory's name;
 * :meth:`Theory.exact_log_partition_function` where ``log Z`` is known exactly;
+* :meth:`Theory.action_parts`, the action as a sum of terms with their forces, for
+  integrators with multiple time scales (one part unless a theory splits it);
 * :meth:`Theory.refresh_auxiliary_fields`, the hook for auxiliary fields such as
   pseudofermions: once per HMC trajectory it may draw them (a heat-bath step at fixed
   field) and return the theory whose action holds them fixed for that trajectory.
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import abc
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -67,6 +70,16 @@ class Option:
         if value not in self.choices:
             raise InputError(f"{self.name} must be one of {', '.join(self.choices)}, got {value!r}")
         return value
+
+
+@dataclass(frozen=True)
+class ActionPart:
+    """One term of a theory's action and its force (the tangent-space gradient of that term),
+    both batched like :meth:`Theory.action` and :meth:`Theory.force`."""
+
+    name: str
+    action: Callable[[torch.Tensor], torch.Tensor]
+    force: Callable[[torch.Tensor], torch.Tensor]
 
 
 class Theory(abc.ABC):
@@ -165,6 +178,13 @@ class Theory(abc.ABC):
             leaf = field.detach().requires_grad_(True)
             (gradient,) = torch.autograd.grad(self.action(leaf).sum(), leaf)
         return self.field.tangent_force(field, gradient)
+
+    def action_parts(self) -> tuple[ActionPart, ...]:
+        """The action as a sum of parts, ordered from the finest molecular-dynamics time scale to
+        the coarsest (cheap, stiff forces first; Sexton and Weingarten, Nucl. Phys. B 380 (1992)
+        665); their actions and forces add up to :meth:`action` and :meth:`force`.  One part
+        by default; the Schwinger model has gauge and fermion parts."""
+        return (ActionPart(self.name, self.action, self.force),)
 
     def refresh_auxiliary_fields(self, field: torch.Tensor, generator=None) -> "Theory":
         """Draw auxiliary fields at fixed ``field`` and return the theory to use for one HMC

@@ -27,7 +27,7 @@ from gaugeflow.lattice.theories import declared_couplings, declared_options, the
 # library parameter -> option of this program, where the two differ
 OPTION_FOR_PARAMETER = {
     "n_configs": "--n-configs", "n_chains": "--chains", "n_therm": "--therm", "save_every": "--save-every",
-    "n_steps": "--steps", "trajectory_length": "--trajectory-length", "jitter": "--jitter",
+    "n_steps": "--steps", "trajectory_length": "--trajectory-length", "jitter": "--jitter", "md_substeps": "--md-substeps",
     "target_acceptance": "--target-acceptance", "learning_rate": "--lr", "batch_size": "--batch-size",
     "grad_clip": "--grad-clip", "log_every": "--log-every", "checkpoint_every": "--checkpoint-every",
     "eval_batches": "--eval-batches", "hidden_channels": "--hidden", "n_layers": "--layers", "n_bins": "--bins",
@@ -67,6 +67,9 @@ def _add_hmc_options(group):
     group.add_argument("--no-tune", dest="tune", action="store_false",
                        help="keep --steps fixed instead of tuning it during thermalisation")
     group.add_argument("--target-acceptance", type=float, default=0.8, help="tuning target (default: 0.8)")
+    group.add_argument("--md-substeps", type=int, default=1, metavar="K",
+                       help="multiple time scales: K finer steps (gauge force) per step of the coarser part of the action "
+                            "(fermion force) where the theory splits its action (schwinger) (default: 1: one time scale)")
 
 
 def _add_commit_option(group):
@@ -78,8 +81,8 @@ def _add_commit_option(group):
 def _hmc_parameters(args):
     from gaugeflow.hmc.hmc import HMCParameters
 
-    return dict(params=HMCParameters(args.trajectory_length, args.steps, args.integrator, args.jitter), tune=args.tune,
-                target_acceptance=args.target_acceptance)
+    return dict(params=HMCParameters(args.trajectory_length, args.steps, args.integrator, args.jitter, args.md_substeps),
+                tune=args.tune, target_acceptance=args.target_acceptance)
 
 
 def _add_run_options(parser, precision="float64"):

@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from gaugeflow.hmc import HMCParameters, analyze_ensemble, gamma_method, generate_ensemble, jackknife
+from gaugeflow.hmc import HMCParameters, HMCSampler, analyze_ensemble, gamma_method, generate_ensemble, jackknife
+from gaugeflow.hmc.hmc import molecular_dynamics
 from gaugeflow.lattice import InputError, open_ensemble
 from gaugeflow.lattice.fermions import (GAMMA5, EvenOddWilson, apply_wilson, apply_wilson_dagger, checkerboard,
                                         conjugate_gradient, schur_matrix, wilson_matrix)
 from gaugeflow.lattice.theories import make_theory
+from gaugeflow.lattice.theory import ActionPart
 
 from md_checks import check_reversible_and_second_order
 
@@ -146,16 +148,53 @@ def test_forces_reversibility_and_dh_scaling(name):
     check_reversible_and_second_order(theory, theta, generator)
 
 
+@pytest.mark.parametrize("fermions", ["exact", "pseudofermion"])
+def test_multiple_time_scales_are_reversible_second_order_and_nested(fermions):
+    theory = make_theory("schwinger", "4x4", beta=2.0, kappa=0.2, fermions=fermions)
+    generator = torch.Generator().manual_seed(4)
+    theta = theory.hot_start(8, generator=generator)
+    theory = theory.refresh_auxiliary_fields(theta, generator)
+    gauge, fermion = theory.action_parts()
+    assert (gauge.action(theta) + fermion.action(theta) - theory.action(theta)).abs().max() < 1e-10
+    assert (gauge.force(theta) + fermion.force(theta) - theory.force(theta)).abs().max() < 1e-10
+    check_reversible_and_second_order(theory, theta, generator, md_substeps=4)
+
+    calls = {"gauge": 0, "fermions": 0}
+
+    def counted(part):
+        def force(field):
+            calls[part.name] += 1
+            return part.force(field)
+        return ActionPart(part.name, part.action, force)
+
+    class Counted:  # the theory with its forces counted
+        field, action_parts = theory.field, lambda self: (counted(gauge), counted(fermion))
+
+    momenta = theory.field.random_momenta(theta, generator)
+    molecular_dynamics(Counted(), theta, momenta, HMCParameters(1.0, 5, "leapfrog", 0.0, md_substeps=3))
+    assert calls == {"fermions": 5 + 1, "gauge": 5 * (3 + 1)}  # leapfrog: n + 1 kicks per level and drift
+    with pytest.raises(InputError, match="md_substeps=3 needs an action of several parts"):
+        HMCSampler(make_theory("u1", "4x4", beta=1.0), HMCParameters(md_substeps=3))
+
+
 def test_exact_pseudofermion_and_reweighted_quenched_agree(tmp_path):
+    """... and pseudofermion HMC on two time scales (gauge force 4x finer)."""
     beta, kappa, chains = 2.0, 0.24, 16
-    run = dict(n_chains=chains, n_therm=30, seed=11, progress=False, params=HMCParameters(1.0, 5))
+    run = dict(n_chains=chains, n_therm=30, seed=11, progress=False)
     plaquettes = {}
-    for name in ("schwinger", "schwinger-pseudofermion"):
-        path = tmp_path / f"{name}.h5"
-        generate_ensemble(make_theory(name, "4x4", beta=beta, kappa=kappa), path, n_configs=chains * 150, **run)
-        plaquettes[name] = analyze_ensemble(path)["plaquette"]
+    for label, name, params in (("schwinger", "schwinger", HMCParameters(1.0, 5)),
+                                ("pseudofermion", "schwinger-pseudofermion", HMCParameters(1.0, 5)),
+                                ("pseudofermion, md_substeps=4", "schwinger-pseudofermion",
+                                 HMCParameters(1.0, 3, md_substeps=4))):
+        path = tmp_path / f"{len(plaquettes)}.h5"
+        generate_ensemble(make_theory(name, "4x4", beta=beta, kappa=kappa), path, n_configs=chains * 150, params=params,
+                          **run)
+        results = analyze_ensemble(path)
+        plaquettes[label] = results["plaquette"]
+        print(f"{label}: acceptance {results['acceptance']['mean']:.3f}")
     quenched = tmp_path / "quenched.h5"
-    generate_ensemble(make_theory("u1", "4x4", beta=beta), quenched, n_configs=chains * 300, **run)
+    generate_ensemble(make_theory("u1", "4x4", beta=beta), quenched, n_configs=chains * 300,
+                      params=HMCParameters(1.0, 5), **run)
     with open_ensemble(quenched) as ensemble:
         configs = ensemble.configs()
         index = ensemble.per_chain(np.arange(len(ensemble)))
@@ -211,6 +250,19 @@ def test_the_fermion_treatment_is_an_option_and_the_old_name_still_works():
         make_theory("u1", "4x4", beta=2.0, fermions="exact")
     with pytest.raises(SystemExit):  # argparse refuses an unknown treatment
         main(["hmc", "--theory", "schwinger", "--fermions", "staggered", "--lattice", "4x4", "--out", "x.h5"])
+
+
+def test_the_command_line_runs_two_time_scales(tmp_path):
+    from gaugeflow.cli import main
+
+    out = tmp_path / "mts.h5"
+    common = ["--lattice", "4x4", "--beta", "2", "--n-configs", "4", "--chains", "2", "--therm", "2", "--quiet",
+              "--md-substeps", "3"]
+    assert main(["hmc", "--theory", "schwinger", "--fermions", "pseudofermion", "--kappa", "0.2", *common,
+                 "--out", str(out)]) == 0
+    with open_ensemble(out) as ensemble:
+        assert ensemble.attrs["md_substeps"] == 3
+    assert main(["hmc", "--theory", "u1", *common, "--out", str(tmp_path / "u1.h5")]) == 2  # one part: refused
 
 
 def test_flows_on_the_exact_determinant_target_sample_exactly(tmp_path):
