@@ -25,8 +25,6 @@ the identity map, which makes an untrained flow exactly its prior.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import nn
 
@@ -35,14 +33,20 @@ from gaugeflow.lattice.errors import InputError
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 
 
-@functools.lru_cache(maxsize=64)
+_PAD_INDICES: dict[tuple, torch.Tensor] = {}
+
+
 def _periodic_pad_index(shape: tuple[int, ...], pad: int, device: torch.device) -> torch.Tensor:
     """Row-major flat indices into a ``shape`` torus of the sites of the grid padded by ``pad``
-    on both sides of every axis (cached: one index per lattice shape and device)."""
-    index = torch.zeros((), dtype=torch.long, device=device)
-    for n in shape:
-        index = index[..., None] * n + torch.arange(-pad, n + pad, device=device) % n
-    return index.flatten()
+    on both sides of every axis, cached per lattice shape and device (in a plain dict, which
+    ``torch.compile`` reads as a constant)."""
+    key = (shape, pad, device)
+    if key not in _PAD_INDICES:
+        index = torch.zeros((), dtype=torch.long, device=device)
+        for n in shape:
+            index = index[..., None] * n + torch.arange(-pad, n + pad, device=device) % n
+        _PAD_INDICES[key] = index.flatten()
+    return _PAD_INDICES[key]
 
 
 def periodic_pad(x: torch.Tensor, pad: int) -> torch.Tensor:

@@ -115,13 +115,16 @@ class MaskedCoupling(Flow, abc.ABC):
         """``new`` at the active sites, ``old`` elsewhere (both ``[B, x...]``)."""
         return torch.where(self.active, new, old)
 
+    def element_map(self, values: torch.Tensor, params: torch.Tensor, inverse: bool):
+        """The transform (or its inverse) as :meth:`masked_transform` applies it."""
+        return self.transform.apply(values, params, inverse)
+
     def masked_transform(self, values: torch.Tensor, params: torch.Tensor, inverse: bool):
         """The element-wise map at every site of ``values [B, x...]`` (``params [B, x...,
         n_params]``) and the float64 log-det ``[B]`` summed over the active sites only.  The
         values at inactive sites are computed but meaningless: keep them out with
         :meth:`where_active`."""
-        apply = self.transform.inverse if inverse else self.transform.forward
-        new, log_derivative = apply(values, params)
+        new, log_derivative = self.element_map(values, params, inverse)
         log_derivative = torch.where(self.active, log_derivative, 0.0)
         return new, log_derivative.flatten(1).sum(-1, dtype=torch.float64)
 

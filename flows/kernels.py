@@ -41,6 +41,7 @@ to ~1e-12 in float64.
 
 from __future__ import annotations
 
+import abc
 import math
 
 import torch
@@ -50,7 +51,7 @@ from torch.nn import functional as F
 from gaugeflow.lattice.errors import InputError
 from gaugeflow.lattice.groups import wrap_angle
 
-from .transforms import ElementwiseTransform, spline_derivative_shift
+from .transforms import ElementwiseTransform, prepare_derivative_shifts, spline_derivative_shift
 
 __all__ = ["CircleKernel", "NCPKernel", "CircularSplineKernel", "circular_rq_spline", "rq_spline_on_circle"]
 
@@ -80,7 +81,25 @@ class CircleKernel(ElementwiseTransform):
     angles in ``(-pi, pi]``: ``theta`` has any shape ``[...]``, ``params`` has shape
     ``[..., n_params]`` broadcastable against ``theta``; ``forward`` returns
     ``(h(theta), log h'(theta))`` and ``inverse`` ``(h^{-1}(theta), -log h'(h^{-1}(theta)))``.
+
+    Subclasses implement :meth:`unwrapped`, the map up to a multiple of ``2 pi`` per element
+    (any real ``theta``); ``forward`` and ``inverse`` wrap it.  A caller that wraps what it
+    computes from the result anyway (the U(1) coupling moves a link by ``h(P) - P``) calls
+    ``unwrapped`` and saves the operator calls of a wrap.
     """
+
+    @abc.abstractmethod
+    def unwrapped(self, theta: torch.Tensor, params: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(h(theta) + 2 pi k, log h'(theta))`` with integer ``k`` per element, or the same
+        for ``h^{-1}`` with ``inverse``; ``theta`` any real angles."""
+
+    def forward(self, theta, params):
+        angles, log_derivative = self.unwrapped(theta, params, inverse=False)
+        return wrap_angle(angles), log_derivative
+
+    def inverse(self, theta, params):
+        angles, log_derivative = self.unwrapped(theta, params, inverse=True)
+        return wrap_angle(angles), log_derivative
 
 
 class NCPKernel(CircleKernel):
@@ -148,15 +167,12 @@ class NCPKernel(CircleKernel):
         log_g = -(m + torch.log(torch.exp(-s - m) * cos2 + torch.exp(s - m) * sin2))
         return lift, torch.logsumexp(log_w + log_g, dim=-1)
 
-    def forward(self, theta, params):
+    def unwrapped(self, theta, params, inverse):
         theta, params = _broadcast(theta, params, self.n_params)
         s, log_w, t = self._split(params)
-        lift, logdet = self._lift(theta, s, log_w)
-        return wrap_angle(lift + t), logdet
-
-    def inverse(self, theta, params):
-        theta, params = _broadcast(theta, params, self.n_params)
-        s, log_w, t = self._split(params)
+        if not inverse:  # F(theta) - theta is 2 pi periodic: F lifts the map for any real theta
+            lift, logdet = self._lift(theta, s, log_w)
+            return lift + t, logdet
         z = wrap_angle(theta - t)
         work = theta.dtype if theta.device.type == "mps" else torch.float64  # MPS has no float64
         with torch.no_grad():
@@ -173,7 +189,7 @@ class NCPKernel(CircleKernel):
         f0, log_d0 = self._lift(x0, s, log_w)
         x = x0 - (f0 - z) * torch.exp(-log_d0)
         logdet = self._lift(x, s, log_w)[1]
-        return wrap_angle(x), -logdet
+        return x, -logdet
 
 
 def circular_rq_spline(
@@ -345,6 +361,7 @@ class CircularSplineKernel(CircleKernel):
         self.min_bin_height = float(min_bin_height)
         self.min_derivative = float(min_derivative)
         self.n_params = 3 * self.n_bins + 1
+        prepare_derivative_shifts(self.min_derivative)
 
     def _spline(self, x: torch.Tensor, params: torch.Tensor, inverse: bool):
         n = self.n_bins
@@ -356,13 +373,10 @@ class CircularSplineKernel(CircleKernel):
             spline_derivative_shift(params.dtype, self.min_derivative),
         )
 
-    def forward(self, theta, params):
+    def unwrapped(self, theta, params, inverse):
         theta, params = _broadcast(theta, params, self.n_params)
+        rotation = params[..., 3 * self.n_bins]
+        if inverse:
+            return self._spline(wrap_angle(theta - rotation), params, inverse=True)
         y, logdet = self._spline(wrap_angle(theta), params, inverse=False)
-        return wrap_angle(y + params[..., 3 * self.n_bins]), logdet
-
-    def inverse(self, theta, params):
-        theta, params = _broadcast(theta, params, self.n_params)
-        z = wrap_angle(theta - params[..., 3 * self.n_bins])
-        x, logdet = self._spline(z, params, inverse=True)
-        return wrap_angle(x), logdet
+        return y + rotation, logdet

@@ -20,7 +20,6 @@ circle live in :mod:`gaugeflow.flows.kernels`, the SU(N) spectral map in
 from __future__ import annotations
 
 import abc
-import functools
 
 import torch
 from normflows.utils.splines import DEFAULT_MIN_DERIVATIVE, unconstrained_rational_quadratic_spline
@@ -28,7 +27,9 @@ from normflows.utils.splines import DEFAULT_MIN_DERIVATIVE, unconstrained_ration
 from gaugeflow.lattice.errors import InputError
 
 
-@functools.lru_cache(maxsize=None)
+_DERIVATIVE_SHIFTS: dict[tuple[torch.dtype, float], float] = {}
+
+
 def spline_derivative_shift(dtype: torch.dtype = torch.float64, min_derivative: float = DEFAULT_MIN_DERIVATIVE) -> float:
     """``u_0 = log(expm1(1 - min_d))`` rounded in ``dtype``: raw derivative parameters are
     shifted by it, so that raw parameters 0 give knot derivatives ``min_d + softplus(u_0) = 1``.
@@ -36,9 +37,21 @@ def spline_derivative_shift(dtype: torch.dtype = torch.float64, min_derivative: 
     Zero is exact in every precision; the constant itself is not, so it is rounded in the
     precision of the computation rather than held in a (float32) conditioner bias, which cast
     to float64 would be off by ~3e-8 and make the "identity" spline not quite the identity.
+
+    Cached in a plain dict, filled for float32 and float64 when a spline transform is made: a
+    compiled graph (``torch.compile``) then reads a constant instead of breaking at ``.item()``.
     """
-    one_minus = torch.tensor(1.0 - min_derivative, dtype=dtype)
-    return torch.log(torch.expm1(one_minus)).item()
+    key = (dtype, float(min_derivative))
+    if key not in _DERIVATIVE_SHIFTS:
+        one_minus = torch.tensor(1.0 - min_derivative, dtype=dtype)
+        _DERIVATIVE_SHIFTS[key] = torch.log(torch.expm1(one_minus)).item()
+    return _DERIVATIVE_SHIFTS[key]
+
+
+def prepare_derivative_shifts(min_derivative: float) -> None:
+    """Fill :func:`spline_derivative_shift`'s cache for the real dtypes flows run in."""
+    for dtype in (torch.float32, torch.float64):
+        spline_derivative_shift(dtype, min_derivative)
 
 
 class ElementwiseTransform(abc.ABC):
@@ -58,6 +71,10 @@ class ElementwiseTransform(abc.ABC):
     @abc.abstractmethod
     def inverse(self, y: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x, log|dx/dy|)`` element-wise; the log-derivative is minus the forward one at ``x``."""
+
+    def apply(self, x: torch.Tensor, params: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """``inverse(x, params)`` if ``inverse`` else ``forward(x, params)``."""
+        return self.inverse(x, params) if inverse else self.forward(x, params)
 
     @classmethod
     def from_architecture(cls, theory, arch: dict) -> "ElementwiseTransform":
@@ -106,6 +123,7 @@ class SplineTransform(ElementwiseTransform):
             raise InputError(f"n_bins must be positive, got {n_bins}")
         self.n_bins, self.tail_bound = int(n_bins), float(tail_bound)
         self.n_params = 3 * self.n_bins - 1
+        prepare_derivative_shifts(DEFAULT_MIN_DERIVATIVE)
 
     def _apply(self, x, params, inverse):
         k = self.n_bins

@@ -26,7 +26,8 @@ from .coupling import GaugeCoupling
 
 
 class U1PlaquetteCoupling(GaugeCoupling):
-    """U(1) links as angles ``[B, D, x...]``; ``transform`` is a circle kernel."""
+    """U(1) links as angles ``[B, D, x...]``; ``transform`` is a
+    :class:`~gaugeflow.flows.kernels.CircleKernel`."""
 
     def __init__(self, lattice_shape, mu: int, nu: int, offset: int, kernel, hidden_channels=(16, 16),
                  kernel_size: int = 3, context_channels: int = 0):
@@ -37,10 +38,14 @@ class U1PlaquetteCoupling(GaugeCoupling):
         angles = torch.stack([plaquette_angles(theta, rho, sigma) for rho, sigma in self.planes], dim=1)
         return torch.where(self.feature_mask, torch.cat([torch.cos(angles), torch.sin(angles)], dim=1), 0.0)
 
+    def element_map(self, plaquette, params, inverse):
+        # the link update below wraps the angles anyway: one wrap per layer, not three
+        return self.transform.unwrapped(plaquette, params, inverse)
+
     def couple(self, theta, params, inverse):
         # masked arithmetic (see MaskedCoupling): every plaquette of the plane is transformed,
-        # only the active links move
-        plaquette = wrap_angle(plaquette_angles(theta, self.mu, self.nu))
+        # only the active links move; h(P) - P is defined modulo 2 pi, like the link angles
+        plaquette = plaquette_angles(theta, self.mu, self.nu)
         new_plaquette, log_det = self.masked_transform(plaquette, params, inverse)
         moved = wrap_angle(theta[:, self.mu] + new_plaquette - plaquette)  # [B, x...]
         return torch.where(self.links, moved.unsqueeze(1), theta), log_det

@@ -156,12 +156,12 @@ def _thermalised(theory, sampler: Sampler, generator, *, n_chains, n_therm, star
     return field
 
 
-def _rows(theory, step, result) -> dict:
+def _rows(theory, step, result, first_chain) -> dict:
     field = result.field if result.configs is None else result.configs  # what is stored: the physical fields
     n = field.shape[0]
     return dict(
         configs=field.detach().to(theory.storage_dtype(torch.float64)).cpu().numpy(),
-        chain=np.arange(n, dtype=np.int64),
+        chain=np.arange(first_chain, first_chain + n, dtype=np.int64),
         step=np.full(n, step, dtype=np.int64),
         accepted=result.accepted.cpu().numpy(),
         delta_h=result.delta_h.cpu().numpy(),
@@ -196,13 +196,16 @@ def run_chains(
     precision: torch.dtype = torch.float64,
     progress: bool = True,
     commit_every: float = 30.0,
+    stream: int | None = None,
+    n_streams: int = 1,
 ) -> RunSummary:
     """Run ``n_chains`` Markov chains with ``sampler`` and store ``n_configs`` configurations in
     total in ``path``, committing at least every ``commit_every`` seconds (0: after every update).
 
     ``resume=True`` tops up an existing file to ``n_configs`` (or starts a new file if
     ``path`` does not exist yet); without it an existing ``path`` is an error and is never
-    touched.
+    touched.  ``stream`` of ``n_streams`` (a part of a distributed ensemble, see
+    :mod:`gaugeflow.hmc.distributed`) numbers the chains from ``stream * n_chains``.
     """
     _check_options(n_configs, n_therm, n_chains, save_every, start)
     if not commit_every >= 0:
@@ -212,6 +215,8 @@ def run_chains(
     check_memory(WORKING_COPIES * n_chains * field_bytes, device,
                  f"{n_chains} chains of {theory.name} on {'x'.join(map(str, theory.lattice_shape))}")
     fixed = {"n_chains": n_chains, "seed": seed, "save_every": save_every, "n_therm": n_therm, "start": start}
+    if stream is not None:
+        fixed.update(stream=stream, n_streams=n_streams)
     began = time.perf_counter()
     generator = make_generator(seed, device)
     with stop_on_signals() as received, contextlib.ExitStack() as cleanup:
@@ -235,12 +240,12 @@ def run_chains(
             _commit(ensemble, theory, sampler, field, generator, step)  # a crash never thermalises again
         _check_resumable(ensemble, theory, {**fixed, **sampler.run_parameters()})
         return _production(ensemble, theory, sampler, field, step, generator, n_configs=n_configs, n_chains=n_chains,
-                           save_every=save_every, commit_every=commit_every, progress=progress, received=received,
-                           began=began)
+                           first_chain=(stream or 0) * n_chains, save_every=save_every, commit_every=commit_every,
+                           progress=progress, received=received, began=began)
 
 
-def _production(ensemble, theory, sampler: Sampler, field, step, generator, *, n_configs, n_chains, save_every,
-                commit_every, progress, received, began) -> RunSummary:
+def _production(ensemble, theory, sampler: Sampler, field, step, generator, *, n_configs, n_chains, first_chain,
+                save_every, commit_every, progress, received, began) -> RunSummary:
     """Update, queue every ``save_every``-th row, commit; until ``n_configs`` rows or a signal."""
     n_start, accepted = len(ensemble), []
     bar = tqdm(total=max(0, n_configs - n_start), disable=None if progress else True, desc=sampler.name,
@@ -252,7 +257,7 @@ def _production(ensemble, theory, sampler: Sampler, field, step, generator, *, n
             field, step = result.field, step + 1
             accepted.append(result.accepted.double().mean().item())
             if step % save_every == 0:
-                ensemble.append(**_rows(theory, step, result))
+                ensemble.append(**_rows(theory, step, result, first_chain))
                 bar.update(n_chains)
                 bar.set_postfix(acc=f"{np.mean(accepted):.2f}", **sampler.postfix())
             done = len(ensemble) + ensemble.n_pending >= n_configs

@@ -47,6 +47,12 @@ def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Gener
     return generator
 
 
+def stream_seed(seed: int, stream: int) -> int:
+    """The seed of random stream ``stream`` (an MPI rank, a stream of chains) of a run seeded
+    with ``seed``: stream 0 uses ``seed`` itself, as a single process does."""
+    return int(seed) + 7919 * int(stream)
+
+
 def available_memory(device) -> int | None:
     """Bytes that can still be allocated on ``device`` (``None`` if unknown)."""
     device = torch.device(device)

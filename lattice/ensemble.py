@@ -19,6 +19,12 @@ is being written: segments are complete before they appear.  ``gaugeflow compact
 segments into one self-contained file of the same layout as a segment, which is itself a
 readable (and resumable) ensemble.
 
+A *distributed* ensemble (``layout = "streams"``, written by ``--mpi`` runs) is a manifest
+``ens.h5`` with ``n_streams`` and one ensemble as above per stream,
+``ens.h5.streams/stream-0000.h5``, ...: every MPI rank writes its own streams, with its own
+writer lock, so no rank ever waits for another's I/O.  Read through ``ens.h5`` it is one
+ensemble (stream after stream; chain ids are unique across streams).
+
 Layout of every file (``format = "gaugeflow-ensemble"``, ``format_version = 2``)::
 
     /                         attrs: format, format_version, layout ("manifest", "segment" or
@@ -86,6 +92,11 @@ def segment_directory(path) -> str:
 
 def segment_name(index: int) -> str:
     return f"segment-{index:06d}.h5"
+
+
+def stream_path(path, stream: int) -> str:
+    """The ensemble that stream ``stream`` of the distributed ensemble ``path`` writes."""
+    return os.path.join(os.fspath(path) + ".streams", f"stream-{stream:04d}.h5")
 
 
 def _plain(value):
@@ -167,13 +178,16 @@ class Ensemble:
 
     def __init__(self, path, mode: str = "r"):
         self.path, self.mode = os.fspath(path), mode
-        self._listed_segments = 0
+        self._listed_segments, self.n_streams = 0, 1
         self._lock = WriterLock(self.path).acquire() if mode == "a" else None
         try:
             self.metadata, self.layout = self._read_metadata()
             if mode == "a" and self.layout == "v1":
                 raise EnsembleError(f"{self.path} has ensemble format version 1; convert it with "
                                     f"'gaugeflow compact {self.path} --out NEW' and continue NEW")
+            if mode == "a" and self.layout == "streams":
+                raise EnsembleError(f"{self.path} is a distributed ensemble: its streams are written one by one "
+                                    f"({stream_path(self.path, 0)}, ...)")
             if mode == "a" and self.layout == "single":
                 self._make_segmented()
             self.segments = self._find_segments()
@@ -203,7 +217,9 @@ class Ensemble:
         if version != FORMAT_VERSION:
             raise EnsembleError(f"{self.path} has ensemble format version {version}; "
                                 f"this gaugeflow reads versions 1 and {FORMAT_VERSION}")
-        return _check_digests(self.path, attrs), attrs.get("layout")
+        metadata = _check_digests(self.path, attrs)
+        self.n_streams = int(metadata.get("n_streams", 1))
+        return metadata, attrs.get("layout")
 
     @property
     def attrs(self) -> dict:
@@ -248,6 +264,8 @@ class Ensemble:
 
     # -- segments ---------------------------------------------------------------------
     def _find_segments(self) -> list[_Segment]:
+        if self.layout == "streams":
+            return self._stream_segments()
         if self.layout == "v1":
             with _open_h5(self.path) as h5file:
                 return [_Segment(self.path, 0, 0, int(h5file.attrs["n_configs"]))]
@@ -263,6 +281,30 @@ class Ensemble:
             segment = self._segment_info(os.path.join(directory, name), index, first_row)
             segments.append(segment)
             first_row += segment.n_rows
+        return segments
+
+    def streams(self) -> list[Ensemble]:
+        """The streams of a distributed ensemble that have started (opened for reading)."""
+        parts = []
+        for stream in range(self.n_streams if self.layout == "streams" else 0):
+            if os.path.exists(stream_path(self.path, stream)):
+                part = Ensemble(stream_path(self.path, stream), "r")
+                for key in ("theory", "lattice_shape", "coupling_names", "sampler", "config_shape", "config_dtype",
+                            *self.metadata["coupling_names"]):
+                    if part.metadata.get(key) != self.metadata.get(key):
+                        raise EnsembleError(f"{part.path} belongs to another ensemble than {self.path} ({key} differs)")
+                if part.metadata.get("stream") != stream:
+                    raise EnsembleError(f"{part.path} is stream {part.metadata.get('stream')}, not {stream}")
+                parts.append(part)
+        return parts
+
+    def _stream_segments(self) -> list[_Segment]:
+        """Every stream's segments, stream after stream, numbered as one ensemble."""
+        segments, first_row = [], 0
+        for part in self.streams():
+            for segment in part.segments:
+                segments.append(_Segment(segment.path, len(segments), first_row, segment.n_rows))
+                first_row += segment.n_rows
         return segments
 
     def _segment_info(self, path, expected_index: int, first_row: int) -> _Segment:
@@ -335,8 +377,9 @@ class Ensemble:
         return out
 
     def resume_state(self) -> dict | None:
-        """The sampler state after the last committed row (``None`` before the first commit)."""
-        if not self.segments:
+        """The sampler state after the last committed row (``None`` before the first commit, and
+        for a distributed ensemble, whose streams each have theirs)."""
+        if not self.segments or self.layout == "streams":
             return None
         last = self.segments[-1]
         with _open_h5(last.path) as h5file:
@@ -369,6 +412,8 @@ class Ensemble:
         the first damaged file and dataset."""
         checked = sum(self._verify_segment(segment) for segment in self.segments)
         self.resume_state()
+        for part in self.streams():
+            part.resume_state()
         return {"segments": len(self.segments), "rows": len(self), "checked_datasets": checked}
 
     # -- writing ----------------------------------------------------------------------
@@ -419,25 +464,8 @@ class Ensemble:
         return rows
 
     def _write_manifest(self) -> None:
-        metadata, segments, n_rows = self.metadata, list(self.segments), len(self)
-        names = ["configs", *ROW_DATASETS, *(f"observables/{n}" for n in metadata["observable_names"])]
-        shapes = {"configs": tuple(metadata["config_shape"])}
-        dtypes = {"configs": metadata["config_dtype"], "chain": "i8", "step": "i8", "accepted": "?"}
-        directory = os.path.basename(segment_directory(self.path))
-
-        def build(h5file):
-            _write_attrs(h5file, metadata, layout="manifest", n_configs=n_rows, n_segments=len(segments),
-                         segments=[os.path.basename(s.path) for s in segments])
-            for name in names:
-                shape, dtype = shapes.get(name, ()), np.dtype(dtypes.get(name, "f8"))
-                layout = h5py.VirtualLayout(shape=(n_rows, *shape), dtype=dtype, maxshape=(None, *shape))
-                for s in segments:
-                    if s.n_rows:
-                        source = h5py.VirtualSource(f"{directory}/{os.path.basename(s.path)}", name, shape=(s.n_rows, *shape))
-                        layout[s.first_row : s.first_row + s.n_rows] = source
-                h5file.create_virtual_dataset(name, layout)
-
-        write_atomically(self.path, hdf5_image(build))
+        _write_manifest_file(self.path, self.metadata, self.segments, layout="manifest", n_configs=len(self),
+                             n_segments=len(self.segments), segments=[os.path.basename(s.path) for s in self.segments])
 
     def _manifest_lags(self) -> bool:
         with _open_h5(self.path) as h5file:
@@ -471,6 +499,29 @@ class Ensemble:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _write_manifest_file(path, metadata: dict, sources: list[_Segment], **per_file) -> None:
+    """Write the manifest ``path``: the attributes, and virtual datasets that join the rows of
+    the segments ``sources`` (paths relative to the manifest, so a moved ensemble stays readable)."""
+    n_rows = sum(s.n_rows for s in sources)
+    names = ["configs", *ROW_DATASETS, *(f"observables/{n}" for n in metadata["observable_names"])]
+    shapes = {"configs": tuple(metadata["config_shape"])}
+    dtypes = {"configs": metadata["config_dtype"], "chain": "i8", "step": "i8", "accepted": "?"}
+    home = os.path.dirname(os.path.abspath(path))
+
+    def build(h5file):
+        _write_attrs(h5file, metadata, **per_file)
+        for name in names:
+            shape, dtype = shapes.get(name, ()), np.dtype(dtypes.get(name, "f8"))
+            layout = h5py.VirtualLayout(shape=(n_rows, *shape), dtype=dtype, maxshape=(None, *shape))
+            for s in sources:
+                if s.n_rows:
+                    source = os.path.relpath(os.path.abspath(s.path), home).replace(os.sep, "/")
+                    layout[s.first_row : s.first_row + s.n_rows] = h5py.VirtualSource(source, name, shape=(s.n_rows, *shape))
+            h5file.create_virtual_dataset(name, layout)
+
+    write_atomically(path, hdf5_image(build))
 
 
 def _write_attrs(h5file, metadata: dict, **per_file) -> None:
@@ -556,6 +607,43 @@ def create_ensemble(path, *, theory, observable_names, sampler: str, seed: int, 
     return Ensemble(path, "a")
 
 
+def create_distributed_ensemble(path, *, theory, observable_names, sampler: str, seed: int, n_streams: int,
+                                parameters: dict | None = None) -> None:
+    """Create the manifest of a distributed ensemble of ``n_streams`` streams; never overwrites.
+
+    Each stream is an ensemble of its own (:func:`stream_path`), created and written by one
+    process -- an MPI rank -- with its own writer lock, segments and resume state, so ranks
+    never wait for each other and a killed rank loses only its own uncommitted rows.  Opened
+    for reading, ``path`` is one ensemble: the streams' rows, stream after stream."""
+    path = os.fspath(path)
+    lock = WriterLock(path).acquire()
+    try:
+        if os.path.exists(path):
+            raise EnsembleError(f"{path} already exists; refusing to overwrite it")
+        os.makedirs(os.path.dirname(stream_path(path, 0)), exist_ok=True)
+        metadata = ensemble_metadata(theory, observable_names, sampler, seed, {**(parameters or {}), "n_streams": n_streams})
+        write_atomically(path, hdf5_image(lambda h5file: _write_attrs(
+            h5file, metadata, layout="streams", n_configs=0, n_segments=0)))
+    finally:
+        lock.release()
+
+
+def refresh_distributed_manifest(path) -> int:
+    """Rewrite a distributed ensemble's manifest so that plain h5py sees every committed row of
+    every stream (gaugeflow's reader never needs it: it lists the streams' segments itself).
+    Returns the number of rows."""
+    lock = WriterLock(path).acquire()
+    try:
+        with open_ensemble(path) as ensemble:
+            if ensemble.layout != "streams":
+                raise EnsembleError(f"{path} is not a distributed ensemble")
+            _write_manifest_file(path, ensemble.metadata, ensemble.segments, layout="streams",
+                                 n_configs=len(ensemble), n_segments=len(ensemble.segments))
+            return len(ensemble)
+    finally:
+        lock.release()
+
+
 def compact_ensemble(path, out) -> dict:
     """Join all segments (or a format-1 file) into ``out``: one self-contained, checksummed
     file with the layout of a segment (``layout="single"``), readable and resumable."""
@@ -596,5 +684,5 @@ def _v1_metadata(path, h5file, attrs: dict) -> dict:
     return metadata
 
 
-__all__ = ["Ensemble", "EnsembleError", "StorageError", "compact_ensemble", "create_ensemble", "open_ensemble",
-           "segment_directory"]
+__all__ = ["Ensemble", "EnsembleError", "StorageError", "compact_ensemble", "create_distributed_ensemble",
+           "create_ensemble", "open_ensemble", "refresh_distributed_manifest", "segment_directory", "stream_path"]

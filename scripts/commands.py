@@ -76,6 +76,9 @@ def _add_commit_option(group):
     group.add_argument("--commit-every", type=float, default=30.0, metavar="S",
                        help="commit stored rows and the chain state to disk at least every S seconds; a crash redoes at most "
                             "that much work (default: 30; 0: after every update)")
+    group.add_argument("--mpi", action="store_true",
+                       help="independent chains on every MPI rank this was launched with (mpiexec/srun), written as one "
+                            "distributed ensemble: --chains per rank, --n-configs in total; resume with any rank count")
 
 
 def _hmc_parameters(args):
@@ -220,35 +223,49 @@ def _set_threads(args) -> None:
 
 
 def run_hmc(args) -> int:
-    from gaugeflow.hmc.run import generate_ensemble
     from gaugeflow.lattice.backend import resolve_precision
     from gaugeflow.lattice.theories import make_theory
 
     _set_threads(args)
     theory = make_theory(args.theory, args.lattice, **_couplings(args))
-    summary = generate_ensemble(
-        theory,
-        args.out,
-        n_configs=args.n_configs,
-        commit_every=args.commit_every,
-        n_therm=args.therm,
-        n_chains=args.chains,
-        seed=args.seed,
-        **_hmc_parameters(args),
-        save_every=args.save_every,
-        start=args.start,
-        resume=args.resume,
-        device=args.device,
-        precision=resolve_precision(args.dtype),
-        progress=not args.quiet,
-    )
-    if not args.quiet:
+    summary = _generate(args, theory, sampler="hmc", save_every=args.save_every, start=args.start,
+                        precision=resolve_precision(args.dtype))
+    if not args.quiet and summary is not None:
         print(
             f"{summary.path}: {summary.n_configs} configurations ({summary.n_new} new), "
-            f"acceptance {summary.acceptance:.3f}, {summary.postfix['steps']} steps/trajectory, {summary.seconds:.1f} s",
+            f"acceptance {summary.acceptance:.3f}, {summary.postfix.get('steps', '?')} steps/trajectory, {summary.seconds:.1f} s",
             file=sys.stderr,
         )
     return 0
+
+
+def _communicator(args):
+    from gaugeflow.flows.distributed import Communicator
+
+    return Communicator() if args.mpi else None
+
+
+def _generate(args, theory, *, sampler: str, model=None, hmc_per_step=None, source="", communicator=None, device=None,
+              **options):
+    """Run ``gaugeflow hmc`` / ``sample``: one process, or (``--mpi``) one distributed ensemble
+    over the MPI ranks.  ``None`` on the ranks that do not report."""
+    from gaugeflow.flows.distributed import local_device
+    from gaugeflow.hmc.distributed import generate_distributed
+    from gaugeflow.hmc.run import make_sampler, run_chains
+
+    communicator = communicator or _communicator(args)
+    device = device or local_device(communicator, args.device)
+    hmc = _hmc_parameters(args)
+
+    def new_sampler():
+        return make_sampler(theory, sampler, model=model, hmc_per_step=hmc_per_step, source=source, **hmc)
+
+    common = dict(n_configs=args.n_configs, n_therm=args.therm, n_chains=args.chains, seed=args.seed,
+                  resume=args.resume, progress=not args.quiet, commit_every=args.commit_every, device=device, **options)
+    if communicator is None:
+        return run_chains(theory, args.out, new_sampler(), **common)
+    summary = generate_distributed(theory, args.out, new_sampler, communicator, **common)
+    return summary if communicator.is_root else None
 
 
 def run_train(args) -> int:
@@ -257,7 +274,7 @@ def run_train(args) -> int:
     import torch
 
     from gaugeflow.flows import TrainConfig, architecture, build_flow, plot_training, train_flow
-    from gaugeflow.flows.distributed import Communicator, local_device
+    from gaugeflow.flows.distributed import local_device
     from gaugeflow.lattice.backend import resolve_device, resolve_precision
     from gaugeflow.lattice.theories import make_theory
 
@@ -284,7 +301,7 @@ def run_train(args) -> int:
     config = TrainConfig(steps=steps, minutes=args.minutes, batch_size=args.batch_size, learning_rate=args.lr, schedule=args.schedule,
                          grad_clip=args.grad_clip, estimator=args.estimator, log_every=args.log_every,
                          checkpoint_every=args.checkpoint_every, eval_batches=args.eval_batches, seed=args.seed)
-    communicator = Communicator() if args.mpi else None
+    communicator = _communicator(args)
     root = communicator is None or communicator.is_root
     device = resolve_device(local_device(communicator, args.device))
     torch.manual_seed(args.seed)  # initial weights
@@ -307,17 +324,16 @@ def run_train(args) -> int:
 
 def run_sample(args) -> int:
     from gaugeflow.flows import load_flow
-    from gaugeflow.hmc.run import generate_ensemble
+    from gaugeflow.flows.distributed import local_device
     from gaugeflow.lattice.backend import resolve_device
 
     _set_threads(args)
-    model = load_flow(args.model, lattice=args.lattice, device=resolve_device(args.device))
-    summary = generate_ensemble(
-        model.theory, args.out, sampler=args.sampler, model=model, hmc_per_step=args.hmc_per_step, source=args.model,
-        n_configs=args.n_configs, n_therm=args.therm, n_chains=args.chains, seed=args.seed, commit_every=args.commit_every,
-        save_every=args.save_every, resume=args.resume, device=args.device, progress=not args.quiet, **_hmc_parameters(args),
-    )
-    if not args.quiet:
+    communicator = _communicator(args)
+    device = resolve_device(local_device(communicator, args.device))
+    model = load_flow(args.model, lattice=args.lattice, device=device)
+    summary = _generate(args, model.theory, sampler=args.sampler, model=model, hmc_per_step=args.hmc_per_step,
+                        source=args.model, save_every=args.save_every, communicator=communicator, device=device)
+    if not args.quiet and summary is not None:
         details = ", ".join(f"{k} {v}" for k, v in summary.postfix.items())
         print(f"{summary.path}: {summary.n_configs} configurations ({summary.n_new} new), {args.sampler} acceptance "
               f"{summary.acceptance:.3f}{', ' + details if details else ''}, {summary.seconds:.1f} s", file=sys.stderr)
