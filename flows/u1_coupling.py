@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import torch
 
-from gaugeflow.lattice.groups import wrap_angle
 from gaugeflow.lattice.u1 import plaquette_angles
 
 from .coupling import GaugeCoupling
+from .kernels import wrap_with_unit_derivative
 
 
 class U1PlaquetteCoupling(GaugeCoupling):
@@ -47,5 +47,5 @@ class U1PlaquetteCoupling(GaugeCoupling):
         # only the active links move; h(P) - P is defined modulo 2 pi, like the link angles
         plaquette = plaquette_angles(theta, self.mu, self.nu)
         new_plaquette, log_det = self.masked_transform(plaquette, params, inverse)
-        moved = wrap_angle(theta[:, self.mu] + new_plaquette - plaquette)  # [B, x...]
+        moved = wrap_with_unit_derivative(theta[:, self.mu] + new_plaquette - plaquette)  # [B, x...]
         return torch.where(self.links, moved.unsqueeze(1), theta), log_det
