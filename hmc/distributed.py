@@ -98,7 +98,8 @@ def generate_distributed(theory, path, make_sampler: Callable[[], Sampler], comm
     with stop_on_signals() as received:
         for stream in mine:
             if received["signal"]:
-                failure = Interrupted(f"stopped by {received['signal']} before stream {stream}; rerun with resume=True")
+                failure = Interrupted(f"stopped by {received['signal']} before stream {stream}; rerun with resume=True",
+                                      saved=bool(summaries))
                 break
             try:
                 summaries.append(run_chains(theory, stream_path(path, stream), make_sampler(), n_configs=quota,
@@ -109,13 +110,14 @@ def generate_distributed(theory, path, make_sampler: Callable[[], Sampler], comm
             except Exception as error:  # reported to every rank below, so that none waits forever
                 failure = error
                 break
+    stopped = isinstance(failure, Interrupted)
     reports = communicator.gather((communicator.rank, [(s.n_new, s.acceptance, s.postfix) for s in summaries],
                                    None if failure is None else f"{type(failure).__name__}: {failure}",
-                                   isinstance(failure, Interrupted)))
+                                   stopped, stopped and failure.saved))
     n_rows = _collectively(communicator, lambda: refresh_distributed_manifest(path))
     reports = communicator.broadcast(reports)
     _raise_failures(reports, failure, communicator.rank)
-    done = [entry for _, entries, _, _ in reports for entry in entries]
+    done = [entry for _, entries, _, _, _ in reports for entry in entries]
     n_new = sum(n for n, _, _ in done)
     acceptance = [a for n, a, _ in done if n and np.isfinite(a)]
     return RunSummary(path=str(path), n_configs=n_rows, n_new=n_new,
@@ -128,11 +130,13 @@ def _raise_failures(reports, failure, rank: int) -> None:
     anywhere: the failing rank raises its own, the others name it."""
     if failure is not None and not isinstance(failure, Interrupted):
         raise failure
-    failed = [(r, message) for r, _, message, interrupted in reports if message and not interrupted]
+    failed = [(r, message) for r, _, message, interrupted, _ in reports if message and not interrupted]
     if failed:
         r, message = failed[0]
         raise GaugeflowError(f"rank {r} failed: {message}")
-    stopped = [r for r, _, message, interrupted in reports if interrupted]
+    stopped = [r for r, _, _, interrupted, _ in reports if interrupted]
     if stopped:
+        # a stream that had nothing to resume still counts as progress when another saved rows
+        saved = any(entries or saved for _, entries, _, _, saved in reports)
         raise Interrupted(f"ranks {stopped} were stopped by a signal after committing their rows; "
-                          f"rerun with resume=True (with any number of ranks) to continue")
+                          f"rerun with resume=True (with any number of ranks) to continue", saved=saved)

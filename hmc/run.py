@@ -152,7 +152,8 @@ def _thermalised(theory, sampler: Sampler, generator, *, n_chains, n_therm, star
         field = theory.cold_start(n_chains, device=device, precision=precision)
     field = sampler.thermalise(field, n_therm, generator, progress, received)
     if received["signal"]:
-        raise Interrupted(f"stopped by {received['signal']} during thermalisation; rerun with resume=True to start again")
+        raise Interrupted(f"stopped by {received['signal']} during thermalisation, which stores nothing; rerun with "
+                          f"resume=True and time for all n_therm ({n_therm}) updates", saved=False)
     return field
 
 

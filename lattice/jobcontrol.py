@@ -12,10 +12,21 @@ import contextlib
 import signal
 
 EXIT_INTERRUPTED = 3
+# stopped before anything was saved (e.g. during an HMC thermalisation, which stores nothing):
+# requeueing the same job under the same time limit would stop at the same place forever
+EXIT_NOTHING_SAVED = 4
 
 
 class Interrupted(RuntimeError):
-    """A job stopped on a signal after saving everything done so far."""
+    """A job stopped on a signal after saving everything done so far (``saved``: whether that
+    was anything; the command line exits with :data:`EXIT_INTERRUPTED` or :data:`EXIT_NOTHING_SAVED`)."""
+
+    def __init__(self, message: str, saved: bool = True):
+        super().__init__(message)
+        self.saved = saved
+
+    def __reduce__(self):  # keeps ``saved`` when an MPI rank sends it to another
+        return type(self), (str(self), self.saved)
 
 
 _early = {"signal": None}

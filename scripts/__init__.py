@@ -22,6 +22,14 @@ def _record(signum, _frame):
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["batch"]:  # batch-system helpers: no torch, no signal recording (they forward signals)
+        from .batch import main as batch
+
+        return batch(argv[1:])
+    if argv[:1] in (["slurm"], ["pbs"]):
+        from .render import main as render
+
+        return render(argv[0], argv[1:])
     previous = {}
     if argv and argv[0] in LONG_JOBS:
         for stop in STOP_SIGNALS:

@@ -5,6 +5,8 @@
     gaugeflow train --theory u1 --lattice 8x8 --beta 2.0 --steps 2000 --out model.pt
     gaugeflow sample --model model.pt --n-configs 1000 --out flow.h5
     gaugeflow plot model.metrics.csv --out curves.png
+    gaugeflow batch -- hmc ...              # inside a Slurm/PBS job: signals, MPI launch, requeue
+    gaugeflow slurm render hmc --time 04:00:00 --account A -- --theory u1 ...   # a ready batch script
 
 Errors in the input (the library's :class:`~gaugeflow.lattice.errors.GaugeflowError` and the
 ``OSError`` of a path) exit with status 2 and a one-line message, in which the library's
@@ -21,7 +23,7 @@ import re
 import sys
 
 from gaugeflow.lattice.errors import GaugeflowError, InputError
-from gaugeflow.lattice.jobcontrol import EXIT_INTERRUPTED, Interrupted
+from gaugeflow.lattice.jobcontrol import EXIT_INTERRUPTED, EXIT_NOTHING_SAVED, Interrupted
 from gaugeflow.lattice.theories import declared_couplings, declared_options, theories_with_coupling, theory_names
 
 # library parameter -> option of this program, where the two differ
@@ -211,6 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
     reweight.add_argument("--json", action="store_true", help="print {name: {mean, error}} as JSON")
     _add_run_options(reweight)
 
+    # handled before this parser (scripts/__init__.py): listed here for --help
+    sub.add_parser("batch", help="run hmc/train/sample inside a Slurm or PBS job: signals, MPI launch, requeue "
+                                 "(gaugeflow batch --help)", add_help=False)
+    for system in ("slurm", "pbs"):
+        sub.add_parser(system, help=f"'{system} render TEMPLATE ... -- OPTIONS': a ready {system} batch script",
+                       add_help=False)
     plot = sub.add_parser("plot", help="draw training curves (loss, ESS, acceptance) to PNG")
     plot.add_argument("metrics", help="a training log, <model>.metrics.csv")
     plot.add_argument("--out", help="PNG file (default: the log's name with .png)")
@@ -426,7 +434,7 @@ def main(argv=None) -> int:
         return COMMANDS[args.command](args)
     except Interrupted as stop:
         print(f"gaugeflow {args.command}: {in_option_names(str(stop))}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return EXIT_INTERRUPTED if stop.saved else EXIT_NOTHING_SAVED
     except GaugeflowError as error:
         print(f"gaugeflow {args.command}: error: {in_option_names(str(error))}", file=sys.stderr)
         return 2

@@ -45,3 +45,8 @@ def test_plain_install_is_one_namespace(tmp_path):
                          text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert (target / "bin" / "gaugeflow").exists()
+    # the batch templates travel with the package: rendering works from the installed copy
+    assert {"hmc.sbatch", "train-mpi.sbatch", "aurora-train.pbs"} <= set(os.listdir(target / "gaugeflow" / "slurm"))
+    rendered = subprocess.run([sys.executable, "-m", "gaugeflow.cli", "slurm", "render", "hmc", "--", "--seed", "3"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert rendered.returncode == 0 and "ARGS=(--seed 3)" in rendered.stdout, rendered.stderr
