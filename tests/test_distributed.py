@@ -14,7 +14,7 @@ from gaugeflow.flows.distributed import SingleProcess
 from gaugeflow.hmc.analysis import analyze_ensemble
 from gaugeflow.hmc.distributed import generate_distributed
 from gaugeflow.hmc.run import HMCSampler, run_chains
-from gaugeflow.lattice.ensemble import EnsembleError, open_ensemble, stream_path
+from gaugeflow.lattice.ensemble import EnsembleError, compact_ensemble, open_ensemble, stream_path
 from gaugeflow.lattice.errors import InputError
 from gaugeflow.lattice.theories import make_theory
 from test_mpi import MPIEXEC, ROOT
@@ -113,6 +113,11 @@ def test_distributed_input_errors_name_the_problem(tmp_path):
                              progress=False)
     with pytest.raises(EnsembleError, match="distributed ensemble"):
         open_ensemble(distributed, "a")
+    compacted = tmp_path / "compacted.h5"  # one self-contained file with every stream's rows
+    assert compact_ensemble(distributed, compacted)["rows"] == 8
+    with open_ensemble(compacted) as one, open_ensemble(distributed) as streams:
+        np.testing.assert_array_equal(one.configs(), streams.configs())
+        assert streams.verify()["rows"] == 8
 
 
 def test_analysis_reads_an_ensemble_while_a_job_writes_it(tmp_path):
