@@ -118,6 +118,29 @@ def check_architecture(payload: dict, arch: dict, path) -> None:
         raise TrainingError(f"checkpoint {path} holds a model for {describe(stored)} that differs in {details}")
 
 
+# what may differ between a model and the one it starts from (see warm_start)
+TRANSFERABLE = ("lattice", "couplings", "architecture_version")
+
+
+def warm_start(model, path) -> dict:
+    """Start ``model`` from the weights of the checkpoint ``path``: a model of the same theory
+    and architecture, trained on another volume or at other couplings (the conditioners are
+    translation equivariant, so weights carry over to any volume of the same dimension).
+
+    This is how models are grown: train at 8x8, fine-tune at 16x16; train at beta=4, continue
+    at beta=6.  Only the weights are taken (optimizer and schedule start anew).  Returns the
+    checkpoint's architecture."""
+    payload = load_checkpoint(path, map_location=next(model.parameters()).device)
+    stored, arch = payload["architecture"], model.architecture
+    differing = sorted(k for k in set(stored) | set(arch) if k not in TRANSFERABLE and stored.get(k) != arch.get(k))
+    if differing:
+        details = "; ".join(f"{k}: {stored.get(k)!r} there, {arch.get(k)!r} here" for k in differing)
+        raise TrainingError(f"cannot start from {path}: its model ({describe(stored)}) differs in {details}")
+    transfer_weights(model, {k: v.to(next(model.parameters()).dtype) if v.is_floating_point() else v
+                             for k, v in payload["model"].items()})
+    return stored
+
+
 def load_flow(path, lattice=None, device=None):
     """The trained model of a checkpoint, in the precision it was trained in, in eval mode.
 

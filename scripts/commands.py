@@ -148,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--kernel-size", type=int, help="convolution kernel size, odd (default: 3)")
     group.add_argument("--bins", type=int, help="spline bins (default: 8)")
     group.add_argument("--mixture", type=int, help="NCP mixture components (default: 6)")
+    group.add_argument("--init-from", metavar="CHECKPOINT",
+                       help="start from the weights of a model of the same architecture trained on another volume or at "
+                            "other couplings (train at 8x8, fine-tune at 16x16; beta=4, then beta=6)")
     group.add_argument("--condition", metavar="NAME:LOW:HIGH",
                        help="one model for a range of a coupling, e.g. beta:1.5:2.5 (trained on values drawn uniformly)")
     group = train.add_argument_group("training")
@@ -285,6 +288,7 @@ def run_train(args) -> int:
     import torch
 
     from gaugeflow.flows import TrainConfig, architecture, build_flow, plot_training, train_flow
+    from gaugeflow.flows.checkpoint import load_checkpoint, warm_start
     from gaugeflow.flows.distributed import local_device
     from gaugeflow.lattice.backend import resolve_device, resolve_precision
     from gaugeflow.lattice.theories import make_theory
@@ -306,8 +310,14 @@ def run_train(args) -> int:
             condition = None
         if condition is None:
             raise CommandError(f"--condition must look like beta:1.5:2.5, got {args.condition!r}")
-    arch = architecture(theory, condition=condition, n_layers=args.layers, kernel=args.kernel, hidden_channels=hidden,
-                        kernel_size=args.kernel_size, n_bins=args.bins, n_mixture=args.mixture)
+    given = dict(n_layers=args.layers, kernel=args.kernel, hidden_channels=hidden, kernel_size=args.kernel_size,
+                 n_bins=args.bins, n_mixture=args.mixture)
+    if args.init_from:  # the model being grown fixes the architecture options not given here
+        start = load_checkpoint(args.init_from)["architecture"]
+        given = {key: start.get(key) if value is None else value for key, value in given.items()}
+        stored = start.get("condition")
+        condition = condition or (stored and (stored["coupling"], stored["low"], stored["high"]))
+    arch = architecture(theory, condition=condition, **given)
     steps = args.steps if args.steps is not None else (10**9 if args.minutes else 2000)
     config = TrainConfig(steps=steps, minutes=args.minutes, batch_size=args.batch_size, learning_rate=args.lr, schedule=args.schedule,
                          grad_clip=args.grad_clip, estimator=args.estimator, log_every=args.log_every,
@@ -318,6 +328,8 @@ def run_train(args) -> int:
     device = resolve_device(local_device(communicator, args.device))
     torch.manual_seed(args.seed)  # initial weights
     model = build_flow(arch).to(device=device, dtype=resolve_precision(args.dtype))
+    if args.init_from and not (args.resume and os.path.exists(args.out)):
+        warm_start(model, args.init_from)
     summary = train_flow(model, config, args.out, resume=args.resume, progress=not args.quiet and root,
                          communicator=communicator)
     if not root:

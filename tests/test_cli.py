@@ -259,3 +259,29 @@ def test_train_on_a_full_disk_keeps_the_last_checkpoint(tmp_path, step, written)
     assert (tmp_path / "m.metrics.csv").read_bytes()[: len(log_before)] == log_before
     assert not [name for name in os.listdir(tmp_path) if ".tmp" in name or name.endswith(".lock")]
     assert gaugeflow(*args, "--steps", 4, "--resume").returncode == 0
+
+
+def test_train_grows_a_model_from_a_smaller_volume_and_another_coupling(tmp_path):
+    import torch
+
+    from gaugeflow.flows import architecture, build_flow
+    from gaugeflow.flows.checkpoint import load_checkpoint, warm_start
+    from gaugeflow.lattice.theories import make_theory
+
+    small, large = tmp_path / "small.pt", tmp_path / "large.pt"
+    common = ["train", "--theory", "u1", "--layers", 2, "--hidden", "4", "--batch-size", 8, "--quiet"]
+    assert gaugeflow(*common, "--lattice", "4x4", "--beta", 2, "--steps", 3, "--out", small).returncode == 0
+    model = build_flow(architecture(make_theory("u1", "8x8", beta=3.0), n_layers=2, hidden_channels=[4]))
+    warm_start(model, small)
+    trained = load_checkpoint(small)["model"]
+    for key, value in model.state_dict().items():
+        if key.startswith("flows.") and key in trained:
+            assert torch.equal(value, trained[key].to(value.dtype)), key
+    # the CLI takes the architecture from the model it starts from, and refuses another one
+    grown = gaugeflow("train", "--theory", "u1", "--lattice", "8x8", "--beta", 3, "--init-from", small, "--steps", 2,
+                      "--batch-size", 8, "--quiet", "--out", large)
+    assert grown.returncode == 0, grown.stderr
+    assert load_checkpoint(large)["architecture"]["n_layers"] == 2
+    refused = gaugeflow("train", "--theory", "u1", "--lattice", "8x8", "--beta", 3, "--init-from", small, "--layers", 4,
+                        "--steps", 2, "--quiet", "--out", tmp_path / "other.pt")
+    assert refused.returncode == 2 and "differs in --layers: 2 there, 4 here" in refused.stderr
