@@ -129,6 +129,7 @@ class Pseudofermions(ExactDeterminant):
 
 
 FERMION_ACTIONS = {"exact": ExactDeterminant, "pseudofermion": Pseudofermions}
+FERMIONS = Option("fermions", "treatment of the fermion determinant", tuple(FERMION_ACTIONS))
 
 
 class Schwinger(U1):
@@ -139,16 +140,16 @@ class Schwinger(U1):
     name = "schwinger"
     couplings_declared = (Coupling("beta", "gauge coupling"),
                           Coupling("kappa", "hopping parameter of the Wilson fermions", affine=False))
-    options_declared = (Option("fermions", "treatment of the fermion determinant", tuple(FERMION_ACTIONS)),)
+    options_declared = (FERMIONS,)
 
-    def __init__(self, lattice_shape, *, beta, kappa, fermions="exact"):
+    def __init__(self, lattice_shape, *, beta, kappa, fermions=FERMIONS.default):
         Theory.__init__(self, lattice_shape, beta=beta, kappa=kappa)
         if self.dimension != 2:
             raise InputError(f"the Schwinger model is two-dimensional; got lattice {self.lattice_shape}")
         if not 0 < self.couplings["kappa"] < 0.5:
             raise InputError(f"kappa must lie in (0, 0.5) for Wilson fermions here, got {self.couplings['kappa']}")
-        self.options = {"fermions": self.options_declared[0].check(fermions)}
-        self.name = "schwinger" if fermions == "exact" else f"schwinger-{fermions}"
+        self.options = {FERMIONS.name: FERMIONS.check(fermions)}
+        self.name = type(self).name if fermions == FERMIONS.default else f"{type(self).name}-{fermions}"
         self.field = AngleField()
         self.fermions = FERMION_ACTIONS[fermions](self.kappa, self.lattice_shape)
 
