@@ -64,31 +64,47 @@ def test_any_rank_count_stores_the_same_ensemble(tmp_path):
         np.testing.assert_array_equal(h5file["configs"][...], configs)
 
 
-@needs_mpi
-def test_signalled_job_stops_on_every_rank_and_resumes_exactly(tmp_path):
-    reference, stopped = tmp_path / "reference.h5", tmp_path / "stopped.h5"
-    options = ["--lattice", "16x16", "--n-configs", 8000, "--commit-every", 0.5]
-    job = launch(2, *HMC, *options, "--out", stopped, background=True)
-    segments = os.path.dirname(stream_path(stopped, 1))
+def _until_both_ranks_commit(job, path):
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # until both ranks are producing
-        listing = [os.listdir(d) for d in (stream_path(stopped, s) + ".segments" for s in (0, 1)) if os.path.isdir(d)]
+    while time.monotonic() < deadline:
+        listing = [os.listdir(d) for d in (stream_path(path, s) + ".segments" for s in (0, 1)) if os.path.isdir(d)]
         if len(listing) == 2 and all(len(names) >= 2 for names in listing):
-            break
+            return
         time.sleep(0.1)
-    else:
-        job.kill()
-        pytest.fail(f"no segments in {segments}: {job.communicate()[1]}")
-    job.send_signal(signal.SIGTERM)  # what Slurm or PBS sends; mpiexec forwards it to every rank
+    job.kill()
+    pytest.fail(f"the ranks stored nothing: {job.communicate()[1]}")
+
+
+@needs_mpi
+def test_stopped_or_killed_ranks_resume_exactly(tmp_path):
+    reference, stopped, killed = tmp_path / "reference.h5", tmp_path / "stopped.h5", tmp_path / "killed.h5"
+    options = ["--lattice", "16x16", "--n-configs", 8000, "--commit-every", 0.5]
+    # SIGTERM (what Slurm or PBS sends): mpiexec forwards it, every rank commits and exits 3
+    job = launch(2, *HMC, *options, "--out", stopped, background=True)
+    _until_both_ranks_commit(job, stopped)
+    job.send_signal(signal.SIGTERM)
     _, errors = job.communicate(timeout=120)
     assert job.returncode == 3, errors
     assert "stopped by a signal" in errors and "--resume" in errors
     with open_ensemble(stopped) as ensemble:
         assert 0 < len(ensemble) < 8000
-    resumed = launch(1, *HMC, *options, "--out", stopped, "--resume")
+    resumed = launch(1, *HMC, *options, "--out", stopped, "--resume")  # another rank count
+    assert resumed.returncode == 0, resumed.stderr
+    # SIGKILL of one rank (a node failure): the job dies, committed rows survive, a rerun completes it
+    job = launch(2, *HMC, *options, "--out", killed, background=True)
+    _until_both_ranks_commit(job, killed)
+    victim = subprocess.run(["pgrep", "-f", "--", f"--out {killed}"], capture_output=True, text=True).stdout.split()
+    ranks = [pid for pid in map(int, victim) if pid != job.pid]
+    assert ranks, "no rank process found"
+    os.kill(ranks[-1], signal.SIGKILL)
+    job.communicate(timeout=120)
+    assert job.returncode != 0
+    resumed = launch(2, *HMC, *options, "--out", killed, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert launch(2, *HMC, *options, "--out", reference).returncode == 0
-    np.testing.assert_array_equal(rows(stopped)[0], rows(reference)[0])
+    expected = rows(reference)[0]
+    np.testing.assert_array_equal(rows(stopped)[0], expected)
+    np.testing.assert_array_equal(rows(killed)[0], expected)
 
 
 def test_distributed_input_errors_name_the_problem(tmp_path):
