@@ -147,6 +147,8 @@ def load_flow(path, lattice=None, device=None):
     ``lattice`` (e.g. ``"16x16"``) runs the model on another volume of the same dimension:
     the conditioners are translation equivariant, so the same weights apply.
     """
+    from .pseudofermion_flow import is_pseudofermion_architecture, load_pseudofermion_flow
+
     payload = load_checkpoint(path, map_location=device or "cpu")
     arch = dict(payload["architecture"])
     if lattice is not None:
@@ -154,6 +156,11 @@ def load_flow(path, lattice=None, device=None):
         if len(shape) != len(arch["lattice"]):
             raise TrainingError(f"the model in {path} is {len(arch['lattice'])}-dimensional; lattice {lattice} is not")
         arch["lattice"] = shape
+    if is_pseudofermion_architecture(arch):  # a joint model of gauge field and pseudofermions
+        model = load_pseudofermion_flow(payload["model"], arch)
+        if not all(torch.isfinite(v).all() for v in model.parameters()):
+            raise TrainingError(f"{path} holds non-finite parameters; it cannot sample")
+        return model.to(device or "cpu").eval()
     model = build_flow(arch)
     weights = [v for k, v in payload["model"].items() if k.startswith("flows.") and v.is_floating_point()]
     if not all(torch.isfinite(w).all() for w in weights):

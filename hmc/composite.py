@@ -34,7 +34,7 @@ import numpy as np
 from gaugeflow.lattice.errors import InputError
 
 from .autocorrelation import gamma_method
-from .flow_metropolis import FlowMetropolisSampler
+from .pseudofermion_metropolis import flow_metropolis_sampler
 from .hmc import HMCParameters, HMCSampler
 from .sampler import TrajectoryResult
 
@@ -72,7 +72,7 @@ class CompositeSampler:
                  target_acceptance: float = 0.8, source: str = ""):
         if hmc_per_step is not None and int(hmc_per_step) < 0:
             raise InputError(f"hmc_per_step must be non-negative, got {hmc_per_step}")
-        self.flow = FlowMetropolisSampler(model, source)
+        self.flow = flow_metropolis_sampler(model, source)
         self.hmc = HMCSampler(self.flow.model.theory, params, tune, target_acceptance)
         self.auto = hmc_per_step is None
         self.decided = not self.auto  # set once: by the policy, or by restore() from an earlier run

@@ -62,7 +62,7 @@ def make_sampler(theory, sampler: str = "hmc", *, model=None, hmc_per_step: int 
     must be ``theory``); ``hmc_per_step=None`` lets the composite chain choose (fallback policy)."""
     from .composite import CompositeSampler
     from .flow_hmc import FlowHMCSampler
-    from .flow_metropolis import FlowMetropolisSampler
+    from .pseudofermion_metropolis import flow_metropolis_sampler
 
     if sampler not in SAMPLERS:
         raise InputError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
@@ -75,7 +75,7 @@ def make_sampler(theory, sampler: str = "hmc", *, model=None, hmc_per_step: int 
                                                                                 theory.couplings):
         raise InputError(f"the model is for {flow_theory!r}, not {theory!r}; load it with that lattice (load_flow)")
     if sampler == "flow":
-        return FlowMetropolisSampler(model, source)
+        return flow_metropolis_sampler(model, source)  # joint (U, phi) chain for a pseudofermion flow
     if sampler == "composite":
         return CompositeSampler(model, hmc_per_step, params, tune, target_acceptance, source)
     return FlowHMCSampler(model, params, tune, target_acceptance, source)

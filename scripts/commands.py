@@ -287,7 +287,8 @@ def run_train(args) -> int:
 
     import torch
 
-    from gaugeflow.flows import TrainConfig, architecture, build_flow, plot_training, train_flow
+    from gaugeflow.flows import TrainConfig, architecture, plot_training, train_flow
+    from gaugeflow.flows.pseudofermion_flow import build_model, model_architecture
     from gaugeflow.flows.checkpoint import load_checkpoint, warm_start
     from gaugeflow.flows.distributed import local_device
     from gaugeflow.lattice.backend import resolve_device, resolve_precision
@@ -317,7 +318,7 @@ def run_train(args) -> int:
         given = {key: start.get(key) if value is None else value for key, value in given.items()}
         stored = start.get("condition")
         condition = condition or (stored and (stored["coupling"], stored["low"], stored["high"]))
-    arch = architecture(theory, condition=condition, **given)
+    arch = model_architecture(theory, architecture(theory, condition=condition, **given))  # joint with pseudofermions
     steps = args.steps if args.steps is not None else (10**9 if args.minutes else 2000)
     config = TrainConfig(steps=steps, minutes=args.minutes, batch_size=args.batch_size, learning_rate=args.lr, schedule=args.schedule,
                          grad_clip=args.grad_clip, estimator=args.estimator, log_every=args.log_every,
@@ -327,7 +328,7 @@ def run_train(args) -> int:
     root = communicator is None or communicator.is_root
     device = resolve_device(local_device(communicator, args.device))
     torch.manual_seed(args.seed)  # initial weights
-    model = build_flow(arch).to(device=device, dtype=resolve_precision(args.dtype))
+    model = build_model(arch).to(device=device, dtype=resolve_precision(args.dtype))
     if args.init_from and not (args.resume and os.path.exists(args.out)):
         warm_start(model, args.init_from)
     summary = train_flow(model, config, args.out, resume=args.resume, progress=not args.quiet and root,

@@ -1,0 +1,89 @@
+"""Independence Metropolis on the joint density of gauge field and pseudofermions.
+
+With a pseudofermion flow ``q(U, phi) = q(U) q(phi | U)``
+(:mod:`gaugeflow.flows.pseudofermion_flow`, Abbott et al. arXiv:2207.08945) and the joint
+target ``p(U, phi)`` whose ``phi``-marginal is ``exp(-S_gauge) det(D^dagger D)``, one step of
+every chain is
+
+1. a Gibbs step on the pseudofermions: ``phi ~ p(phi | U)``, i.e. ``phi = D_hat^dagger eta``
+   (the HMC heat bath); it leaves ``p(U, phi)`` invariant;
+2. an independence-Metropolis step on the pair: propose ``(U', phi') ~ q``, accept with
+   probability ``min(1, w'/w)``, ``w = p(U, phi) / q(U, phi)``; it leaves ``p(U, phi)``
+   invariant whatever ``q`` is.
+
+So the gauge fields are exact samples of the Schwinger model, and the chain's state is the
+gauge field alone (``phi`` is drawn afresh from the chain's generator each step), which is what
+the ensemble stores and resumes from.  ``log q(U)`` of the current chains is kept between steps
+and recomputed with the gauge flow's exact inverse after a resume or an HMC step (composite
+chain).  All densities are float64.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .flow_metropolis import FlowMetropolisSampler
+from .sampler import TrajectoryResult
+
+
+class PseudofermionFlowMetropolisSampler(FlowMetropolisSampler):
+    """Batched joint independence Metropolis with a
+    :class:`gaugeflow.flows.pseudofermion_flow.PseudofermionFlow` (module docstring), as a
+    :class:`gaugeflow.hmc.sampler.Sampler`; ``delta_h = -log(w'/w)``."""
+
+    name = "pseudofermion-flow"
+
+    @property
+    def log_weight(self):
+        """``log q(U)`` of the current chains (``None``: recomputed at the next step).  Named as
+        in :class:`FlowMetropolisSampler`, whose callers reset it when the state moved."""
+        return self._log_q_gauge
+
+    @log_weight.setter
+    def log_weight(self, value):
+        self._log_q_gauge = value
+
+    @torch.no_grad()
+    def _proposals(self, n: int, device, generator):
+        """``(JointField, log q(U), log q(phi | U))``, from a seed drawn from the chain's generator."""
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
+        with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device], device_type=device.type):
+            torch.manual_seed(seed)
+            return self.model.sample_parts(n)
+
+    @torch.no_grad()
+    def update(self, field, generator):
+        from gaugeflow.flows.pseudofermion_flow import JointField
+
+        device, n = field.device, field.shape[0]
+        gauge = field.to(torch.float64)
+        current = JointField(gauge, self.model.heat_bath(gauge, generator))
+        proposal, log_q_gauge, _ = self._proposals(n, device, generator)
+        new_log_weight = self.model.log_weight(proposal, log_q_gauge)
+        if self.log_weight is None:
+            self.log_weight = self.model.gauge.log_prob(gauge)
+        log_ratio = new_log_weight - self.model.log_weight(current, self.log_weight)
+        uniform = torch.rand(n, generator=generator, dtype=torch.float64, device=device)
+        accepted = (torch.log(uniform) < log_ratio) & torch.isfinite(new_log_weight)
+        mask = accepted.view(-1, *([1] * (field.dim() - 1)))
+        self.log_weight = torch.where(accepted, log_q_gauge, self.log_weight)
+        return TrajectoryResult(torch.where(mask, proposal.gauge.to(field.dtype), field), accepted, -log_ratio)
+
+    def thermalise(self, field, n_therm, generator, progress=False, received=None):
+        """Start every chain from a flow sample, then ``n_therm`` steps."""
+        proposal, _, _ = self._proposals(field.shape[0], field.device, generator)
+        field, self.log_weight = proposal.gauge.to(field.dtype), None
+        for _ in range(n_therm):
+            field = self.update(field, generator).field
+            if received is not None and received["signal"]:
+                break
+        return field
+
+
+def flow_metropolis_sampler(model, source: str = "") -> FlowMetropolisSampler:
+    """The independence-Metropolis sampler for ``model``: on the joint density for a
+    pseudofermion flow, on the field's density otherwise."""
+    from gaugeflow.flows.pseudofermion_flow import PseudofermionFlow
+
+    cls = PseudofermionFlowMetropolisSampler if isinstance(model, PseudofermionFlow) else FlowMetropolisSampler
+    return cls(model, source)
