@@ -155,3 +155,8 @@ def test_the_command_line_trains_and_samples_the_joint_model(tmp_path):
     with open_ensemble(out) as ensemble:
         assert ensemble.attrs["sampler"] == "pseudofermion-flow" and ensemble.theory_name == "schwinger-pseudofermion"
         assert len(ensemble) == 8
+    composite = tmp_path / "composite.h5"  # flow step on the joint density, then pseudofermion HMC
+    assert main(["sample", "--model", str(model_path), "--sampler", "composite", "--hmc-per-step", "1", "--n-configs", "4",
+                 "--chains", "2", "--therm", "1", "--quiet", "--out", str(composite)]) == 0
+    with open_ensemble(composite) as ensemble:
+        assert ensemble.attrs["sampler"] == "composite" and len(ensemble) == 4
