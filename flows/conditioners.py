@@ -54,7 +54,7 @@ def periodic_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
     periodic images (as ``F.pad(mode="circular")``), by a single gather."""
     lattice = tuple(x.shape[2:])
     index = _periodic_pad_index(lattice, pad, x.device)
-    return x.flatten(2)[:, :, index].unflatten(2, [n + 2 * pad for n in lattice])
+    return x.flatten(2).index_select(2, index).unflatten(2, [n + 2 * pad for n in lattice])
 
 
 class PeriodicConv(nn.Module):

@@ -23,17 +23,20 @@ and the *masks* (:mod:`gaugeflow.flows.masks`).
   inverse uses the same ones);
 * the log-determinant is accumulated in float64.
 
-Two ways to act on the active sites, with the same density:
+Three ways to act on the active sites, with the same density, chosen per layer family for
+few operator calls (a training step is launch bound on a GPU; gathering the active sites by
+index and scattering them back cost dozens of calls per layer, each with its backward):
 
-* *masked arithmetic* (the default, :meth:`MaskedCoupling.layer_params` gives parameters at
-  every site, :meth:`masked_transform` and :meth:`where_active`): the element-wise map runs on
-  the whole lattice and ``torch.where`` keeps its result at the active sites only; the log-det
-  sums ``log|T'|`` over the active sites.  A few operator calls per layer, independent of
-  the mask, where gathering and scattering the active sites cost dozens (each index, clone
-  and index-put has its own backward) -- a training step is launch bound on a GPU;
-* *gathered* (:meth:`active_params`, :meth:`active_values`, :meth:`with_active_values`): the
-  map runs on the active sites only; for maps that are costly per element (the SU(N)
-  spectral map diagonalises a matrix per site), whose subclasses override ``layer_params``.
+* *masked arithmetic* (the default: :meth:`MaskedCoupling.layer_params` gives parameters at
+  every site; :meth:`masked_transform`, :meth:`where_active`): the element-wise map runs on
+  the whole lattice and ``torch.where`` keeps its result at the active sites; the log-det sums
+  ``log|T'|`` over the active sites.  For masks of any shape (the checkerboard of phi^4);
+* *strided slices* (:meth:`GaugeCoupling.active_slice`, :meth:`GaugeCoupling.with_active_slice`):
+  the active sites of a gauge layer are every fourth slice along one axis, a view; the map runs
+  there only (U(1));
+* *gathered by index* (:meth:`active_params`, :meth:`active_values`, :meth:`with_active_values`):
+  for complex fields, whose slice scatter has no autograd (SU(N), whose subclass overrides
+  ``layer_params``).
 
 A subclass says what the features are (:meth:`MaskedCoupling.features`) and how the
 transform acts on its field (:meth:`MaskedCoupling.couple`).
@@ -115,16 +118,12 @@ class MaskedCoupling(Flow, abc.ABC):
         """``new`` at the active sites, ``old`` elsewhere (both ``[B, x...]``)."""
         return torch.where(self.active, new, old)
 
-    def element_map(self, values: torch.Tensor, params: torch.Tensor, inverse: bool):
-        """The transform (or its inverse) as :meth:`masked_transform` applies it."""
-        return self.transform.apply(values, params, inverse)
-
     def masked_transform(self, values: torch.Tensor, params: torch.Tensor, inverse: bool):
         """The element-wise map at every site of ``values [B, x...]`` (``params [B, x...,
         n_params]``) and the float64 log-det ``[B]`` summed over the active sites only.  The
         values at inactive sites are computed but meaningless: keep them out with
         :meth:`where_active`."""
-        new, log_derivative = self.element_map(values, params, inverse)
+        new, log_derivative = self.transform.apply(values, params, inverse)
         log_derivative = torch.where(self.active, log_derivative, 0.0)
         return new, log_derivative.flatten(1).sum(-1, dtype=torch.float64)
 
@@ -158,17 +157,31 @@ class GaugeCoupling(MaskedCoupling):
     ``active`` marks the sites ``x`` of the active links ``U_mu(x)`` and of the active
     plaquettes ``U_{mu nu}(x)``; ``frozen`` ``[n_planes, x...]`` the plaquettes (in
     ``self.planes`` order) that contain no active link and feed the conditioner, with
-    ``features_per_plane`` gauge-invariant features each; ``links`` ``[D, x...]`` the active links.  Subclasses transform the active
-    plaquette ``P -> P'`` and move the active link by ``P' P^{-1}``."""
+    ``features_per_plane`` gauge-invariant features each.  Subclasses transform the active
+    plaquette ``P -> P'`` and move the active link by ``P' P^{-1}``.
+
+    The active sites, ``x_nu = offset (mod 4)``, are a strided slice of the lattice:
+    :meth:`active_slice` selects them as a view (no copy, one operator call) and
+    :meth:`with_active_slice` writes them back in one call -- the cheap gather and scatter
+    that the gauge masks allow."""
 
     def __init__(self, lattice_shape, mu: int, nu: int, offset: int, transform, features_per_plane: int,
                  hidden_channels=(16, 16), kernel_size: int = 3, context_channels: int = 0):
         masks = gauge_link_masks(lattice_shape, mu, nu, offset)
         n_planes = masks["frozen"].shape[0]
         super().__init__(masks["active"], transform, features_per_plane * n_planes, hidden_channels, kernel_size,
-                         context_channels, frozen=masks["frozen"], links=masks["links"])
+                         context_channels, frozen=masks["frozen"])
         self.mu, self.nu, self.offset = int(mu), int(nu), int(offset)
         self.planes = planes(len(lattice_shape))  # the order of the frozen masks
+
+    def active_slice(self, field: torch.Tensor) -> torch.Tensor:
+        """``field [B, x..., *rest]`` at the active sites, ``[B, ..., L_nu / 4, ..., *rest]`` (a view)."""
+        return field[(slice(None),) * (1 + self.nu) + (slice(self.offset, None, 4),)]
+
+    def with_active_slice(self, field: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """A copy of ``field [B, x..., *rest]`` with the active sites replaced by ``values``
+        (shaped as :meth:`active_slice` gives them)."""
+        return field.slice_scatter(values, dim=1 + self.nu, start=self.offset, step=4)
 
     def extra_repr(self) -> str:
         return f"mu={self.mu}, nu={self.nu}, offset={self.offset}, transform={self.transform!r}"

@@ -244,9 +244,20 @@ def _check_request(model, config: TrainConfig, checkpoint_path, comm) -> int:
     return local_batch
 
 
+_FUSED_ADAM_DEVICES = ("cpu", "cuda")
+
+
+def make_optimizer(model, learning_rate: float) -> torch.optim.Adam:
+    """Adam, in its fused form where the device has one: a few operator calls per step, where
+    the per-tensor loop makes about 25 per parameter tensor (2,500 for the default U(1) model,
+    as many as four of its coupling layers)."""
+    fused = next(model.parameters()).device.type in _FUSED_ADAM_DEVICES
+    return torch.optim.Adam(model.parameters(), lr=learning_rate, fused=fused)
+
+
 def _start_or_resume(model, config: TrainConfig, checkpoint_path, resume: bool, comm) -> _Training:
     """Optimizer, scheduler and RNG: fresh, or restored from ``checkpoint_path``."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    optimizer = make_optimizer(model, config.learning_rate)
     progress = {"fraction": 0.0}
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _learning_rate_factor(config, progress))
     run = _Training(optimizer, scheduler, progress, metrics={})

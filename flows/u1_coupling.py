@@ -38,14 +38,12 @@ class U1PlaquetteCoupling(GaugeCoupling):
         angles = torch.stack([plaquette_angles(theta, rho, sigma) for rho, sigma in self.planes], dim=1)
         return torch.where(self.feature_mask, torch.cat([torch.cos(angles), torch.sin(angles)], dim=1), 0.0)
 
-    def element_map(self, plaquette, params, inverse):
-        # the link update below wraps the angles anyway: one wrap per layer, not three
-        return self.transform.unwrapped(plaquette, params, inverse)
-
     def couple(self, theta, params, inverse):
-        # masked arithmetic (see MaskedCoupling): every plaquette of the plane is transformed,
-        # only the active links move; h(P) - P is defined modulo 2 pi, like the link angles
-        plaquette = plaquette_angles(theta, self.mu, self.nu)
-        new_plaquette, log_det = self.masked_transform(plaquette, params, inverse)
-        moved = wrap_with_unit_derivative(theta[:, self.mu] + new_plaquette - plaquette)  # [B, x...]
-        return torch.where(self.links, moved.unsqueeze(1), theta), log_det
+        # the kernel acts at the active sites only (a strided view, see GaugeCoupling); its
+        # unwrapped form suffices, as h(P) - P moves link angles, which are wrapped once here
+        plaquette = self.active_slice(plaquette_angles(theta, self.mu, self.nu))
+        new_plaquette, log_derivative = self.transform.unwrapped(plaquette, self.active_slice(params), inverse)
+        links = theta[:, self.mu]
+        moved = wrap_with_unit_derivative(self.active_slice(links) + new_plaquette - plaquette)
+        new_theta = theta.select_scatter(self.with_active_slice(links, moved), 1, self.mu)
+        return new_theta, log_derivative.flatten(1).sum(-1, dtype=torch.float64)

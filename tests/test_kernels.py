@@ -83,7 +83,10 @@ def test_shapes_broadcast_and_range(kernel, dtype, generator):
     out, logdet = kernel.forward(theta, params[0, 0, 0])
     assert out.shape == theta.shape
     out0, logdet0 = kernel.forward(theta[0, 0, 0], params[0, 0, 0])
-    assert out0.shape == () and torch.allclose(out0, out[0, 0, 0]) and torch.allclose(logdet0, logdet[0, 0, 0])
+    # a 0-d evaluation may round differently from a vectorised one: in float32 by a few ulp of
+    # the knots (~pi) and of the logs of size 1 whose difference is the log-derivative, ~2e-7
+    assert out0.shape == ()
+    assert torch.allclose(out0, out[0, 0, 0], atol=1e-6) and torch.allclose(logdet0, logdet[0, 0, 0], atol=1e-6)
     with pytest.raises(ValueError):
         kernel.forward(theta, params[..., :-1])
 
