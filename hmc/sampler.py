@@ -5,7 +5,8 @@ Markov-chain step and reports, per chain, whether the step was accepted and its 
 violation ``delta_h`` (for Metropolis steps ``-log`` of the acceptance ratio, so that
 ``min(1, exp(-delta_h))`` is the acceptance probability in every case).  Implementations:
 :class:`gaugeflow.hmc.hmc.HMCSampler` (``gaugeflow hmc``) and
-:class:`gaugeflow.hmc.flow_metropolis.FlowMetropolisSampler` (``gaugeflow sample``).
+:class:`gaugeflow.hmc.flow_metropolis.FlowMetropolisSampler` (``gaugeflow sample``; for a
+pseudofermion flow :class:`gaugeflow.hmc.pseudofermion_metropolis.PseudofermionFlowMetropolisSampler`).
 
 A sampler may adapt itself (tune a step size, choose a policy) only in :meth:`Sampler.thermalise`,
 so the stored chain is a fixed Markov process; whatever it adapted goes into

@@ -160,3 +160,5 @@ def test_the_command_line_trains_and_samples_the_joint_model(tmp_path):
                  "--chains", "2", "--therm", "1", "--quiet", "--out", str(composite)]) == 0
     with open_ensemble(composite) as ensemble:
         assert ensemble.attrs["sampler"] == "composite" and len(ensemble) == 4
+    # reweighting joint samples: the joint target is normalised so that log Z is the exact-det one
+    assert main(["reweight", "--model", str(model_path), "--n-samples", "64", "--json"]) == 0
