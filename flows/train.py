@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from gaugeflow.lattice.backend import check_memory
+from gaugeflow.lattice.backend import check_memory, stream_seed  # one random stream per MPI rank
 from gaugeflow.lattice.errors import InputError, TrainingError
 from gaugeflow.lattice.jobcontrol import Interrupted, stop_on_signals
 from gaugeflow.lattice.storage import WriterLock, write_atomically
@@ -217,10 +217,6 @@ class _Training:
     seconds_before: float = 0.0  # training time of earlier runs (resumed)
 
 
-def _rank_seed(seed: int, rank: int) -> int:
-    return seed + 7919 * rank  # rank 0 uses the seed itself, as a single process does
-
-
 def training_memory_estimate(model, batch_size: int) -> int:
     """Bytes a training step needs, roughly: every conditioner's activations at every site,
     kept for the backward pass, over the sampling and the (path-gradient) density pass."""
@@ -264,7 +260,7 @@ def _start_or_resume(model, config: TrainConfig, checkpoint_path, resume: bool, 
     if not (resume and os.path.exists(checkpoint_path)):
         if os.path.exists(checkpoint_path):
             raise TrainingError(f"{checkpoint_path} already exists; pass resume=True to continue it, or choose another output")
-        torch.manual_seed(_rank_seed(config.seed, comm.rank))
+        torch.manual_seed(stream_seed(config.seed, comm.rank))
         comm.broadcast_parameters(model)
         return run
     payload = load_checkpoint(checkpoint_path, map_location=next(model.parameters()).device)
@@ -277,7 +273,7 @@ def _start_or_resume(model, config: TrainConfig, checkpoint_path, resume: bool, 
     if len(payload["rng"]) == comm.size:
         set_rng_state(payload["rng"][comm.rank])
     else:  # another number of ranks: statistically equivalent, not bit for bit
-        torch.manual_seed(_rank_seed(config.seed, comm.rank) + 1_000_003 * run.step)
+        torch.manual_seed(stream_seed(config.seed, comm.rank) + 1_000_003 * run.step)
     return run
 
 
