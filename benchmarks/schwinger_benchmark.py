@@ -1,6 +1,7 @@
 """The Schwinger model (N_f = 2 Wilson fermions): exact-determinant HMC, pseudofermion HMC
 (even-odd preconditioned; on one and on two time scales) and the composite chain on an
-exact-determinant flow, side by side.
+exact-determinant flow and on a joint pseudofermion flow (:mod:`gaugeflow.flows.pseudofermion_flow`),
+side by side.
 
 For 2D U(1) at ``--beta`` on ``--lattice`` and each ``--kappas``: acceptance, the tuned number
 of (outer) MD steps, plaquette, chiral condensate and <Q^2> with Gamma-method errors,
@@ -27,12 +28,23 @@ import time
 import torch
 
 from gaugeflow.flows import TrainConfig, architecture, build_flow, train_flow
+from gaugeflow.flows.pseudofermion_flow import build_model, model_architecture
 from gaugeflow.hmc import HMCParameters, analyze_ensemble, generate_ensemble
 from gaugeflow.hmc.hmc import acceptance_probability, hmc_trajectory
 from gaugeflow.lattice import open_ensemble
 from gaugeflow.lattice.fermions import EvenOddWilson, apply_wilson, apply_wilson_dagger, conjugate_gradient
 from gaugeflow.lattice.schwinger import Pseudofermions
 from gaugeflow.lattice.theories import make_theory
+
+
+def trained(build, arch, args, workdir, name):
+    """A model ``build(arch)`` after ``--train-steps`` reverse-KL steps (batch 32, seeded)."""
+    torch.manual_seed(args.seed)
+    model = build(arch)
+    train_flow(model, TrainConfig(steps=args.train_steps, batch_size=32, log_every=args.train_steps,
+                                  checkpoint_every=args.train_steps, seed=args.seed), os.path.join(workdir, f"{name}.pt"),
+               progress=False)
+    return model
 
 
 def run(name, sampler, theory, model, params, args, workdir):
@@ -126,11 +138,10 @@ def main():
             exact_theory = make_theory("schwinger", args.lattice, beta=args.beta, kappa=kappa)
             pf_theory, pf_mts_theory = (make_theory("schwinger", args.lattice, beta=args.beta, kappa=kappa,
                                                     fermions="pseudofermion") for _ in range(2))
-            torch.manual_seed(args.seed)
-            model = build_flow(architecture(exact_theory, n_layers=8, hidden_channels=[8]))
-            train_flow(model, TrainConfig(steps=args.train_steps, batch_size=32, log_every=args.train_steps,
-                                          checkpoint_every=args.train_steps), os.path.join(workdir, f"m{kappa}.pt"),
-                       progress=False)
+            model, joint_model = (
+                trained(build, architecture(theory, n_layers=8, hidden_channels=[8]), args, workdir, f"{name}{kappa}")
+                for name, theory, build in (("exact", exact_theory, build_flow),
+                                            ("joint", pf_theory, lambda a: build_model(model_architecture(pf_theory, a)))))
             rows = {}
             one_scale, two_scales = HMCParameters(1.0, 8), HMCParameters(1.0, 4, md_substeps=args.md_substeps)
             for label, theory, sampler, flow, params in (
@@ -138,7 +149,8 @@ def main():
                     ("pseudofermion HMC", pf_theory, "hmc", None, one_scale),
                     (f"pseudofermion HMC, 2 time scales ({args.md_substeps} gauge steps)", pf_mts_theory, "hmc", None,
                      two_scales),
-                    ("exact-det flow, composite K=1", exact_theory, "composite", model, one_scale)):
+                    ("exact-det flow, composite K=1", exact_theory, "composite", model, one_scale),
+                    ("pseudofermion flow (joint), composite K=1", pf_theory, "composite", joint_model, one_scale)):
                 results, cost, steps, path = run(len(rows), sampler, theory, flow, params, args, workdir)
                 rows[label] = results
                 if len(rows) == 1:
