@@ -150,7 +150,9 @@ def main():
                     (f"pseudofermion HMC, 2 time scales ({args.md_substeps} gauge steps)", pf_mts_theory, "hmc", None,
                      two_scales),
                     ("exact-det flow, composite K=1", exact_theory, "composite", model, one_scale),
-                    ("pseudofermion flow (joint), composite K=1", pf_theory, "composite", joint_model, one_scale)):
+                    # the model's own theory instance: its HMC part counts the CG iterations there
+                    ("pseudofermion flow (joint), composite K=1", joint_model.theory, "composite", joint_model,
+                     one_scale)):
                 results, cost, steps, path = run(len(rows), sampler, theory, flow, params, args, workdir)
                 rows[label] = results
                 if len(rows) == 1:
