@@ -128,7 +128,8 @@ def main():
         args.lattice, args.kappas, args.updates, args.therm, args.train_steps = "4x4", [0.22], 30, 10, 10
     torch.set_num_threads(1)
     print(f"2D Schwinger model, N_f = 2, {args.lattice}, beta = {args.beta:g}; {args.chains} chains x {args.updates} "
-          f"updates after {args.therm}; composite: a gauge flow trained {args.train_steps} steps on the exact target\n")
+          f"updates after {args.therm}; composite: flows (exact-det gauge flow, joint pseudofermion flow) trained "
+          f"{args.train_steps} steps\n")
     print("| kappa | sampler | acceptance | MD steps | plaquette | condensate | <Q^2> | tau_int(Q^2) | "
           "CPU s per indep. sample | CG iterations per trajectory | pulls vs exact (P, cond, Q^2) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
