@@ -48,12 +48,16 @@ class FlowMetropolisSampler:
 
     @torch.no_grad()
     def _proposals(self, n: int, device, generator):
-        """``n`` flow samples and their ``log q``, from a seed drawn from the chain's generator
-        (so a resumed run proposes the same samples)."""
+        """:meth:`_draw` ``(n)`` under torch's global RNG seeded from the chain's generator (so a
+        resumed run proposes the same samples), leaving the global RNG as it was."""
         seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
         with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device], device_type=device.type):
             torch.manual_seed(seed)
-            return self.model.sample(n)
+            return self._draw(n)
+
+    def _draw(self, n: int):
+        """``n`` flow samples and their ``log q``."""
+        return self.model.sample(n)
 
     @torch.no_grad()
     def update(self, field, generator):

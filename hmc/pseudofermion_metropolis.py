@@ -43,13 +43,9 @@ class PseudofermionFlowMetropolisSampler(FlowMetropolisSampler):
     def log_weight(self, value):
         self._log_q_gauge = value
 
-    @torch.no_grad()
-    def _proposals(self, n: int, device, generator):
-        """``(JointField, log q(U), log q(phi | U))``, from a seed drawn from the chain's generator."""
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
-        with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device], device_type=device.type):
-            torch.manual_seed(seed)
-            return self.model.sample_parts(n)
+    def _draw(self, n: int):
+        """``(JointField, log q(U), log q(phi | U))`` of ``n`` joint samples."""
+        return self.model.sample_parts(n)
 
     @torch.no_grad()
     def update(self, field, generator):
