@@ -53,22 +53,24 @@ def theory_class(name: str) -> tuple[type[Theory], dict]:
     raise InputError(f"unknown theory {name!r}; choose one of {', '.join(theory_names())}")
 
 
+def _declared(attribute: str) -> dict:
+    """The entries of the class attribute ``attribute`` of every registered theory, by name
+    (the first theory to declare a name describes it)."""
+    found = {}
+    for cls in _REGISTRY.values():
+        for entry in getattr(cls, attribute):
+            found.setdefault(entry.name, entry)
+    return found
+
+
 def declared_couplings() -> dict[str, Coupling]:
     """Every coupling of every registered theory, by name (the command line's options)."""
-    couplings = {}
-    for cls in _REGISTRY.values():
-        for coupling in cls.couplings_declared:
-            couplings.setdefault(coupling.name, coupling)
-    return couplings
+    return _declared("couplings_declared")
 
 
 def declared_options() -> dict[str, Option]:
     """Every option of every registered theory, by name (the command line's options)."""
-    options = {}
-    for cls in _REGISTRY.values():
-        for option in cls.options_declared:
-            options.setdefault(option.name, option)
-    return options
+    return _declared("options_declared")
 
 
 def theories_with_coupling(name: str) -> list[str]:
