@@ -135,11 +135,7 @@ def run(command: list[str], warn_after: float | None) -> int:
         timer.daemon = True
         timer.start()
     try:
-        while True:
-            try:
-                return child.wait()
-            except InterruptedError:  # pragma: no cover (PEP 475 retries; kept for old interpreters)
-                continue
+        return child.wait()  # interrupted by our handlers, wait() resumes by itself (PEP 475)
     finally:
         if timer is not None:
             timer.cancel()
