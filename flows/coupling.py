@@ -166,11 +166,11 @@ class GaugeCoupling(MaskedCoupling):
     that the gauge masks allow."""
 
     def __init__(self, lattice_shape, mu: int, nu: int, offset: int, transform, features_per_plane: int,
-                 hidden_channels=(16, 16), kernel_size: int = 3, context_channels: int = 0):
+                 hidden_channels=(16, 16), kernel_size: int = 3, context_channels: int = 0, extra_channels: int = 0):
         masks = gauge_link_masks(lattice_shape, mu, nu, offset)
         n_planes = masks["frozen"].shape[0]
-        super().__init__(masks["active"], transform, features_per_plane * n_planes, hidden_channels, kernel_size,
-                         context_channels, frozen=masks["frozen"])
+        super().__init__(masks["active"], transform, features_per_plane * n_planes + extra_channels, hidden_channels,
+                         kernel_size, context_channels, frozen=masks["frozen"])
         self.mu, self.nu, self.offset = int(mu), int(nu), int(offset)
         self.planes = planes(len(lattice_shape))  # the order of the frozen masks
 

@@ -4,16 +4,17 @@ A model is a :class:`LatticeFlow`, i.e. a ``normflows.NormalizingFlow`` with the
 prior (:mod:`gaugeflow.flows.priors`), a stack of coupling layers and the target ``exp(-S)``.
 It is fully described by a JSON-able, versioned *architecture* dict (stored in checkpoints)::
 
-    {"architecture_version": 1, "theory": "u1", "lattice": [8, 8], "couplings": {"beta": 2.0},
+    {"architecture_version": 2, "theory": "u1", "lattice": [8, 8], "couplings": {"beta": 2.0},
      "n_layers": 16, "kernel": "spline", "hidden_channels": [16, 16], "kernel_size": 3,
-     "n_bins": 8, "n_mixture": 6, "condition": None}
+     "n_bins": 8, "n_mixture": 6, "rectangles": True, "condition": None}
 
 Layers are chosen by the theory's field type (never by its name), through the registry of
 :class:`LayerFamily` (:func:`register_layers`):
 
 * real fields (phi^4): checkerboard couplings, alternating parity; kernels ``affine``, ``spline``;
 * U(1) angles: gauge-equivariant plaquette couplings cycling over ordered planes and mask
-  offsets; kernels ``spline``, ``ncp``;
+  offsets; kernels ``spline``, ``ncp``; ``rectangles`` adds the 1x2 loops through the active
+  links to the conditioners' input (:mod:`gaugeflow.flows.u1_coupling`);
 * SU(N) links: gauge-equivariant spectral couplings; kernel ``spline``.
 
 With ``"condition": {"coupling": "beta", "low": 1.5, "high": 2.5}`` one model serves a range
@@ -47,7 +48,7 @@ from .target import LatticeTarget
 from .transforms import AffineTransform, SplineTransform
 from .u1_coupling import U1PlaquetteCoupling
 
-ARCHITECTURE_VERSION = 1
+ARCHITECTURE_VERSION = 2  # 2: U(1) conditioners may see rectangles (``rectangles``)
 COMMON_DEFAULTS = {"kernel_size": 3, "n_bins": 8, "n_mixture": 6}
 
 
@@ -102,7 +103,7 @@ def _u1_layers(theory, arch, transform, context_channels):
         raise InputError(f"the U(1) flow layers are gauge-equivariant plaquette couplings; {theory.name} is no gauge theory")
     return [
         U1PlaquetteCoupling(theory.lattice_shape, mu, nu, offset, transform, arch["hidden_channels"], arch["kernel_size"],
-                            context_channels)
+                            context_channels, rectangles=arch["rectangles"])
         for mu, nu, offset in gauge_layer_schedule(theory.dimension, arch["n_layers"])
     ]
 
@@ -119,7 +120,7 @@ register_layers(RealField, LayerFamily(
 ))
 register_layers(AngleField, LayerFamily(
     _u1_layers, {"spline": CircularSplineKernel, "ncp": NCPKernel},
-    {"n_layers": 16, "kernel": "spline", "hidden_channels": [16, 16]},
+    {"n_layers": 16, "kernel": "spline", "hidden_channels": [16, 16], "rectangles": True},  # KL 848 -> 43 at 16x16, beta=6
 ))
 register_layers(SUNField, LayerFamily(
     _sun_layers, {"spline": SpectralTransform}, {"n_layers": 16, "kernel": "spline", "hidden_channels": [16, 16]},
@@ -185,11 +186,16 @@ def architecture(theory, condition=None, **overrides) -> dict:
 
 def upgrade_architecture(arch: dict) -> dict:
     """An architecture dict in the current version (checkpoints before versioning are version 0:
-    the same keys, conditioners stored as ``net``)."""
+    the same keys, conditioners stored as ``net``; before version 2 U(1) conditioners saw
+    plaquettes only)."""
     arch = dict(arch)
     version = arch.setdefault("architecture_version", 0)
     if version > ARCHITECTURE_VERSION:
         raise InputError(f"architecture version {version} is newer than this gaugeflow's {ARCHITECTURE_VERSION}")
+    if version < 2:
+        theory = make_theory(arch["theory"], arch["lattice"], **arch["couplings"])
+        if "rectangles" in default_architecture(theory):
+            arch["rectangles"] = False
     arch["architecture_version"] = ARCHITECTURE_VERSION
     return arch
 

@@ -13,13 +13,24 @@ with gauge transformations.  Given the frozen plaquettes, active links and activ
 are in one-to-one correspondence, so the Jacobian is triangular and
 ``log det = sum_{x active} log h'(theta_P(x))``.  Works in any dimension; extents along ``nu``
 must be multiples of 4.
+
+With ``rectangles=True`` the conditioner also sees ``(cos, sin)`` of the 1x2 loop through
+each active link, ``theta_R(x) = theta_{mu nu}(x) + theta_{mu nu}(x - nu)``: the active
+plaquette together with the passive one below it, which share the active link with opposite
+orientations, so ``theta_R`` does not change under the layer and may condition it.  It is the
+information the plaquette features lack: with the Wilson action the exact conditional of the
+active plaquette given everything the layer leaves unchanged is
+``exp(beta cos theta_P + beta cos(theta_R - theta_P))``, a von Mises centred at
+``theta_R / 2``.  (Loops beyond the plaquette in the conditioner: Abbott et al.,
+arXiv:2208.03832, arXiv:2211.07541.)
 """
 
 from __future__ import annotations
 
 import torch
 
-from gaugeflow.lattice.u1 import plaquette_angles
+from gaugeflow.lattice.geometry import shift
+from gaugeflow.lattice.u1 import SITE_AXIS, plaquette_angles
 
 from .coupling import GaugeCoupling
 from .kernels import wrap_with_unit_derivative
@@ -30,12 +41,20 @@ class U1PlaquetteCoupling(GaugeCoupling):
     :class:`~gaugeflow.flows.kernels.CircleKernel`."""
 
     def __init__(self, lattice_shape, mu: int, nu: int, offset: int, kernel, hidden_channels=(16, 16),
-                 kernel_size: int = 3, context_channels: int = 0):
-        super().__init__(lattice_shape, mu, nu, offset, kernel, 2, hidden_channels, kernel_size, context_channels)
-        self.register_buffer("feature_mask", self.frozen.repeat(2, *[1] * len(lattice_shape)), persistent=False)
+                 kernel_size: int = 3, context_channels: int = 0, rectangles: bool = False):
+        super().__init__(lattice_shape, mu, nu, offset, kernel, 2, hidden_channels, kernel_size, context_channels,
+                         extra_channels=2 * bool(rectangles))
+        self.rectangles = bool(rectangles)
+        loops = [self.frozen] + [self.active[None]] * self.rectangles
+        self.register_buffer("feature_mask", torch.cat(loops).repeat(2, *[1] * len(lattice_shape)), persistent=False)
 
     def features(self, theta):
-        angles = torch.stack([plaquette_angles(theta, rho, sigma) for rho, sigma in self.planes], dim=1)
+        angles = [plaquette_angles(theta, rho, sigma) for rho, sigma in self.planes]
+        if self.rectangles:
+            plaquette = angles[self.planes.index((min(self.mu, self.nu), max(self.mu, self.nu)))]
+            plaquette = plaquette if self.mu < self.nu else -plaquette  # theta_{nu mu} = -theta_{mu nu}
+            angles.append(plaquette + shift(plaquette, self.nu, -1, SITE_AXIS))
+        angles = torch.stack(angles, dim=1)
         return torch.where(self.feature_mask, torch.cat([torch.cos(angles), torch.sin(angles)], dim=1), 0.0)
 
     def couple(self, theta, params, inverse):

@@ -27,12 +27,12 @@ def angle_distance(a, b):
     return wrap_angle(a - b).abs().max().item()
 
 
-def u1_layer(kernel_name, shape=(4, 4), mu=0, nu=1, offset=1):
+def u1_layer(kernel_name, shape=(4, 4), mu=0, nu=1, offset=1, rectangles=False):
     from gaugeflow.flows.kernels import CircularSplineKernel, NCPKernel
 
     kernel = NCPKernel(4) if kernel_name == "ncp" else CircularSplineKernel(6)
     torch.manual_seed(0)
-    return perturb(U1PlaquetteCoupling(shape, mu, nu, offset, kernel, (8, 8)).double())
+    return perturb(U1PlaquetteCoupling(shape, mu, nu, offset, kernel, (8, 8), rectangles=rectangles).double())
 
 
 SCALAR_TRANSFORMS = {"affine": AffineTransform(), "spline": SplineTransform(6)}
@@ -53,10 +53,10 @@ def test_scalar_coupling_inverse_and_log_det(name, generator):
         assert torch.linalg.slogdet(jacobian)[1].item() == pytest.approx(log_det[b].item(), abs=1e-8)
 
 
-@pytest.mark.parametrize("kernel", ["spline", "ncp"])
+@pytest.mark.parametrize("kernel, rectangles", [("spline", False), ("ncp", False), ("spline", True)])
 @pytest.mark.parametrize("mu, nu, offset", [(0, 1, 0), (1, 0, 3)])
-def test_u1_coupling_inverse_and_log_det_against_autograd(kernel, mu, nu, offset, generator):
-    layer = u1_layer(kernel, mu=mu, nu=nu, offset=offset)
+def test_u1_coupling_inverse_and_log_det_against_autograd(kernel, rectangles, mu, nu, offset, generator):
+    layer = u1_layer(kernel, mu=mu, nu=nu, offset=offset, rectangles=rectangles)
     theta = make_theory("u1", "4x4", beta=1.0).hot_start(2, generator=generator)
     out, log_det = layer(theta)
     back, log_det_inverse = layer.inverse(out)
@@ -71,10 +71,10 @@ def test_u1_coupling_inverse_and_log_det_against_autograd(kernel, mu, nu, offset
         assert torch.linalg.slogdet(jacobian)[1].item() == pytest.approx(log_det[b].item(), abs=1e-8)
 
 
-@pytest.mark.parametrize("kernel", ["spline", "ncp"])
-def test_u1_coupling_is_gauge_equivariant(kernel, generator):
+@pytest.mark.parametrize("kernel, rectangles", [("spline", False), ("ncp", False), ("spline", True)])
+def test_u1_coupling_is_gauge_equivariant(kernel, rectangles, generator):
     theory = make_theory("u1", "8x8", beta=1.0)
-    layer = u1_layer(kernel, shape=(8, 8))
+    layer = u1_layer(kernel, shape=(8, 8), rectangles=rectangles)
     theta = theory.hot_start(3, generator=generator)
     alpha = theory.random_gauge_transformation(3, generator=generator)
     out, log_det = layer(theta)
@@ -83,12 +83,13 @@ def test_u1_coupling_is_gauge_equivariant(kernel, generator):
     assert torch.allclose(log_det_transformed, log_det, atol=1e-10)
 
 
-def test_u1_coupling_in_three_dimensions(generator):
+@pytest.mark.parametrize("rectangles", [False, True])
+def test_u1_coupling_in_three_dimensions(rectangles, generator):
     theory = make_theory("u1", "4x4x4", beta=1.0)
     from gaugeflow.flows.kernels import CircularSplineKernel
 
     torch.manual_seed(0)
-    layer = perturb(U1PlaquetteCoupling((4, 4, 4), 2, 0, 1, CircularSplineKernel(6), (4,)).double())
+    layer = perturb(U1PlaquetteCoupling((4, 4, 4), 2, 0, 1, CircularSplineKernel(6), (4,), rectangles=rectangles).double())
     theta = theory.hot_start(2, generator=generator)
     out, log_det = layer(theta)
     back, _ = layer.inverse(out)
@@ -174,3 +175,25 @@ def test_float32_model_gives_float64_log_densities():
     assert x.dtype == torch.float32 and log_q.dtype == torch.float64
     assert model.p.log_prob(x).dtype == torch.float64
     assert math.isfinite(log_q.sum().item())
+
+
+@pytest.mark.parametrize("mu, nu, offset", [(0, 1, 2), (1, 0, 1)])
+def test_u1_rectangle_feature_is_the_loop_through_the_active_link(mu, nu, offset, generator):
+    """The extra features are (cos, sin) of the 1x2 loop made of the active plaquette and the
+    passive one sharing its active link: nonzero at the active sites only, unchanged by the
+    layer, and equal to that loop computed from the links directly."""
+    from gaugeflow.lattice.u1 import plaquette_angles
+
+    layer = u1_layer("spline", shape=(8, 8), mu=mu, nu=nu, offset=offset, rectangles=True)
+    theta = make_theory("u1", "8x8", beta=1.0).hot_start(2, generator=generator)
+    features = layer.features(theta)
+    assert features.shape[1] == 4  # (cos, sin) of the one plane's frozen plaquettes, then of the loop
+    loop = torch.stack([features[:, 1], features[:, 3]], dim=1)
+    assert (loop[:, :, ~layer.active] == 0).all()
+    plaquette = plaquette_angles(theta, mu, nu)
+    expected = plaquette + torch.roll(plaquette, 1, dims=1 + nu)  # theta_{mu nu}(x) + theta_{mu nu}(x - nu)
+    assert torch.allclose(loop[:, 0][:, layer.active], torch.cos(expected)[:, layer.active], atol=1e-12)
+    assert torch.allclose(loop[:, 1][:, layer.active], torch.sin(expected)[:, layer.active], atol=1e-12)
+    out, _ = layer(theta)
+    assert angle_distance(out, theta) > 1e-2
+    assert torch.allclose(layer.features(out), features, atol=1e-10)

@@ -107,7 +107,7 @@ def test_flow_hmc_is_reversible_and_its_energy_error_scales_as_dt_squared():
     (make_theory("su2", "4x4", beta=1.0), None),
 ])
 def test_reweighting_gives_observables_and_log_z(tmp_path, theory, log_z):
-    model = barely_trained(theory, tmp_path, steps=10, layers=4 if theory.name == "u1" else 2)
+    model = barely_trained(theory, tmp_path, steps=20, layers=4 if theory.name == "u1" else 2)
     torch.manual_seed(7)
     results = reweighted_estimates(model, 4096)
     exact_log_z = theory.exact_log_partition_function()

@@ -14,11 +14,12 @@ from gaugeflow.lattice.jobcontrol import Interrupted
 from gaugeflow.lattice.theories import make_theory
 
 
-def model_for(name="u1", shape="4x4", n_layers=8, hidden=(8,), n_bins=None, **couplings):
+def model_for(name="u1", shape="4x4", n_layers=8, hidden=(8,), n_bins=None, rectangles=None, **couplings):
     couplings = couplings or ({"beta": 1.0} if name == "u1" else {"m2": -4.0, "lam": 8.0})
     theory = make_theory(name, shape, **couplings)
     torch.manual_seed(0)  # initial weights
-    return build_flow(architecture(theory, n_layers=n_layers, hidden_channels=list(hidden), n_bins=n_bins)).double()
+    return build_flow(architecture(theory, n_layers=n_layers, hidden_channels=list(hidden), n_bins=n_bins,
+                                   rectangles=rectangles)).double()
 
 
 def read_log(path):
@@ -185,14 +186,16 @@ def test_su3_path_gradients_in_single_precision(tmp_path):
 
 
 def test_checkpoint_from_before_architecture_versioning_loads(tmp_path):
-    """Version 0: no ``architecture_version`` key, conditioners stored as ``net``."""
+    """Version 0: no ``architecture_version`` key, conditioners stored as ``net``, and (as up
+    to version 1) U(1) conditioners that see plaquettes only, with no ``rectangles`` key."""
     path = tmp_path / "m.pt"
-    model = model_for(n_layers=2)
+    model = model_for(n_layers=2, rectangles=False)
     train_flow(model, config(steps=2), path, progress=False)
     payload = torch.load(path, weights_only=True)
     payload["schema_version"] = 1  # what the code of that time wrote: no digest either
     del payload["sha256"]
     del payload["architecture"]["architecture_version"]
+    del payload["architecture"]["rectangles"]
     payload["model"] = {k.replace(".conditioner.", ".net."): v for k, v in payload["model"].items()}
     torch.save(payload, tmp_path / "old.pt")
     old = load_flow(tmp_path / "old.pt")
