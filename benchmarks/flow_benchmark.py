@@ -52,6 +52,7 @@ from gaugeflow.lattice.theories import make_theory
 CASES = {  # name: (theory, lattice, couplings)
     "phi4-8": ("phi4", "8x8", {"m2": -4.0, "lam": 8.0}),
     "u1-8": ("u1", "8x8", {"beta": 2.0}),
+    "u1-8-b6": ("u1", "8x8", {"beta": 6.0}),
     "u1-16-b2": ("u1", "16x16", {"beta": 2.0}),
     "u1-16-b4": ("u1", "16x16", {"beta": 4.0}),
     "u1-16-b6": ("u1", "16x16", {"beta": 6.0}),
@@ -248,6 +249,30 @@ def format_table(rows, markdown):
     return "\n".join(lines)
 
 
+def plot_curves(rows, png_path):
+    """KL (where log Z is exact) and training-sample acceptance against training seconds, one
+    curve per stored row: acceptance per unit of training cost at a glance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (kl_axis, acceptance_axis) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    for r in rows:
+        label = f"{r['case']} {r['tag']}".strip()
+        seconds = [h["seconds"] for h in r["history"]]
+        if r.get("kl") is not None:  # log Z = KL - loss of the final batch
+            log_z = r["kl"] - r["loss"]
+            kl_axis.plot(seconds, [max(h["loss"] + log_z, 1e-3) for h in r["history"]], label=label)
+        acceptance_axis.plot(seconds, [h["acceptance"] for h in r["history"]], label=label)
+    kl_axis.set(xlabel="training CPU seconds", ylabel="KL(q || p) (one batch)", yscale="log")
+    acceptance_axis.set(xlabel="training CPU seconds", ylabel="Metropolis acceptance (training evaluation)", ylim=(0, 1))
+    kl_axis.legend(fontsize=7)
+    fig.savefig(png_path, dpi=110)
+    plt.close(fig)
+    log(f"wrote {png_path}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -282,12 +307,15 @@ def main(argv=None):
     parser.add_argument("--evaluate", metavar="CHECKPOINT",
                         help="skip training: evaluate this trained checkpoint (e.g. from gaugeflow train) as case --cases")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    parser.add_argument("--plot", metavar="PNG", help="with --collect: training curves (KL, acceptance vs seconds)")
     parser.add_argument("--progress", action="store_true", help="show train_flow's progress bar")
     args = parser.parse_args(argv)
 
     if args.collect:
         rows = [json.loads(line) for path in args.collect for line in open(path) if line.strip()]
         print(format_table(rows, args.markdown))
+        if args.plot:
+            plot_curves(rows, args.plot)
         return 0
     if args.quick:
         args.steps = args.steps or 30

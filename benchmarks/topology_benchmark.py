@@ -110,7 +110,7 @@ def main():
               f"{args.train_lattice}, {args.layers} layers, {args.train_steps} steps x batch {args.train_batch}: "
               f"{train_seconds / 60:.1f} CPU min; at its own volume and mid beta: acceptance "
               f"{metrics.get('acceptance', float('nan')):.3f}, ESS {metrics.get('ess', float('nan')):.3f}\n")
-        print(f"| beta | sampler | acceptance | tau_int(Q^2) | CPU s per indep. Q^2 sample | chi_t | exact chi_t | pull |")
+        print("| beta | sampler | acceptance | tau_int(Q^2) | CPU s per indep. Q^2 sample | chi_t | exact chi_t | pull |")
         print("|---|---|---|---|---|---|---|---|")
         rows = {}
         for beta in args.betas:

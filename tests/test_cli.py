@@ -139,6 +139,8 @@ def test_train_resume_and_plot(tmp_path):
         (["--theory", "u1", "--beta", 1, "--lattice", "4x4", "--estimator", "magic"], "invalid choice"),
         (["--theory", "u1", "--beta", 1, "--lattice", "4x4", "--condition", "beta:2"], "--condition must look like"),
         (["--theory", "u1", "--beta", 1, "--lattice", "4x4", "--condition", "beta:2:3"], "outside the conditioning range"),
+        (["--theory", "phi4", "--m2", 1, "--lam", 1, "--lattice", "4x4", "--rectangles"],
+         "unknown architecture option(s) --rectangles"),
     ],
 )
 def test_train_bad_input(tmp_path, args, message):
@@ -270,8 +272,8 @@ def test_train_grows_a_model_from_a_smaller_volume_and_another_coupling(tmp_path
 
     small, large = tmp_path / "small.pt", tmp_path / "large.pt"
     common = ["train", "--theory", "u1", "--layers", 2, "--hidden", "4", "--batch-size", 8, "--quiet"]
-    assert gaugeflow(*common, "--lattice", "4x4", "--beta", 2, "--steps", 3, "--out", small).returncode == 0
-    model = build_flow(architecture(make_theory("u1", "8x8", beta=3.0), n_layers=2, hidden_channels=[4]))
+    assert gaugeflow(*common, "--lattice", "4x4", "--beta", 2, "--steps", 3, "--no-rectangles", "--out", small).returncode == 0
+    model = build_flow(architecture(make_theory("u1", "8x8", beta=3.0), n_layers=2, hidden_channels=[4], rectangles=False))
     warm_start(model, small)
     trained = load_checkpoint(small)["model"]
     for key, value in model.state_dict().items():
@@ -282,6 +284,7 @@ def test_train_grows_a_model_from_a_smaller_volume_and_another_coupling(tmp_path
                       "--batch-size", 8, "--quiet", "--out", large)
     assert grown.returncode == 0, grown.stderr
     assert load_checkpoint(large)["architecture"]["n_layers"] == 2
+    assert load_checkpoint(large)["architecture"]["rectangles"] is False  # as the model it grew from
     refused = gaugeflow("train", "--theory", "u1", "--lattice", "8x8", "--beta", 3, "--init-from", small, "--layers", 4,
                         "--steps", 2, "--quiet", "--out", tmp_path / "other.pt")
     assert refused.returncode == 2 and "differs in --layers: 2 there, 4 here" in refused.stderr
