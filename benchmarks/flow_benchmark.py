@@ -166,7 +166,7 @@ def run_case(case, args, workdir):
         # ~3% of the time goes to the periodic evaluation in train_flow
         steps = max(1, int(args.minutes * 60 / (probe * 1.03)))
         log(f"[{case}] probe: {probe * 1e3:.0f} ms/step -> {steps} steps for {args.minutes:g} min")
-    config = TrainConfig(steps=steps, batch_size=args.batch, learning_rate=args.lr, estimator=args.estimator,
+    config = TrainConfig(steps=steps, batch_size=args.batch, learning_rate=args.lr, estimator=args.estimator, warmup=args.warmup,
                          log_every=args.log_every, checkpoint_every=max(steps, 1), eval_batches=args.eval_batches,
                          seed=args.seed)
     log(f"[{case}] {arch['theory']} {'x'.join(map(str, arch['lattice']))} {arch['couplings']}: "
@@ -286,6 +286,7 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=256, help="training batch size (default: 256)")
     parser.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (default: 2e-3)")
     parser.add_argument("--estimator", default="path", choices=("path", "reparam", "reinforce"))
+    parser.add_argument("--warmup", type=float, default=0.1, help="fraction of training with a linear learning-rate rise (default: 0.1)")
     parser.add_argument("--layers", type=int, help="coupling layers (default: the theory's default)")
     parser.add_argument("--hidden", help="hidden channels, comma separated (default: the theory's default)")
     parser.add_argument("--kernel", help="spline / affine (phi4) / ncp (u1)")

@@ -13,8 +13,9 @@ Gradient estimators (``estimator``):
 * ``reinforce`` -- score function: ``E[(f - <f>) grad log q(x)]`` with ``f = log q - log p``
   at fixed samples; needs no differentiable sampler.
 
-Training uses Adam with a cosine learning-rate schedule and gradient-norm clipping.  A
-non-finite loss or gradient skips the step (and is counted in the log); too many in a row
+Training uses Adam with a cosine learning-rate schedule after a linear warm-up over the first
+10% (at large beta the full rate from the first step can throw a U(1) flow into a far worse
+basin it never leaves; benchmarks/README.md) and gradient-norm clipping.  A non-finite loss or gradient skips the step (and is counted in the log); too many in a row
 stop training with an error instead of silently training on NaN.  Metrics (loss, KL where
 known, ESS of the batch and of a larger evaluation sample, independence-Metropolis
 acceptance) are written to a CSV log.  Checkpoints (:mod:`gaugeflow.flows.checkpoint`) are
@@ -69,6 +70,8 @@ class TrainConfig:
     batch_size: int = 64  # best acceptance per CPU minute (benchmarks/README.md); raise on GPUs
     learning_rate: float = 2e-3
     schedule: str = "cosine"  # or "constant"
+    warmup: float = 0.1  # cosine only: the fraction of training over which the rate rises linearly from 1%
+    # (without it U(1) beta=6 runs at lr 2e-3, and wider conditioners at 1e-3, blew up early: benchmarks/README.md)
     grad_clip: float = 1.0
     estimator: str = "path"
     log_every: int = 50
@@ -89,6 +92,8 @@ class TrainConfig:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.minutes is not None and not (math.isfinite(float(self.minutes)) and self.minutes > 0):
             raise InputError(f"minutes must be positive and finite, got {self.minutes}")
+        if not 0 <= float(self.warmup) < 1:
+            raise InputError(f"warmup is a fraction of the training, in [0, 1); got {self.warmup}")
         for name in ("learning_rate", "grad_clip"):
             value = float(getattr(self, name))
             if not (math.isfinite(value) and value > 0):
@@ -158,7 +163,8 @@ def _learning_rate_factor(config: TrainConfig, progress: dict):
 
     def cosine(step):
         fraction = progress["fraction"] if config.minutes else min(step, config.steps) / config.steps
-        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(fraction, 1.0)))
+        rise = min(1.0, 0.01 + fraction / config.warmup) if config.warmup else 1.0
+        return rise * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(fraction, 1.0))))
 
     return cosine
 

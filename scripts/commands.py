@@ -166,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (default: 2e-3)")
     group.add_argument("--schedule", default="cosine", choices=("cosine", "constant"),
                        help="learning-rate schedule (default: cosine decay to 1%%)")
+    group.add_argument("--warmup", type=float, default=0.1, metavar="FRACTION",
+                       help="cosine: raise the learning rate linearly over this fraction of the training (default: 0.1)")
     group.add_argument("--grad-clip", type=float, default=1.0, help="gradient-norm clipping (default: 1.0)")
     group.add_argument("--estimator", default="path", choices=("path", "reparam", "reinforce"),
                        help="gradient estimator: path gradient (default), reparameterisation or REINFORCE")
@@ -324,6 +326,7 @@ def run_train(args) -> int:
     arch = model_architecture(theory, architecture(theory, condition=condition, **given))  # joint with pseudofermions
     steps = args.steps if args.steps is not None else (10**9 if args.minutes else 2000)
     config = TrainConfig(steps=steps, minutes=args.minutes, batch_size=args.batch_size, learning_rate=args.lr, schedule=args.schedule,
+                         warmup=args.warmup,
                          grad_clip=args.grad_clip, estimator=args.estimator, log_every=args.log_every,
                          checkpoint_every=args.checkpoint_every, eval_batches=args.eval_batches, seed=args.seed,
                          compile=args.compile)

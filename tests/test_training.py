@@ -281,3 +281,19 @@ def test_a_time_budget_sets_the_schedule_and_survives_a_resume(tmp_path):
     assert resumed.step > summary.step and 2.4 <= total < used + 30
     with pytest.raises(ValueError, match="minutes"):
         config(minutes=float("nan"))
+
+
+def test_warmup_raises_the_learning_rate_linearly_then_follows_the_cosine():
+    import math
+
+    from gaugeflow.flows.train import _learning_rate_factor
+
+    cosine = _learning_rate_factor(config(steps=100, warmup=0.0), {})
+    warm = _learning_rate_factor(config(steps=100), {})  # the default: 10%
+    assert cosine(0) == pytest.approx(1.0) and warm(0) == pytest.approx(0.01)
+    assert warm(5) == pytest.approx(0.51 * cosine(5))  # 1% + half of the way at half of the warm-up
+    for step in (10, 50, 99):
+        assert warm(step) == pytest.approx(cosine(step))
+    assert cosine(100) == pytest.approx(0.01) and math.isclose(warm(100), cosine(100))
+    with pytest.raises(ValueError, match="warmup"):
+        config(warmup=1.0)
