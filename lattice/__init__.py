@@ -20,9 +20,10 @@ from .fields import AngleField, FieldType, RealField, SUNField
 from .geometry import parse_lattice_shape
 from .phi4 import two_point_function
 from .theories import make_theory, register_theory, theory_class, theory_names
-from .theory import Coupling, GaugeTheory, Theory
+from .theory import ActionPart, Coupling, GaugeTheory, Option, Theory
 
 __all__ = [
+    "ActionPart",
     "AngleField",
     "Coupling",
     "EnsembleError",
@@ -30,6 +31,7 @@ __all__ = [
     "GaugeTheory",
     "GaugeflowError",
     "InputError",
+    "Option",
     "RealField",
     "SUNField",
     "Theory",

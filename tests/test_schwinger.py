@@ -9,11 +9,10 @@ import torch
 
 from gaugeflow.hmc import HMCParameters, HMCSampler, analyze_ensemble, gamma_method, generate_ensemble, jackknife
 from gaugeflow.hmc.hmc import molecular_dynamics
-from gaugeflow.lattice import InputError, open_ensemble
+from gaugeflow.lattice import ActionPart, InputError, open_ensemble
 from gaugeflow.lattice.fermions import (GAMMA5, EvenOddWilson, apply_wilson, apply_wilson_dagger, checkerboard,
                                         conjugate_gradient, schur_matrix, wilson_matrix)
 from gaugeflow.lattice.theories import make_theory
-from gaugeflow.lattice.theory import ActionPart
 
 from md_checks import check_reversible_and_second_order
 
