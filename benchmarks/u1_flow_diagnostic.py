@@ -1,6 +1,6 @@
-"""Where a 2D U(1) flow falls short: the plaquette marginal and the line sums, against exact values.
+"""Where a 2D U(1) flow falls short: plaquettes, line sums and topology, against exact values.
 
-    python benchmarks/line_sum_diagnostic.py model.pt [--samples 1024] [--seed 0]
+    python benchmarks/u1_flow_diagnostic.py model.pt [--samples 1024] [--seed 0]
 
 For a trained 2D U(1) model it draws samples in float64 and prints, next to the exact
 torus values from the character expansion (:mod:`gaugeflow.lattice.exact`):
@@ -11,7 +11,9 @@ torus values from the character expansion (:mod:`gaugeflow.lattice.exact`):
   Polyakov loops bounding it, and in 2D U(1) it depends only on the number of plaquettes it
   holds: ``u1_wilson_loop(beta, V, A = L)``.  A ``(mu, nu)`` coupling layer keeps every line sum
   along ``nu``, so a model whose line sums are off cannot be repaired by more of the same
-  layers (benchmarks/README.md, "Loop features").
+  layers (benchmarks/README.md, "Loop features");
+* ``<Q^2>`` and the fraction of samples with ``|Q| >= 2`` (the Haar prior has ``<Q^2> = V/12``:
+  a flow must move most of its prior's mass across topological sectors).
 
 It also prints the KL estimate ``<log q - log p> + log Z`` and the spread of the log-weights.
 """
@@ -19,6 +21,7 @@ It also prints the KL estimate ``<log q - log p> + log Z`` and the spread of the
 from __future__ import annotations
 
 import argparse
+import math
 
 import torch
 
@@ -58,6 +61,9 @@ def main(argv=None):
         extent = theory.lattice_shape[axis]
         line_sums = plaquettes.sum(1 + axis)
         row(f"<cos(line sum along x_{axis})>", line_sums.cos().mean(1), exact.u1_wilson_loop(beta, volume, extent))
+    charge = torch.round(plaquettes.sum((1, 2)) / (2 * math.pi))
+    row("<Q^2>", charge**2, exact.u1_topological_charge_squared(beta, volume))
+    print(f"| fraction with abs(Q) >= 2 | {(charge.abs() >= 2).double().mean().item():.4f} | |")
     log_weights = log_p - log_q
     kl = -log_weights.mean().item() + theory.exact_log_partition_function()
     print(f"\nKL(q || p) = {kl:.3f}; std of log p - log q = {log_weights.std().item():.3f}")
