@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import logging
 import math
 import os
 import time
@@ -47,6 +48,8 @@ from gaugeflow.lattice.storage import WriterLock, write_atomically
 from .checkpoint import check_architecture, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .diagnostics import acceptance_rate, effective_sample_size
 from .distributed import SingleProcess
+
+log = logging.getLogger("gaugeflow")
 
 ESTIMATORS = ("path", "reparam", "reinforce")
 LOG_COLUMNS = (
@@ -324,6 +327,14 @@ def _metrics(model, run: _Training, config, local_batch, comm, loss, log_q, log_
     }
 
 
+def loss_jumped(metrics: dict, best_loss: float, batch_size: int) -> bool:
+    """Whether the logged loss lies far above the lowest one logged before: by 20 nats and by
+    ten times its own statistical error.  At large couplings too large a learning rate throws
+    a flow into a far worse basin, which it does not leave (benchmarks/README.md)."""
+    noise = metrics["loss_std"] / math.sqrt(batch_size)
+    return metrics["loss"] > best_loss + max(20.0, 10.0 * noise)
+
+
 def train_flow(
     model, config: TrainConfig, checkpoint_path, *, resume: bool = False, progress: bool = True, communicator=None
 ) -> TrainSummary:
@@ -355,6 +366,7 @@ def _train(model, config, checkpoint_path, resume, progress, comm, local_batch) 
     began = time.perf_counter()
     show = progress and comm.is_root
     budget = 60 * config.minutes if config.minutes else None
+    best_loss, warned = math.inf, False
 
     def time_is_up() -> bool:  # rank 0's clock decides, so every rank keeps the same schedule
         if budget is None:
@@ -386,6 +398,12 @@ def _train(model, config, checkpoint_path, resume, progress, comm, local_batch) 
                         log_writer.writerow(run.metrics)
                         log_handle.flush()
                     m = run.metrics
+                    if not warned and loss_jumped(m, best_loss, config.batch_size):
+                        warned = True
+                        log.warning(f"training: step {run.step}: the loss jumped to {m['loss']:.1f} from {best_loss:.1f}; "
+                                    f"the model has likely left its basin for a worse one, which training rarely "
+                                    f"undoes: restart with a lower learning rate (at beta ~6: 1e-3)")
+                    best_loss = min(best_loss, m["loss"])
                     bar.set_postfix(loss=f"{m['loss']:.3f}", ess=f"{m['ess']:.2f}", acc=f"{m['acceptance']:.2f}")
                 stopping = comm.any(received["signal"] is not None)
                 if run.step % config.checkpoint_every == 0 or finished or stopping:

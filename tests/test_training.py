@@ -297,3 +297,24 @@ def test_warmup_raises_the_learning_rate_linearly_then_follows_the_cosine():
     assert cosine(100) == pytest.approx(0.01) and math.isclose(warm(100), cosine(100))
     with pytest.raises(ValueError, match="warmup"):
         config(warmup=1.0)
+
+
+def test_a_jump_of_the_loss_is_reported_once(tmp_path, monkeypatch, caplog):
+    """A loss far above the best logged one (by 20 nats and by ten statistical errors) means
+    the flow left its basin: training warns, once, and goes on."""
+    from gaugeflow.flows import train
+
+    assert not train.loss_jumped({"loss": -480.0, "loss_std": 8.0}, -494.0, 64)  # 14 nats: within reach of noise
+    assert train.loss_jumped({"loss": -200.0, "loss_std": 8.0}, -494.0, 64)
+    assert not train.loss_jumped({"loss": -400.0, "loss_std": 800.0}, -494.0, 64)  # 94 nats, but 10 errors are 1000
+    losses = iter([-10.0, -50.0, -20.0, -5.0, -60.0])  # logged every step: the jumps to -20 and -5 are 30 and 45 above -50
+
+    def scripted(*args, **kwargs):
+        return {"step": 0, "loss": next(losses), "loss_std": 1.0, "kl": float("nan"), "ess_batch": 0.5, "ess": 0.5,
+                "acceptance": 0.5, "learning_rate": 1e-3, "grad_norm": 1.0, "skipped": 0, "seconds": 0.0}
+
+    monkeypatch.setattr(train, "_metrics", scripted)
+    with caplog.at_level("WARNING", logger="gaugeflow"):
+        train_flow(model_for(n_layers=2), config(steps=5, log_every=1), tmp_path / "m.pt", progress=False)
+    warnings = [r.getMessage() for r in caplog.records if "loss jumped" in r.getMessage()]
+    assert len(warnings) == 1 and "step 3: the loss jumped to -20.0 from -50.0" in warnings[0]
