@@ -128,16 +128,22 @@ def warm_start(model, path) -> dict:
     translation equivariant, so weights carry over to any volume of the same dimension).
 
     This is how models are grown: train at 8x8, fine-tune at 16x16; train at beta=4, continue
-    at beta=6.  Only the weights are taken (optimizer and schedule start anew).  Returns the
-    checkpoint's architecture."""
+    at beta=6.  Only the weights are taken (optimizer and schedule start anew); of a joint
+    pseudofermion model, those of its gauge flow.  Returns the checkpoint's architecture."""
+    from .pseudofermion_flow import ARCHITECTURE_KEY
+
     payload = load_checkpoint(path, map_location=next(model.parameters()).device)
     stored, arch = payload["architecture"], model.architecture
-    differing = sorted(k for k in set(stored) | set(arch) if k not in TRANSFERABLE and stored.get(k) != arch.get(k))
+    transferable = (*TRANSFERABLE, ARCHITECTURE_KEY)  # a joint model's initial kappa_q follows kappa
+    differing = sorted(k for k in set(stored) | set(arch) if k not in transferable and stored.get(k) != arch.get(k))
     if differing:
         details = "; ".join(f"{k}: {stored.get(k)!r} there, {arch.get(k)!r} here" for k in differing)
         raise TrainingError(f"cannot start from {path}: its model ({describe(stored)}) differs in {details}")
-    transfer_weights(model, {k: v.to(next(model.parameters()).dtype) if v.is_floating_point() else v
-                             for k, v in payload["model"].items()})
+    # a joint pseudofermion model grows its gauge flow (``gauge.flows.*``); its conditional
+    # starts as the exact one at the new couplings
+    layers = getattr(model, "gauge", model)
+    transfer_weights(layers, {k.removeprefix("gauge."): v.to(next(model.parameters()).dtype) if v.is_floating_point() else v
+                              for k, v in payload["model"].items()})
     return stored
 
 

@@ -162,3 +162,23 @@ def test_the_command_line_trains_and_samples_the_joint_model(tmp_path):
         assert ensemble.attrs["sampler"] == "composite" and len(ensemble) == 4
     # reweighting joint samples: the joint target is normalised so that log Z is the exact-det one
     assert main(["reweight", "--model", str(model_path), "--n-samples", "64", "--json"]) == 0
+
+
+def test_a_joint_model_grows_from_a_smaller_volume_and_another_kappa(tmp_path):
+    """``--init-from`` with a joint model carries its gauge flow over (it once transferred
+    nothing, silently); the conditional starts as the exact one at the new kappa."""
+    from gaugeflow.cli import main
+    from gaugeflow.flows.checkpoint import load_checkpoint
+
+    torch.set_num_threads(1)
+    small, large = tmp_path / "small.pt", tmp_path / "large.pt"
+    common = ["train", "--theory", "schwinger", "--fermions", "pseudofermion", "--beta", "1", "--batch-size", "8",
+              "--layers", "2", "--hidden", "4", "--quiet"]
+    assert main([*common, "--lattice", "4x4", "--kappa", "0.2", "--steps", "3", "--out", str(small)]) == 0
+    assert main([*common, "--lattice", "8x8", "--kappa", "0.22", "--steps", "1", "--lr", "1e-12",
+                 "--init-from", str(small), "--out", str(large)]) == 0
+    trained, grown = load_checkpoint(small)["model"], load_checkpoint(large)["model"]
+    layers = [k for k in trained if k.startswith("gauge.flows.")]
+    assert layers and all(torch.allclose(grown[k], trained[k], atol=1e-9) for k in layers)
+    assert load_checkpoint(large)["architecture"]["pseudofermion_kappa"] == 0.22
+    assert abs(float(grown["kappa_q"]) - 0.22) < 1e-6 and abs(float(trained["kappa_q"]) - 0.2) < 0.05
