@@ -15,12 +15,12 @@ Gradient estimators (``estimator``):
 
 Training uses Adam with a cosine learning-rate schedule after a linear warm-up over the first
 10% (at large beta the full rate from the first step can throw a U(1) flow into a far worse
-basin it never leaves; benchmarks/README.md) and gradient-norm clipping.  A non-finite loss or gradient skips the step (and is counted in the log); too many in a row
-stop training with an error instead of silently training on NaN.  Metrics (loss, KL where
-known, ESS of the batch and of a larger evaluation sample, independence-Metropolis
-acceptance) are written to a CSV log.  Checkpoints (:mod:`gaugeflow.flows.checkpoint`) are
-written atomically and read only with ``torch.load(weights_only=True)``; resuming continues
-bit for bit.
+basin it never leaves; benchmarks/README.md) and gradient-norm clipping.  A non-finite loss or
+gradient skips the step (and is counted in the log); too many in a row stop training with an
+error instead of silently training on NaN.  Metrics (loss, KL where known, ESS of the batch
+and of a larger evaluation sample, independence-Metropolis acceptance) are written to a CSV
+log.  Checkpoints (:mod:`gaugeflow.flows.checkpoint`) are written atomically and read only
+with ``torch.load(weights_only=True)``; resuming continues bit for bit.
 
 :func:`train_flow` reads as its steps: check the request, start or resume (optimizer,
 scheduler, RNG, log), then the loop of :func:`training_step`, metrics and checkpoints.

@@ -45,14 +45,16 @@ class U1PlaquetteCoupling(GaugeCoupling):
         super().__init__(lattice_shape, mu, nu, offset, kernel, 2, hidden_channels, kernel_size, context_channels,
                          extra_channels=2 * bool(rectangles))
         self.rectangles = bool(rectangles)
+        # theta_{mu nu} among the planes rho < sigma of the frozen features, and its sign there
+        self.own_plane = self.planes.index((min(mu, nu), max(mu, nu)))
+        self.own_sign = 1.0 if mu < nu else -1.0
         loops = [self.frozen] + [self.active[None]] * self.rectangles
         self.register_buffer("feature_mask", torch.cat(loops).repeat(2, *[1] * len(lattice_shape)), persistent=False)
 
     def features(self, theta):
         angles = [plaquette_angles(theta, rho, sigma) for rho, sigma in self.planes]
         if self.rectangles:
-            plaquette = angles[self.planes.index((min(self.mu, self.nu), max(self.mu, self.nu)))]
-            plaquette = plaquette if self.mu < self.nu else -plaquette  # theta_{nu mu} = -theta_{mu nu}
+            plaquette = self.own_sign * angles[self.own_plane]  # theta_{nu mu} = -theta_{mu nu}
             angles.append(plaquette + shift(plaquette, self.nu, -1, SITE_AXIS))
         angles = torch.stack(angles, dim=1)
         return torch.where(self.feature_mask, torch.cat([torch.cos(angles), torch.sin(angles)], dim=1), 0.0)
