@@ -72,7 +72,7 @@ def make_model(case, args, seed):
     hidden = [int(c) for c in args.hidden.split(",")] if args.hidden else None
     arch = architecture(theory, n_layers=args.layers, kernel=args.kernel, hidden_channels=hidden,
                         kernel_size=args.kernel_size, n_bins=args.bins, n_mixture=args.mixture,
-                        rectangles=args.rectangles)
+                        rectangles=args.rectangles, prior=args.prior)
     torch.manual_seed(seed)
     return build_flow(arch).to(torch.float32)
 
@@ -293,6 +293,7 @@ def main(argv=None):
     parser.add_argument("--kernel-size", type=int)
     parser.add_argument("--bins", type=int)
     parser.add_argument("--mixture", type=int)
+    parser.add_argument("--prior", help="plaquette (2D U(1) default) / haar / normal")
     parser.add_argument("--rectangles", action=argparse.BooleanOptionalAction, default=None,
                         help="U(1): condition on the 1x2 loops through the active links (default: the theory's default)")
     parser.add_argument("--eval-samples", type=int, default=4096, help="float64 evaluation sample (default: 4096)")

@@ -6,7 +6,7 @@ It is fully described by a JSON-able, versioned *architecture* dict (stored in c
 
     {"architecture_version": 2, "theory": "u1", "lattice": [8, 8], "couplings": {"beta": 2.0},
      "n_layers": 16, "kernel": "spline", "hidden_channels": [16, 16], "kernel_size": 3,
-     "n_bins": 8, "n_mixture": 6, "rectangles": True, "condition": None}
+     "n_bins": 8, "n_mixture": 6, "rectangles": True, "prior": "plaquette", "condition": None}
 
 Layers are chosen by the theory's field type (never by its name), through the registry of
 :class:`LayerFamily` (:func:`register_layers`):
@@ -20,6 +20,10 @@ Layers are chosen by the theory's field type (never by its name), through the re
 With ``"condition": {"coupling": "beta", "low": 1.5, "high": 2.5}`` one model serves a range
 of a coupling: its value (rescaled to [-1, 1]) is an extra constant input channel of every
 conditioner, and the methods take per-sample coupling values as ``context``.
+
+``prior`` names the base distribution (:mod:`gaugeflow.flows.priors`): ``plaquette`` for 2D U(1)
+gauge fields (independent von Mises plaquettes, the default there), ``haar`` for U(1) and SU(N)
+links, ``normal`` for real fields.
 
 All conditioners are periodic CNNs, so weights trained on one lattice run on another of the
 same dimension (:func:`transfer_weights`).
@@ -41,15 +45,16 @@ from gaugeflow.lattice.theories import make_theory
 
 from .kernels import CircularSplineKernel, NCPKernel
 from .masks import gauge_layer_schedule
-from .priors import prior_for
+from .priors import default_prior, plain_prior, prior_for
 from .scalar_coupling import ScalarCoupling
 from .sun_coupling import SpectralTransform, make_sun_flow_layers
 from .target import LatticeTarget
 from .transforms import AffineTransform, SplineTransform
 from .u1_coupling import U1PlaquetteCoupling
+from .u1_global import PlaquetteConstraintLayer
 
-ARCHITECTURE_VERSION = 2  # 2: U(1) conditioners may see rectangles (``rectangles``)
-COMMON_DEFAULTS = {"kernel_size": 3, "n_bins": 8, "n_mixture": 6}
+ARCHITECTURE_VERSION = 3  # 2: U(1) conditioners may see rectangles (``rectangles``); 3: ``prior``
+COMMON_DEFAULTS = {"kernel_size": 3, "n_bins": 8, "n_mixture": 6, "prior": None}  # None: priors.default_prior
 
 
 @dataclass(frozen=True)
@@ -98,10 +103,15 @@ def _checkerboard_layers(theory, arch, transform, context_channels):
     ]
 
 
+CONSTRAINT_BINS = 16  # the constrained plaquette's spline: one scalar per sample, so bins are cheap
+
+
 def _u1_layers(theory, arch, transform, context_channels):
     if not theory.is_gauge_theory:
         raise InputError(f"the U(1) flow layers are gauge-equivariant plaquette couplings; {theory.name} is no gauge theory")
-    return [
+    # on the plaquette prior the one plaquette the prior leaves near uniform is mapped first
+    first = [PlaquetteConstraintLayer(theory.lattice_shape, CONSTRAINT_BINS, context_channels)] * (arch["prior"] == "plaquette")
+    return first + [
         U1PlaquetteCoupling(theory.lattice_shape, mu, nu, offset, transform, arch["hidden_channels"], arch["kernel_size"],
                             context_channels, rectangles=arch["rectangles"])
         for mu, nu, offset in gauge_layer_schedule(theory.dimension, arch["n_layers"])
@@ -174,28 +184,33 @@ def architecture(theory, condition=None, **overrides) -> dict:
             raise InputError(f"{key} must be at least 1, got {arch[key]}")
     if any(c < 1 for c in arch["hidden_channels"]):
         raise InputError(f"hidden_channels must all be at least 1, got {arch['hidden_channels']}")
+    arch["prior"] = arch["prior"] or default_prior(theory)
+    condition = _condition(theory, condition)
+    prior_for(theory, arch["prior"], condition)  # refuse a prior that does not fit, naming it
     return {
         "architecture_version": ARCHITECTURE_VERSION,
         "theory": theory.name,
         "lattice": list(theory.lattice_shape),
         "couplings": dict(theory.couplings),
         **arch,
-        "condition": _condition(theory, condition),
+        "condition": condition,
     }
 
 
 def upgrade_architecture(arch: dict) -> dict:
     """An architecture dict in the current version (checkpoints before versioning are version 0:
     the same keys, conditioners stored as ``net``; before version 2 U(1) conditioners saw
-    plaquettes only)."""
+    plaquettes only; before version 3 every model started from its field type's first prior,
+    Haar or normal)."""
     arch = dict(arch)
     version = arch.setdefault("architecture_version", 0)
     if version > ARCHITECTURE_VERSION:
         raise InputError(f"architecture version {version} is newer than this gaugeflow's {ARCHITECTURE_VERSION}")
-    if version < 2:
+    if version < 3:
         theory = make_theory(arch["theory"], arch["lattice"], **arch["couplings"])
-        if "rectangles" in default_architecture(theory):
+        if version < 2 and "rectangles" in default_architecture(theory):
             arch["rectangles"] = False
+        arch["prior"] = plain_prior(theory)
     arch["architecture_version"] = ARCHITECTURE_VERSION
     return arch
 
@@ -287,14 +302,21 @@ class LatticeFlow(NormalizingFlow):
         values = self._layer_context(self.coupling_values(context, len(x), x.device))
         return self._passes[True](x, values)
 
+    def _prior_couplings(self, context, n: int, device=None):
+        """``{"couplings": {name: values}}`` for a prior that follows a conditioned coupling."""
+        if self.condition is None or not getattr(self.q0, "takes_couplings", False):
+            return {}
+        values = self.coupling_values(context, n, device or self.q0.device)
+        return {"couplings": {self.condition["coupling"]: values}}
+
     def sample(self, num_samples=1, context=None):
-        z, log_q = self.q0(num_samples)
+        z, log_q = self.q0(num_samples, **self._prior_couplings(context, num_samples))
         x, log_det = self.forward_and_log_det(z, context)
         return x, log_q.to(torch.float64) - log_det
 
     def log_prob(self, x, context=None):
         z, log_det = self.inverse_and_log_det(x, context)
-        return self.q0.log_prob(z).to(torch.float64) + log_det
+        return self.q0.log_prob(z, **self._prior_couplings(context, len(x), x.device)).to(torch.float64) + log_det
 
     def target_log_prob(self, x, context=None):
         """``-S(x)`` at the given coupling values (the architecture's couplings by default)."""
@@ -314,7 +336,7 @@ def build_flow(arch: dict) -> LatticeFlow:
     condition = arch.get("condition")
     layers = layer_family(theory).build(theory, arch, transform, 1 if condition else 0)
     target = LatticeTarget(theory, condition["coupling"] if condition else None)
-    return LatticeFlow(prior_for(theory), layers, target, arch)
+    return LatticeFlow(prior_for(theory, arch["prior"], condition), layers, target, arch)
 
 
 def transfer_weights(model: LatticeFlow, state_dict: dict) -> None:

@@ -1,14 +1,18 @@
 """Prior (base) distributions of the flows, as ``normflows`` base distributions.
 
-* :class:`UniformAngles` -- Haar measure on U(1) links: independent angles uniform on
-  (-pi, pi], density ``(2 pi)^{-n}`` with respect to Lebesgue measure on the angles.
-* :class:`HaarSUN` -- Haar measure on SU(N) links; ``log_prob = 0`` because densities of
-  SU(N) fields are taken with respect to the (normalised) Haar measure.
+* :class:`UniformAngles` (``"haar"``) -- Haar measure on U(1) links: independent angles
+  uniform on (-pi, pi], density ``(2 pi)^{-n}`` with respect to Lebesgue measure on the angles.
+* :class:`PlaquettePrior` (``"plaquette"``, the default for 2D U(1) gauge fields) -- links
+  whose plaquettes are independent von Mises angles at concentration ``beta``, but one: the
+  exact 2D Wilson measure up to the one global constraint on the plaquettes.
+* :class:`HaarSUN` (``"haar"``) -- Haar measure on SU(N) links; ``log_prob = 0`` because
+  densities of SU(N) fields are taken with respect to the (normalised) Haar measure.
 * real fields use ``normflows.distributions.DiagGaussian(shape, trainable=False)`` (a
-  standard normal).
+  standard normal, ``"normal"``).
 
-:func:`prior_for` chooses by the theory's field type (:mod:`gaugeflow.lattice.fields`); a new
-field type registers its prior with ``prior_for_field.register``.
+A model's architecture names its prior (``"prior"``); :func:`prior_for` builds it from the
+theory's field type (:mod:`gaugeflow.lattice.fields`), :func:`default_prior` says which one a
+theory gets when none is named, and a new field type or prior is one :func:`register_prior`.
 
 normflows' own ``Uniform`` keeps its bounds as plain tensors that do not follow
 ``.to(device)`` / ``.double()``; these priors carry an empty buffer instead, so a model moved
@@ -17,8 +21,8 @@ with ``.to(device, dtype)`` samples on that device and in that precision.
 
 from __future__ import annotations
 
-import functools
 import math
+from typing import Callable
 
 import torch
 from normflows.distributions import BaseDistribution, DiagGaussian
@@ -26,6 +30,7 @@ from normflows.distributions import BaseDistribution, DiagGaussian
 from gaugeflow.lattice.errors import InputError
 from gaugeflow.lattice.fields import AngleField, RealField, SUNField
 from gaugeflow.lattice.groups import complex_dtype, haar_random_sun
+from gaugeflow.lattice.u1 import gauge_transform_angles, links_from_plaquettes, plaquette_angles
 
 
 class _FollowsModule(BaseDistribution):
@@ -56,6 +61,73 @@ class UniformAngles(_FollowsModule):
         return torch.full((z.shape[0],), -n * math.log(2 * math.pi), device=z.device, dtype=torch.float64)
 
 
+class PlaquettePrior(_FollowsModule):
+    """2D U(1) links whose plaquettes are independent von Mises angles, all but one.
+
+    The Wilson measure of 2D U(1) on an ``L0 x L1`` torus, ``prod_x exp(beta cos theta_01(x))``,
+    is a product over plaquettes, which are independent variables up to one global constraint
+    (their angles sum to ``2 pi Q``): in a maximal-tree gauge the links are an integer linear,
+    volume-preserving function of ``V - 1`` plaquettes, two holonomies and the gauge angles
+    (:func:`gaugeflow.lattice.u1.links_from_plaquettes`; Migdal 1975, Gross & Witten 1980).
+    This prior draws the plaquettes ``x != x* = (L0 - 1, L1 - 1)`` from the von Mises density
+    ``exp(kappa cos P) / (2 pi I_0(kappa))``, sets ``P(x*)`` by the constraint, draws holonomies and
+    gauge angles uniformly, and builds the links.  Its density on the link angles is
+
+        log q(theta) = sum_{x != x*} [kappa cos theta_01(x) - log I_0(kappa)] - 2 V log(2 pi),
+
+    gauge invariant, and at ``kappa = beta`` the importance weight is ``p/q ∝ exp(beta cos P(x*))``:
+    one plaquette, whatever the volume, so the prior alone accepts about 0.67 / 0.60 / 0.57 of
+    independence-Metropolis proposals at beta = 2 / 4 / 6 on any large lattice, with the
+    topological sectors already right (``Q`` is the winding of the sum of the other plaquettes).
+    The flow layers on top learn what is left: the one plaquette's defect and, for the Schwinger
+    model, the fermions.  Only 2D: in more dimensions the plaquettes obey the Bianchi identity.
+
+    ``kappa`` is the theory's ``beta`` or, for models conditioned on beta, each sample's value
+    (``couplings={"beta": tensor}``); it must be positive.
+    """
+
+    takes_couplings = True  # LatticeFlow passes per-sample coupling values (conditioned models)
+
+    def __init__(self, lattice_shape, beta: float):
+        if len(lattice_shape) != 2:
+            raise InputError(f"the plaquette prior is for 2D lattices (in more dimensions plaquettes are not independent); "
+                             f"got a {len(lattice_shape)}D lattice: use prior='haar'")
+        _check_concentration(beta)
+        super().__init__((2, *lattice_shape))
+        self.beta = float(beta)
+
+    def _concentration(self, n, couplings, device):
+        beta = (couplings or {}).get("beta", self.beta)
+        return torch.as_tensor(beta, dtype=torch.float64, device=device).expand(n)
+
+    def forward(self, num_samples=1, couplings=None):
+        kappa = self._concentration(num_samples, couplings, self.device)
+        lattice = self.shape[1:]
+        loc = torch.zeros(num_samples, *lattice, dtype=torch.float64, device=self.device)
+        plaquettes = torch.distributions.VonMises(loc, kappa[:, None, None].expand_as(loc)).sample()
+        plaquettes[:, -1, -1] = 0.0
+        plaquettes[:, -1, -1] = -plaquettes.sum((1, 2))
+        uniform = torch.rand(num_samples, 2 + math.prod(lattice), dtype=torch.float64, device=self.device)
+        angles = math.pi - 2 * math.pi * uniform
+        links = links_from_plaquettes(plaquettes, angles[:, :2])
+        links = gauge_transform_angles(links, angles[:, 2:].reshape(num_samples, *lattice)).to(self.precision)
+        return links, self.log_prob(links, couplings)
+
+    def log_prob(self, z, couplings=None):
+        kappa = self._concentration(z.shape[0], couplings, z.device)
+        cosines = torch.cos(plaquette_angles(z, 0, 1)).to(torch.float64)
+        free = cosines.flatten(1).sum(-1) - cosines[:, -1, -1]
+        n_free = cosines[0].numel() - 1
+        log_i0 = torch.log(torch.special.i0e(kappa)) + kappa
+        return kappa * free - n_free * log_i0 - 2 * cosines[0].numel() * math.log(2 * math.pi)
+
+
+def _check_concentration(beta):
+    if not (math.isfinite(float(beta)) and float(beta) > 0):
+        raise InputError(f"the plaquette prior needs beta > 0 (its von Mises concentration), got {beta}; "
+                         f"use prior='haar'")
+
+
 class HaarSUN(_FollowsModule):
     """Haar-random SU(N) matrices; ``shape`` excludes the colour axes."""
 
@@ -73,27 +145,63 @@ class HaarSUN(_FollowsModule):
         return torch.zeros(z.shape[0], device=z.device, dtype=torch.float64)
 
 
-@functools.singledispatch
-def prior_for_field(field, theory) -> BaseDistribution:
-    """The natural prior of ``theory``, chosen by the type of its ``field``."""
-    raise InputError(f"no flow prior for fields of type {type(field).__name__} (theory {theory.name})")
+_PRIORS: dict[type, dict[str, Callable]] = {}
 
 
-@prior_for_field.register
-def _(field: RealField, theory):
-    return DiagGaussian(theory.config_shape, trainable=False)
+def register_prior(field_type: type, name: str, build: Callable) -> None:
+    """Offer ``build(theory, condition) -> BaseDistribution`` as ``prior=name`` for flows on
+    ``field_type`` fields (``condition``: the architecture's conditioning dict or ``None``).
+    The first prior registered for a field type is its :func:`plain_prior`."""
+    _PRIORS.setdefault(field_type, {})[name] = build
 
 
-@prior_for_field.register
-def _(field: AngleField, theory):
-    return UniformAngles(theory.config_shape)
+def _priors_of(theory) -> dict:
+    for cls in type(theory.field).__mro__:
+        if cls in _PRIORS:
+            return _PRIORS[cls]
+    raise InputError(f"no flow prior for fields of type {type(theory.field).__name__} (theory {theory.name})")
 
 
-@prior_for_field.register
-def _(field: SUNField, theory):
-    return HaarSUN((theory.dimension, *theory.lattice_shape), field.n_colors)
+def plaquette_prior_applies(theory) -> bool:
+    """Whether :class:`PlaquettePrior` fits ``theory``: 2D U(1) links with a Wilson ``beta``."""
+    return (isinstance(theory.field, AngleField) and theory.is_gauge_theory and theory.dimension == 2
+            and theory.couplings.get("beta", 0) > 0)
 
 
-def prior_for(theory) -> BaseDistribution:
-    """Gaussian for real fields, uniform angles for U(1), Haar for SU(N)."""
-    return prior_for_field(theory.field, theory)
+def plain_prior(theory) -> str:
+    """The field type's first registered prior (Haar, or normal for real fields): the one every
+    model had before architecture version 3."""
+    return next(iter(_priors_of(theory)))
+
+
+def default_prior(theory) -> str:
+    """The prior a model of ``theory`` gets when none is named: ``plaquette`` for 2D U(1) gauge
+    fields at beta > 0 (far closer to the target at every volume), else :func:`plain_prior`."""
+    return "plaquette" if plaquette_prior_applies(theory) else plain_prior(theory)
+
+
+def prior_for(theory, name: str | None = None, condition: dict | None = None) -> BaseDistribution:
+    """The prior ``name`` (``None``: :func:`default_prior`) for flows of ``theory``."""
+    priors = _priors_of(theory)
+    name = default_prior(theory) if name is None else name
+    if name not in priors:
+        raise InputError(f"prior {name!r} is not available for {theory.name}; choose {', '.join(priors)}")
+    return priors[name](theory, condition)
+
+
+def _plaquette_prior(theory, condition):
+    if not theory.is_gauge_theory:
+        raise InputError(f"the plaquette prior is for gauge fields; {theory.name} is no gauge theory")
+    if "beta" not in theory.couplings:
+        raise InputError(f"the plaquette prior's concentration is beta; {theory.name} has couplings "
+                         f"{', '.join(theory.couplings)}: use prior='haar'")
+    if condition is not None and condition["coupling"] == "beta":
+        _check_concentration(condition["low"])
+    return PlaquettePrior(theory.lattice_shape, theory.couplings["beta"])
+
+
+register_prior(RealField, "normal", lambda theory, condition: DiagGaussian(theory.config_shape, trainable=False))
+register_prior(AngleField, "haar", lambda theory, condition: UniformAngles(theory.config_shape))
+register_prior(AngleField, "plaquette", _plaquette_prior)
+register_prior(SUNField, "haar",
+               lambda theory, condition: HaarSUN((theory.dimension, *theory.lattice_shape), theory.field.n_colors))

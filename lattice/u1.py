@@ -33,6 +33,40 @@ def plaquette_angles(theta: torch.Tensor, mu: int, nu: int) -> torch.Tensor:
     return t_mu + shift(t_nu, mu, 1, SITE_AXIS) - shift(t_mu, nu, 1, SITE_AXIS) - t_nu
 
 
+def gauge_transform_angles(theta: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """``theta_mu(x) -> theta_mu(x) + alpha(x) - alpha(x + mu)``, wrapped; ``alpha`` is ``[B, x...]``."""
+    shifted = torch.stack([shift(alpha, mu, 1, SITE_AXIS) for mu in range(theta.shape[1])], dim=1)
+    return wrap_angle(theta + alpha[:, None] - shifted)
+
+
+def links_from_plaquettes(plaquettes: torch.Tensor, holonomies: torch.Tensor) -> torch.Tensor:
+    """2D links ``[B, 2, L0, L1]`` (unwrapped) in a maximal-tree gauge with the given plaquettes.
+
+    ``plaquettes`` ``[B, L0, L1]`` must sum to zero over the lattice (their wrapped values then
+    are those of a configuration of any topological charge ``Q``: the unwrapped sum is 0, the
+    wrapped one ``2 pi Q``); ``holonomies`` ``[B, 2]`` are the two remaining gauge-invariant
+    angles (Polyakov loops).  The gauge: ``theta_1(x) = 0`` off the last row ``x_1 = L1 - 1``,
+    ``theta_0(x_0, 0) = 0`` except ``theta_0(L0 - 1, 0) = holonomies[:, 0]``, and
+    ``theta_1(0, L1 - 1) = holonomies[:, 1]``.  Then ``theta_{01}(x) = plaquettes(x)`` everywhere:
+
+        theta_0(x_0, x_1) = theta_0(x_0, 0) - sum_{t < x_1} P(x_0, t),
+        theta_1(x_0, L1 - 1) = holonomies_1 + sum_{y < x_0} sum_t P(y, t).
+
+    The map (plaquettes but one, holonomies, gauge angles) -> links is linear with an integer
+    matrix of determinant +-1 (tested), so it carries the uniform measure of one torus to the
+    other's: the reason 2D lattice gauge theory factorises into independent plaquettes up to
+    one global constraint (Migdal 1975; Gross & Witten, Phys. Rev. D 21, 446 (1980)).
+    """
+    batch, l0, l1 = plaquettes.shape
+    theta = plaquettes.new_zeros(batch, 2, l0, l1)
+    theta[:, 0, l0 - 1, 0] = holonomies[:, 0]
+    column_sums = torch.cumsum(plaquettes, dim=2)
+    theta[:, 0, :, 1:] = theta[:, 0, :, :1] - column_sums[:, :, :-1]
+    theta[:, 1, 1:, l1 - 1] = torch.cumsum(column_sums[:, :-1, -1], dim=1)
+    theta[:, 1, :, l1 - 1] += holonomies[:, 1:2]
+    return theta
+
+
 class U1(GaugeTheory):
     name = "u1"
     couplings_declared = (Coupling("beta", "gauge coupling"),)
@@ -101,5 +135,4 @@ class U1(GaugeTheory):
 
     def gauge_transform(self, theta, alpha):
         """``theta_mu(x) -> theta_mu(x) + alpha(x) - alpha(x + mu)``."""
-        shifted = torch.stack([shift(alpha, mu, 1, SITE_AXIS) for mu in range(self.dimension)], dim=1)
-        return wrap_angle(theta + alpha[:, None] - shifted)
+        return gauge_transform_angles(theta, alpha)

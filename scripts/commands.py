@@ -33,7 +33,8 @@ OPTION_FOR_PARAMETER = {
     "target_acceptance": "--target-acceptance", "learning_rate": "--lr", "batch_size": "--batch-size",
     "grad_clip": "--grad-clip", "log_every": "--log-every", "checkpoint_every": "--checkpoint-every",
     "eval_batches": "--eval-batches", "hidden_channels": "--hidden", "n_layers": "--layers", "n_bins": "--bins",
-    "n_mixture": "--mixture", "kernel_size": "--kernel-size", "rectangles": "--rectangles", "resume=True": "--resume",
+    "n_mixture": "--mixture", "kernel_size": "--kernel-size", "rectangles": "--rectangles", "prior": "--prior",
+    "resume=True": "--resume",
 }
 
 
@@ -151,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--rectangles", action=argparse.BooleanOptionalAction,
                        help="U(1), Schwinger: the conditioners also see the 1x2 loops through the active links "
                             "(default: on)")
+    group.add_argument("--prior", help="base distribution: plaquette (2D U(1) and Schwinger default: independent von Mises "
+                                       "plaquettes at beta), haar (U(1), SU(N); the only one in D > 2), normal (phi4)")
     group.add_argument("--init-from", metavar="CHECKPOINT",
                        help="start from the weights of a model of the same architecture trained on another volume or at "
                             "other couplings (train at 8x8, fine-tune at 16x16; beta=4, then beta=6)")
@@ -317,7 +320,7 @@ def run_train(args) -> int:
         if condition is None:
             raise CommandError(f"--condition must look like beta:1.5:2.5, got {args.condition!r}")
     given = dict(n_layers=args.layers, kernel=args.kernel, hidden_channels=hidden, kernel_size=args.kernel_size,
-                 n_bins=args.bins, n_mixture=args.mixture, rectangles=args.rectangles)
+                 n_bins=args.bins, n_mixture=args.mixture, rectangles=args.rectangles, prior=args.prior)
     if args.init_from:  # the model being grown fixes the architecture options not given here
         start = load_checkpoint(args.init_from)["architecture"]
         given = {key: start.get(key) if value is None else value for key, value in given.items()}

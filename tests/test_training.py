@@ -14,12 +14,14 @@ from gaugeflow.lattice.jobcontrol import Interrupted
 from gaugeflow.lattice.theories import make_theory
 
 
-def model_for(name="u1", shape="4x4", n_layers=8, hidden=(8,), n_bins=None, rectangles=None, **couplings):
+def model_for(name="u1", shape="4x4", n_layers=8, hidden=(8,), n_bins=None, rectangles=None, prior="haar", **couplings):
+    """A model for the training machinery's tests: U(1) models start from the Haar prior, far from
+    the target, so that training has much to do (the plaquette prior starts at KL 0.15 here)."""
     couplings = couplings or ({"beta": 1.0} if name == "u1" else {"m2": -4.0, "lam": 8.0})
     theory = make_theory(name, shape, **couplings)
     torch.manual_seed(0)  # initial weights
     return build_flow(architecture(theory, n_layers=n_layers, hidden_channels=list(hidden), n_bins=n_bins,
-                                   rectangles=rectangles)).double()
+                                   rectangles=rectangles, prior=prior if name == "u1" else None)).double()
 
 
 def read_log(path):
@@ -51,7 +53,7 @@ def test_training_lowers_the_loss_and_raises_ess(tmp_path, estimator):
 def test_kl_uses_the_exact_partition_function():
     """Untrained (prior) model: E_prior[log q - log p] + log Z = log sum_n I_n^V (Haar KL)."""
     theory = make_theory("u1", "4x4", beta=1.0)
-    model = build_flow(architecture(theory, n_layers=2, hidden_channels=[4])).double()
+    model = build_flow(architecture(theory, n_layers=2, hidden_channels=[4], prior="haar")).double()
     torch.manual_seed(1)
     _, loss, _, _ = reverse_kl_step_terms(model, 20000, "reparam")
     kl = loss.item() + theory.exact_log_partition_function()
@@ -187,15 +189,17 @@ def test_su3_path_gradients_in_single_precision(tmp_path):
 
 def test_checkpoint_from_before_architecture_versioning_loads(tmp_path):
     """Version 0: no ``architecture_version`` key, conditioners stored as ``net``, and (as up
-    to version 1) U(1) conditioners that see plaquettes only, with no ``rectangles`` key."""
+    to version 1) U(1) conditioners that see plaquettes only, with no ``rectangles`` key, and (as
+    up to version 2) the Haar prior, with no ``prior`` key."""
     path = tmp_path / "m.pt"
-    model = model_for(n_layers=2, rectangles=False)
+    model = model_for(n_layers=2, rectangles=False, prior="haar")
     train_flow(model, config(steps=2), path, progress=False)
     payload = torch.load(path, weights_only=True)
     payload["schema_version"] = 1  # what the code of that time wrote: no digest either
     del payload["sha256"]
     del payload["architecture"]["architecture_version"]
     del payload["architecture"]["rectangles"]
+    del payload["architecture"]["prior"]
     payload["model"] = {k.replace(".conditioner.", ".net."): v for k, v in payload["model"].items()}
     torch.save(payload, tmp_path / "old.pt")
     old = load_flow(tmp_path / "old.pt")

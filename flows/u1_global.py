@@ -1,0 +1,78 @@
+"""The 2D U(1) constraint layer: the plaquette that closes the torus, mapped, its change spread
+over all the others.
+
+On a 2D torus the plaquette angles sum to ``2 pi Q``, so one plaquette is fixed by the others;
+the plaquette prior (:class:`gaugeflow.flows.priors.PlaquettePrior`) draws all but
+``x* = (L0 - 1, L1 - 1)`` from the exact von Mises marginals and leaves ``u = theta_01(x*)``
+close to uniform, where the target wants ``exp(beta cos u)``.  This layer maps ``u`` by a
+learned circle diffeomorphism ``h`` (:class:`~gaugeflow.flows.kernels.CircularSplineKernel`)
+and moves every other plaquette by the same amount the other way, so the sum stays::
+
+    d = h(u) - u,      theta_01(x*) -> theta_01(x*) + d,      theta_01(x) -> theta_01(x) - d / (V - 1).
+
+On the links this adds ``-(d / (V - 1)) A``, with ``A`` a fixed link field whose plaquettes are
+``1`` everywhere but ``-(V - 1)`` at ``x*`` (:func:`gaugeflow.lattice.u1.links_from_plaquettes`):
+gauge equivariant, since ``d`` is a function of a gauge-invariant plaquette and a gauge
+transformation adds to the links.  ``d`` is a periodic function of ``u`` (the spline fixes
+``-pi`` and ``pi``; the rotation shifts both alike), so the map is well defined on the torus, and
+in the coordinates of the links' volume-preserving parametrisation (``V - 1`` free plaquettes
+``P``, holonomies, gauge angles) it is ``P -> P - d(u) 1 / (V - 1)`` with ``u = -sum P``, whose
+Jacobian is, by the matrix-determinant lemma, ``1 + d'(u) = h'(u)``: ``log det = log h'(u)``.  Spreading ``d`` over
+``V - 1`` plaquettes costs a KL of order ``beta d^2 / (2 (V - 1))``, which the local layers after
+it can take up.
+
+The spline's parameters are learned constants (for conditioned models, an affine function of
+the rescaled coupling); they start at zero, so a new layer is the identity.
+"""
+
+from __future__ import annotations
+
+import torch
+from normflows.flows import Flow
+
+from gaugeflow.lattice.groups import wrap_angle
+from gaugeflow.lattice.u1 import links_from_plaquettes, plaquette_angles
+
+from .kernels import CircularSplineKernel
+
+
+class PlaquetteConstraintLayer(Flow):
+    """Maps the constrained plaquette ``theta_01(x*)`` of 2D U(1) links ``[B, 2, L0, L1]`` and
+    spreads the change over the other plaquettes (module docstring)."""
+
+    def __init__(self, lattice_shape, n_bins: int = 16, context_channels: int = 0):
+        super().__init__()
+        self.kernel = CircularSplineKernel(n_bins)
+        self.params = torch.nn.Parameter(torch.zeros(self.kernel.n_params))
+        self.context_weights = torch.nn.Parameter(torch.zeros(self.kernel.n_params)) if context_channels else None
+        l0, l1 = lattice_shape
+        spread = torch.ones(1, l0, l1, dtype=torch.float64)
+        spread[0, -1, -1] = -(l0 * l1 - 1)
+        # A / (V - 1): the link field that moves theta_01(x*) by -1 and every other plaquette by 1 / (V - 1)
+        direction = links_from_plaquettes(spread, torch.zeros(1, 2, dtype=torch.float64)) / (l0 * l1 - 1)
+        self.register_buffer("direction", direction, persistent=False)
+
+    def _params(self, n, context):
+        params = self.params.expand(n, -1)
+        if self.context_weights is not None and context is not None:
+            params = params + context.to(params.dtype)[:, None] * self.context_weights
+        return params
+
+    def _shift(self, u, params):
+        """``d = h(u) - u`` (a fixed lift of ``h``, periodic in ``u``) and ``log h'(u)``."""
+        new_u, log_derivative = self.kernel.unwrapped(u, params, inverse=False)
+        return new_u - u, log_derivative.to(torch.float64)
+
+    def _moved(self, theta, d):
+        return wrap_angle(theta - d.to(theta.dtype)[:, None, None, None] * self.direction.to(theta.dtype))
+
+    def forward(self, z, context=None):
+        u = wrap_angle(plaquette_angles(z, 0, 1)[:, -1, -1])
+        d, log_derivative = self._shift(u, self._params(len(z), context))
+        return self._moved(z, d), log_derivative
+
+    def inverse(self, x, context=None):
+        params = self._params(len(x), context)
+        u, _ = self.kernel.inverse(wrap_angle(plaquette_angles(x, 0, 1)[:, -1, -1]), params)
+        d, log_derivative = self._shift(u, params)  # the forward map's own d at u, not one from h^{-1}'s lift
+        return self._moved(x, -d), -log_derivative
