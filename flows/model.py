@@ -109,8 +109,14 @@ CONSTRAINT_BINS = 16  # the constrained plaquette's spline: one scalar per sampl
 def _u1_layers(theory, arch, transform, context_channels):
     if not theory.is_gauge_theory:
         raise InputError(f"the U(1) flow layers are gauge-equivariant plaquette couplings; {theory.name} is no gauge theory")
-    # on the plaquette prior the one plaquette the prior leaves near uniform is mapped first
-    first = [PlaquetteConstraintLayer(theory.lattice_shape, CONSTRAINT_BINS, context_channels)] * (arch["prior"] == "plaquette")
+    # on the plaquette prior the one plaquette the prior leaves near uniform is mapped first,
+    # starting from the transport to its large-volume target marginal, von Mises at beta
+    first = []
+    if arch["prior"] == "plaquette":
+        condition = arch.get("condition")
+        beta = ((condition["low"], condition["high"]) if condition and condition["coupling"] == "beta"
+                else theory.couplings["beta"])
+        first = [PlaquetteConstraintLayer(theory.lattice_shape, CONSTRAINT_BINS, context_channels, beta=beta)]
     return first + [
         U1PlaquetteCoupling(theory.lattice_shape, mu, nu, offset, transform, arch["hidden_channels"], arch["kernel_size"],
                             context_channels, rectangles=arch["rectangles"])

@@ -22,29 +22,61 @@ Jacobian is, by the matrix-determinant lemma, ``1 + d'(u) = h'(u)``: ``log det =
 it can take up.
 
 The spline's parameters are learned constants (for conditioned models, an affine function of
-the rescaled coupling); they start at zero, so a new layer is the identity.
+the rescaled coupling).  A new layer starts at the identity or, given ``beta``, at the spline
+through the quantiles of the transport from the uniform density to the von Mises density
+``exp(beta cos u) / (2 pi I_0(beta))``, which is what ``u`` has under the target of a large
+lattice (:func:`von_mises_transport`): a model that accepts ~0.8 before any training.
 """
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 from normflows.flows import Flow
+from scipy.stats import vonmises
 
 from gaugeflow.lattice.groups import wrap_angle
 from gaugeflow.lattice.u1 import links_from_plaquettes, plaquette_angles
 
 from .kernels import CircularSplineKernel
+from .transforms import spline_derivative_shift
+
+
+def von_mises_transport(kernel: CircularSplineKernel, beta: float) -> torch.Tensor:
+    """Parameters of ``kernel`` (float64) that map the uniform density on the circle close to the
+    von Mises density at concentration ``beta``: knots at equal input widths and at the von Mises
+    quantiles, knot derivatives the ratio of the densities (clipped to [1e-3, 1e3])."""
+    n = kernel.n_bins
+    knots = vonmises.ppf(np.arange(n + 1) / n, beta)
+    knots[0], knots[-1] = -math.pi, math.pi
+    fractions = (np.diff(knots) / (2 * math.pi) - kernel.min_bin_height) / (1 - n * kernel.min_bin_height)
+    derivatives = np.clip(1 / (2 * math.pi * vonmises.pdf(knots[:-1], beta)), 1e-3, 1e3)
+    softplus_values = derivatives - kernel.min_derivative
+    raw_derivatives = (softplus_values + np.log(-np.expm1(-softplus_values))  # softplus^{-1}, without overflow
+                       - spline_derivative_shift(torch.float64, kernel.min_derivative))
+    params = np.concatenate([np.zeros(n), np.log(np.clip(fractions, 1e-9, None)), raw_derivatives, [0.0]])
+    return torch.tensor(params, dtype=torch.float64)
 
 
 class PlaquetteConstraintLayer(Flow):
     """Maps the constrained plaquette ``theta_01(x*)`` of 2D U(1) links ``[B, 2, L0, L1]`` and
     spreads the change over the other plaquettes (module docstring)."""
 
-    def __init__(self, lattice_shape, n_bins: int = 16, context_channels: int = 0):
+    def __init__(self, lattice_shape, n_bins: int = 16, context_channels: int = 0, beta=None):
+        """``beta``: start from :func:`von_mises_transport` at this beta or, for a conditioned model,
+        a ``(low, high)`` range (the parameters then interpolate linearly in the coupling)."""
         super().__init__()
         self.kernel = CircularSplineKernel(n_bins)
-        self.params = torch.nn.Parameter(torch.zeros(self.kernel.n_params))
-        self.context_weights = torch.nn.Parameter(torch.zeros(self.kernel.n_params)) if context_channels else None
+        start, slope = torch.zeros(self.kernel.n_params), torch.zeros(self.kernel.n_params)
+        if isinstance(beta, (tuple, list)):
+            low, high = (von_mises_transport(self.kernel, b).float() for b in beta)
+            start, slope = (low + high) / 2, (high - low) / 2  # context -1 at the low end, +1 at the high one
+        elif beta is not None:
+            start = von_mises_transport(self.kernel, beta).float()
+        self.params = torch.nn.Parameter(start)
+        self.context_weights = torch.nn.Parameter(slope) if context_channels else None
         l0, l1 = lattice_shape
         spread = torch.ones(1, l0, l1, dtype=torch.float64)
         spread[0, -1, -1] = -(l0 * l1 - 1)
