@@ -8,9 +8,12 @@ from gaugeflow.lattice.theories import make_theory
 
 
 def conditioned_model(name="u1", couplings=None, condition=("beta", 0.5, 1.5), n_layers=8):
+    """Haar-prior U(1) models: the conditioning machinery of the local layers is what is tested here
+    (the plaquette prior's per-sample beta: tests/test_priors.py)."""
     theory = make_theory(name, "4x4", **(couplings or {"beta": 1.0}))
     torch.manual_seed(0)
-    return build_flow(architecture(theory, n_layers=n_layers, hidden_channels=[8], condition=condition)).double()
+    prior = "haar" if name == "u1" else None
+    return build_flow(architecture(theory, n_layers=n_layers, hidden_channels=[8], condition=condition, prior=prior)).double()
 
 
 @pytest.mark.parametrize("name, couplings, condition", [

@@ -107,7 +107,9 @@ def test_sample_survives_sigkill_too(tmp_path):
     torch.manual_seed(0)
     flow = build_flow(architecture(make_theory("u1", "4x4", beta=1.0), n_layers=2, hidden_channels=[4]))
     train_flow(flow, TrainConfig(steps=2, batch_size=8, log_every=2, checkpoint_every=2), model, progress=False)
-    sample = ["sample", "--model", model, "--n-configs", 8, "--chains", 2, "--therm", 2, "--quiet", "--commit-every", 0]
+    # a fixed K: the auto policy's choice rests on timings (flow and HMC are both useful here)
+    sample = ["sample", "--model", model, "--n-configs", 8, "--chains", 2, "--therm", 2, "--quiet", "--commit-every", 0,
+              "--hmc-per-step", 1]
     assert gaugeflow(*sample, "--out", tmp_path / "ref.h5").returncode == 0
     for step in (4, 7, 9, 13):
         out = tmp_path / f"s{step}.h5"

@@ -113,9 +113,13 @@ MODEL_CASES = [
 
 
 def small_model(name, shape, couplings, kernel, n_layers=4):
+    """U(1) on the Haar prior: these tests are about the local layers, which start as the identity
+    and are translation equivariant (the 2D plaquette prior singles out one plaquette, x*, and its
+    constraint layer starts away from the identity: tests/test_priors.py)."""
     theory = make_theory(name, shape, **couplings)
     torch.manual_seed(0)
-    return build_flow(architecture(theory, n_layers=n_layers, kernel=kernel, hidden_channels=[8])).double()
+    prior = "haar" if name == "u1" else None
+    return build_flow(architecture(theory, n_layers=n_layers, kernel=kernel, hidden_channels=[8], prior=prior)).double()
 
 
 @pytest.mark.parametrize("name, shape, couplings, kernel", MODEL_CASES, ids=[f"{c[0]}-{c[3]}" for c in MODEL_CASES])

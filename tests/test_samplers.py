@@ -89,7 +89,9 @@ def test_flow_hmc_is_reversible_and_its_energy_error_scales_as_dt_squared():
     """With a smooth flow (NCP kernels): the rational-quadratic splines are only C^1, their
     pulled-back force jumps at the knots and leapfrog's error there is O(dt) (still exact)."""
     torch.manual_seed(0)
-    model = build_flow(architecture(make_theory("u1", "4x4", beta=1.0), n_layers=4, hidden_channels=[8], kernel="ncp"))
+    # Haar prior: the plaquette prior's constraint layer is a C^1 spline, so dH would be O(dt) there
+    model = build_flow(architecture(make_theory("u1", "4x4", beta=1.0), n_layers=4, hidden_channels=[8], kernel="ncp",
+                                    prior="haar"))
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -139,8 +141,8 @@ def test_auto_policy_measures_the_flow_and_drops_it_where_it_is_useless(tmp_path
     generate_ensemble(exact_flow, tmp_path / "a.h5", sampler="composite", model=model, n_configs=8, **{**RUN, "n_chains": 4})
     with open_ensemble(tmp_path / "a.h5") as ensemble:  # measured and recorded; which is cheaper depends on timings
         assert "flow acceptance 1.000" in ensemble.metadata["fallback_reason"]
-    frozen = make_theory("u1", "8x8", beta=6.0)  # an untrained flow is useless here
-    model = build_flow(architecture(frozen, n_layers=2, hidden_channels=[4]))
+    frozen = make_theory("u1", "8x8", beta=6.0)  # an untrained Haar-prior flow is useless here
+    model = build_flow(architecture(frozen, n_layers=2, hidden_channels=[4], prior="haar"))
     generate_ensemble(frozen, tmp_path / "b.h5", sampler="composite", model=model, n_configs=8, **{**RUN, "n_chains": 4})
     with open_ensemble(tmp_path / "b.h5") as ensemble:
         assert not ensemble.metadata["use_flow"] and "useless" in ensemble.metadata["fallback_reason"]

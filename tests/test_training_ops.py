@@ -50,7 +50,9 @@ def seeded_model(name):
     fixed configurations (uniform in [-3, 3] per degree of freedom)."""
     theory_name, lattice, couplings, options, scale, _ = CASES[name]
     torch.manual_seed(0)
-    model = build_flow(architecture(make_theory(theory_name, lattice, **couplings), **options)).double()
+    theory = make_theory(theory_name, lattice, **couplings)
+    prior = {"prior": "haar"} if theory_name == "u1" else {}  # the layers of db0df91 ran on the Haar prior
+    model = build_flow(architecture(theory, **options, **prior)).double()
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in model.parameters():
@@ -156,7 +158,7 @@ def test_every_layer_matches_a_plain_reference(name, reference):
 def test_state_dict_keys_are_those_of_existing_checkpoints(rectangles, n_features):
     """Conditioner parameters keep their names and shapes (masks and pad indices are not state);
     the loop features are two more input channels of the first convolution."""
-    model = build_flow(architecture(make_theory("u1", "8x8", beta=2.0), rectangles=rectangles))
+    model = build_flow(architecture(make_theory("u1", "8x8", beta=2.0), rectangles=rectangles, prior="haar"))
     expected = {}
     for i in range(16):
         for j, (c_in, c_out) in zip((0, 2, 4), ((n_features, 16), (16, 16), (16, 25))):
@@ -164,6 +166,11 @@ def test_state_dict_keys_are_those_of_existing_checkpoints(rectangles, n_feature
             expected[f"flows.{i}.conditioner.layers.{j}.convs.0.bias"] = (c_out,)
     layers = {k: tuple(v.shape) for k, v in model.state_dict().items() if k.startswith("flows.")}
     assert layers == expected
+    # on the plaquette prior (architecture version 3) the constraint layer comes first, as flows.0
+    plaquette = build_flow(architecture(make_theory("u1", "8x8", beta=2.0), rectangles=rectangles))
+    shifted = {f"flows.{int(k.split('.')[1]) + 1}." + k.split(".", 2)[2]: v for k, v in expected.items()}
+    assert {k: tuple(v.shape) for k, v in plaquette.state_dict().items() if k.startswith("flows.")} == {
+        **shifted, "flows.0.params": (49,)}
 
 
 def operator_calls(fn):
