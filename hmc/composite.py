@@ -16,7 +16,12 @@ density), and chooses what minimises the estimated cost per independent sample,
 
 over ``K`` in {1, 2, 4, 8, 16}, plus pure flow (``K = 0``) when ``a >= 0.5`` and pure HMC when
 ``a < 0.02``: per step, an accepted proposal is a new independent sample, and ``K``
-trajectories decorrelate about ``K / (2 tau)`` of one.  The choice is made once, before
+trajectories decorrelate about ``K / (2 tau)`` of one.  A measurement window of ``N``
+trajectories per chain resolves ``tau`` only if ``N >= 50 tau`` (Wolff, hep-lat/0306017); an
+HMC whose charge did not move at all, or whose ``tau`` is not resolved, is taken to have
+``tau >= N`` (:func:`hmc_tau_for_policy`): under topological freezing a short window sees a
+constant charge, which must not read as "decorrelated" (it did, and chose HMC at 16x16, beta 6,
+where HMC's tau_int(Q^2) exceeds 70 and the flow accepts 0.6).  The choice is made once, before
 production, so the stored chain is a fixed Markov process; it and its reason are stored in
 the ensemble's attributes (``hmc_per_step``, ``use_flow``, ``fallback_reason``) and logged, and
 a resumed run keeps it.  The choice rests on measured times, so two separate runs with the
@@ -41,6 +46,19 @@ from .sampler import TrajectoryResult
 log = logging.getLogger("gaugeflow")
 CANDIDATE_K = (1, 2, 4, 8, 16)
 PURE_FLOW_ACCEPTANCE, USELESS_FLOW_ACCEPTANCE = 0.5, 0.02
+
+
+def hmc_tau_for_policy(series) -> tuple[float, str]:
+    """HMC's ``tau`` from ``series`` ``[N trajectories, chains]`` for :func:`choose_policy`, and how
+    it was found: the Gamma method's where the window resolves it, else at least ``N``."""
+    series = np.asarray(series)
+    window = series.shape[0]
+    if np.ptp(series) == 0:
+        return float(window), f"unresolved: constant over {window} trajectories"
+    tau = gamma_method(list(series.T)).tau_int
+    if window < 50 * tau:
+        return max(tau, float(window)), f"unresolved: {tau:.1f} from {window} trajectories"
+    return tau, "resolved"
 
 
 def choose_policy(acceptance: float, tau: float, flow_seconds: float, hmc_seconds: float) -> tuple[bool, int, str]:
@@ -108,7 +126,7 @@ class CompositeSampler:
             observables = self.hmc.theory.observables(field)
             series.append(observables.get("topological_charge", observables["action_density"]).cpu().numpy())
         hmc_seconds = (time.perf_counter() - began) / measure
-        tau = gamma_method(list(np.asarray(series).T)).tau_int if np.ptp(np.asarray(series)) > 0 else 0.5
+        tau, how = hmc_tau_for_policy(series)
         accepted, began = [], time.perf_counter()
         for _ in range(measure):
             step = self.flow.update(field, generator)
@@ -118,6 +136,7 @@ class CompositeSampler:
         if not self.decided:  # the measurements above ran anyway: the random numbers they drew are the same
             self.use_flow, self.hmc_per_step, self.reason = choose_policy(float(np.mean(accepted)), tau, flow_seconds,
                                                                           hmc_seconds)
+            self.reason += f" (HMC tau_int {how})"
             self.decided = True
             log.warning("composite sampler: %s", self.reason)
         return field

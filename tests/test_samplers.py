@@ -10,7 +10,7 @@ import torch
 from gaugeflow.flows import TrainConfig, architecture, build_flow, train_flow
 from gaugeflow.flows.reweighting import reweighted_estimates
 from gaugeflow.hmc import HMCParameters, analyze_ensemble, generate_ensemble, hmc_trajectory
-from gaugeflow.hmc.composite import choose_policy
+from gaugeflow.hmc.composite import choose_policy, hmc_tau_for_policy
 from gaugeflow.hmc.flow_hmc import PulledBackTheory
 from gaugeflow.lattice import exact, open_ensemble
 from gaugeflow.lattice.theories import make_theory
@@ -132,6 +132,24 @@ def test_the_fallback_policy_chooses_by_cost_per_independent_sample():
     assert use_flow and k >= 1
     use_flow, k, reason = choose_policy(0.05, 0.6, 0.05, 0.001)  # fast-decorrelating, cheap HMC wins
     assert not use_flow and "HMC alone is cheapest" in reason
+
+
+def test_a_frozen_or_unresolved_hmc_window_does_not_read_as_decorrelated():
+    """The policy's HMC tau from its thermalisation window: a constant charge (frozen HMC, as at
+    16x16, beta 6) or a tau the window cannot resolve counts as at least the window; a resolved one
+    is the Gamma method's."""
+    frozen = np.full((25, 16), 1.0)
+    assert hmc_tau_for_policy(frozen) == (25.0, "unresolved: constant over 25 trajectories")
+    rng = np.random.default_rng(1)
+    white = rng.normal(size=(400, 8))
+    tau, how = hmc_tau_for_policy(white)
+    assert how == "resolved" and 0.3 < tau < 0.8
+    walk = np.cumsum(rng.normal(size=(25, 8)), axis=0)  # strongly correlated over a short window
+    tau, how = hmc_tau_for_policy(walk)
+    assert how.startswith("unresolved") and tau >= 25
+    # with the frozen window, a flow accepting 0.6 at 20 ms a step beats 5 ms trajectories
+    use_flow, _, _ = choose_policy(0.6, hmc_tau_for_policy(frozen)[0], 0.020, 0.005)
+    assert use_flow
 
 
 def test_auto_policy_measures_the_flow_and_drops_it_where_it_is_useless(tmp_path):
