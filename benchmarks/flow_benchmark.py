@@ -46,7 +46,7 @@ import torch
 
 from gaugeflow.flows import TrainConfig, architecture, build_flow, train_flow
 from gaugeflow.flows.diagnostics import acceptance_rate, effective_sample_size
-from gaugeflow.flows.train import reverse_kl_step_terms
+from gaugeflow.flows.train import default_estimator, reverse_kl_step_terms
 from gaugeflow.lattice.theories import make_theory
 
 CASES = {  # name: (theory, lattice, couplings)
@@ -77,14 +77,14 @@ def make_model(case, args, seed):
     return build_flow(arch).to(torch.float32)
 
 
-def probe_step_time(model, args, n_steps=5):
+def probe_step_time(model, args, estimator, n_steps=5):
     """Seconds per optimizer step (forward + backward + Adam) on a throw-away copy."""
     probe = copy.deepcopy(model)
     optimizer = torch.optim.Adam(probe.parameters(), lr=args.lr)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        surrogate, *_ = reverse_kl_step_terms(probe, args.batch, args.estimator)
+        surrogate, *_ = reverse_kl_step_terms(probe, args.batch, estimator)
         surrogate.backward()
         torch.nn.utils.clip_grad_norm_(probe.parameters(), 1.0)
         optimizer.step()
@@ -158,20 +158,21 @@ def evaluate_checkpoint(path, case, args):
 def run_case(case, args, workdir):
     model = make_model(case, args, args.seed)
     arch = model.architecture
+    estimator = args.estimator or default_estimator(model)
     n_params = sum(p.numel() for p in model.parameters())
     steps = args.steps
     probe = None
     if args.minutes:
-        probe = probe_step_time(model, args)
+        probe = probe_step_time(model, args, estimator)
         # ~3% of the time goes to the periodic evaluation in train_flow
         steps = max(1, int(args.minutes * 60 / (probe * 1.03)))
         log(f"[{case}] probe: {probe * 1e3:.0f} ms/step -> {steps} steps for {args.minutes:g} min")
-    config = TrainConfig(steps=steps, batch_size=args.batch, learning_rate=args.lr, estimator=args.estimator, warmup=args.warmup,
+    config = TrainConfig(steps=steps, batch_size=args.batch, learning_rate=args.lr, estimator=estimator, warmup=args.warmup,
                          log_every=args.log_every, checkpoint_every=max(steps, 1), eval_batches=args.eval_batches,
                          seed=args.seed)
     log(f"[{case}] {arch['theory']} {'x'.join(map(str, arch['lattice']))} {arch['couplings']}: "
         f"{arch['n_layers']} {arch['kernel']} layers, hidden {arch['hidden_channels']}, k={arch['kernel_size']}, "
-        f"{n_params} parameters; {steps} steps x batch {args.batch}, lr {args.lr:g}, {args.estimator}")
+        f"{n_params} parameters; {steps} steps x batch {args.batch}, lr {args.lr:g}, {estimator}")
     checkpoint = os.path.join(workdir, f"{case}-{args.tag or 'default'}-{os.getpid()}.pt")
     summary = train_flow(model, config, checkpoint, progress=args.progress)
     m = summary.metrics
@@ -183,7 +184,7 @@ def run_case(case, args, workdir):
         for row in csv.DictReader(f):
             history.append({k: float(row[k]) for k in ("step", "loss", "ess", "acceptance", "seconds")})
 
-    return finish_case(case, args, model, arch, steps, args.batch, args.lr, args.estimator, summary.seconds, m, history,
+    return finish_case(case, args, model, arch, steps, args.batch, args.lr, estimator, summary.seconds, m, history,
                        probe)
 
 
@@ -285,7 +286,8 @@ def main(argv=None):
     budget.add_argument("--minutes", type=float, help="training wall-clock budget per case; sets --steps from probe steps")
     parser.add_argument("--batch", type=int, default=256, help="training batch size (default: 256)")
     parser.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (default: 2e-3)")
-    parser.add_argument("--estimator", default="path", choices=("path", "reparam", "reinforce"))
+    parser.add_argument("--estimator", choices=("path", "reparam", "reinforce"),
+                        help="default: train.default_estimator (reparam on the 2D U(1) plaquette prior, else path)")
     parser.add_argument("--warmup", type=float, default=0.1, help="fraction of training with a linear learning-rate rise (default: 0.1)")
     parser.add_argument("--layers", type=int, help="coupling layers (default: the theory's default)")
     parser.add_argument("--hidden", help="hidden channels, comma separated (default: the theory's default)")

@@ -172,8 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--warmup", type=float, default=0.1, metavar="FRACTION",
                        help="cosine: raise the learning rate linearly over this fraction of the training (default: 0.1)")
     group.add_argument("--grad-clip", type=float, default=1.0, help="gradient-norm clipping (default: 1.0)")
-    group.add_argument("--estimator", default="path", choices=("path", "reparam", "reinforce"),
-                       help="gradient estimator: path gradient (default), reparameterisation or REINFORCE")
+    group.add_argument("--estimator", choices=("path", "reparam", "reinforce"),
+                       help="gradient estimator: path gradient (default), reparameterisation (default on the 2D U(1) "
+                            "plaquette prior) or REINFORCE")
     group.add_argument("--log-every", type=int, default=50, help="metrics every N steps (default: 50)")
     group.add_argument("--checkpoint-every", type=int, default=250, help="checkpoint every N steps (default: 250)")
     group.add_argument("--eval-batches", type=int, default=4, help="batches in the evaluation sample for ESS/acceptance (default: 4)")

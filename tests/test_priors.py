@@ -239,3 +239,18 @@ def test_training_a_plaquette_prior_model_at_large_beta_keeps_it_good(tmp_path):
         rows = list(csv.DictReader(f))
     print(f"KL {rows[0]['kl']} -> {rows[-1]['kl']}, acceptance {rows[0]['acceptance']} -> {rows[-1]['acceptance']}")
     assert float(rows[-1]["kl"]) < float(rows[0]["kl"]) and float(rows[-1]["acceptance"]) > 0.6
+
+
+def test_plaquette_prior_models_train_with_reparameterisation_by_default(tmp_path):
+    """Path gradients through the constraint layer's steep spline are far noisier (see
+    flows/train.py), so the default estimator follows the prior; the checkpoint records it."""
+    from gaugeflow.flows import TrainConfig, load_checkpoint, train_flow
+    from gaugeflow.flows.train import default_estimator
+
+    theory = make_theory("u1", "4x4", beta=2.0)
+    assert default_estimator(build_flow(architecture(theory, n_layers=1))) == "reparam"
+    assert default_estimator(build_flow(architecture(theory, n_layers=1, prior="haar"))) == "path"
+    assert default_estimator(build_flow(architecture(make_theory("phi4", "4x4", m2=1.0, lam=1.0), n_layers=1))) == "path"
+    model = build_flow(architecture(theory, n_layers=1, hidden_channels=[4]))
+    train_flow(model, TrainConfig(steps=2, batch_size=8, log_every=2, checkpoint_every=2), tmp_path / "m.pt", progress=False)
+    assert load_checkpoint(tmp_path / "m.pt")["train_config"]["estimator"] == "reparam"
