@@ -268,9 +268,21 @@ _FUSED_ADAM_DEVICES = ("cpu", "cuda")
 def make_optimizer(model, learning_rate: float) -> torch.optim.Adam:
     """Adam, in its fused form where the device has one: a few operator calls per step, where
     the per-tensor loop makes about 25 per parameter tensor (2,500 for the default U(1) model,
-    as many as four of its coupling layers)."""
+    as many as four of its coupling layers).
+
+    A module may declare ``learning_rate_scale``: its own parameters then form a parameter group
+    at that multiple of the rate (the schedule scales every group alike).  The 2D U(1) constraint
+    layer does: its few global spline parameters must move by O(1), which at the local layers'
+    rate takes thousands of steps.  Without such modules there is one group, in
+    ``model.parameters()`` order."""
     fused = next(model.parameters()).device.type in _FUSED_ADAM_DEVICES
-    return torch.optim.Adam(model.parameters(), lr=learning_rate, fused=fused)
+    groups: dict[float, list] = {}
+    for module in model.modules():
+        scale = float(getattr(module, "learning_rate_scale", 1.0))
+        groups.setdefault(scale, []).extend(module.parameters(recurse=False))
+    ordered = sorted(groups.items(), key=lambda group: group[0] != 1.0)  # the plain rate first: it is the one logged
+    param_groups = [{"params": params, "lr": learning_rate * scale} for scale, params in ordered if params]
+    return torch.optim.Adam(param_groups, lr=learning_rate, fused=fused)
 
 
 def _start_or_resume(model, config: TrainConfig, checkpoint_path, resume: bool, comm) -> _Training:

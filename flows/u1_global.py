@@ -64,6 +64,11 @@ class PlaquetteConstraintLayer(Flow):
     """Maps the constrained plaquette ``theta_01(x*)`` of 2D U(1) links ``[B, 2, L0, L1]`` and
     spreads the change over the other plaquettes (module docstring)."""
 
+    # training moves these few global parameters at 20x the local layers' rate
+    # (gaugeflow.flows.train.make_optimizer): trained alone from the identity at lr 2e-2, the layer
+    # reached acceptance 0.88 at 16x16, beta 6 in 300 steps, beyond its von Mises start (0.80)
+    learning_rate_scale = 20.0
+
     def __init__(self, lattice_shape, n_bins: int = 16, context_channels: int = 0, beta=None):
         """``beta``: start from :func:`von_mises_transport` at this beta or, for a conditioned model,
         a ``(low, high)`` range (the parameters then interpolate linearly in the coupling)."""
