@@ -76,11 +76,14 @@ class PlaquettePrior(_FollowsModule):
         log q(theta) = sum_{x != x*} [kappa cos theta_01(x) - log I_0(kappa)] - 2 V log(2 pi),
 
     gauge invariant, and at ``kappa = beta`` the importance weight is ``p/q ∝ exp(beta cos P(x*))``:
-    one plaquette, whatever the volume, so the prior alone accepts about 0.67 / 0.60 / 0.57 of
-    independence-Metropolis proposals at beta = 2 / 4 / 6 on any large lattice, with the
+    one plaquette, whatever the volume, so the prior alone has the ESS ``I_0(beta)^2 / I_0(2 beta)``
+    (0.46 / 0.30 / 0.24 at beta = 2 / 4 / 6) and an independence-Metropolis acceptance of about
+    0.43 / 0.26 / 0.22 on any lattice from 8x8 (measured: benchmarks/README.md), with the
     topological sectors already right (``Q`` is the winding of the sum of the other plaquettes).
-    The flow layers on top learn what is left: the one plaquette's defect and, for the Schwinger
-    model, the fermions.  Only 2D: in more dimensions the plaquettes obey the Bianchi identity.
+    The layers on top learn what is left: first the one plaquette
+    (:class:`gaugeflow.flows.u1_global.PlaquetteConstraintLayer`), then the local corrections
+    and, for the Schwinger model, the fermions.  Only 2D: in more dimensions the plaquettes obey
+    the Bianchi identity.
 
     ``kappa`` is the theory's ``beta`` or, for models conditioned on beta, each sample's value
     (``couplings={"beta": tensor}``); it must be positive.

@@ -17,9 +17,9 @@ transformation adds to the links.  ``d`` is a periodic function of ``u`` (the sp
 ``-pi`` and ``pi``; the rotation shifts both alike), so the map is well defined on the torus, and
 in the coordinates of the links' volume-preserving parametrisation (``V - 1`` free plaquettes
 ``P``, holonomies, gauge angles) it is ``P -> P - d(u) 1 / (V - 1)`` with ``u = -sum P``, whose
-Jacobian is, by the matrix-determinant lemma, ``1 + d'(u) = h'(u)``: ``log det = log h'(u)``.  Spreading ``d`` over
-``V - 1`` plaquettes costs a KL of order ``beta d^2 / (2 (V - 1))``, which the local layers after
-it can take up.
+Jacobian is, by the matrix-determinant lemma, ``1 + d'(u) = h'(u)``: ``log det = log h'(u)``.
+Spreading ``d`` over ``V - 1`` plaquettes costs a KL of order ``beta d^2 / (2 (V - 1))``, which
+the local layers after it can take up.  2D only, like the prior.
 
 The spline's parameters are learned constants (for conditioned models, an affine function of
 the rescaled coupling).  A new layer starts at the identity or, given ``beta``, at the spline
