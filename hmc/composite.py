@@ -16,12 +16,13 @@ density), and chooses what minimises the estimated cost per independent sample,
 
 over ``K`` in {1, 2, 4, 8, 16}, plus pure flow (``K = 0``) when ``a >= 0.5`` and pure HMC when
 ``a < 0.02``: per step, an accepted proposal is a new independent sample, and ``K``
-trajectories decorrelate about ``K / (2 tau)`` of one.  A measurement window of ``N``
-trajectories per chain resolves ``tau`` only if ``N >= 50 tau`` (Wolff, hep-lat/0306017); an
-HMC whose charge did not move at all, or whose ``tau`` is not resolved, is taken to have
-``tau >= N`` (:func:`hmc_tau_for_policy`): under topological freezing a short window sees a
-constant charge, which must not read as "decorrelated" (it did, and chose HMC at 16x16, beta 6,
-where HMC's tau_int(Q^2) exceeds 70 and the flow accepts 0.6).  The choice is made once, before
+trajectories decorrelate about ``K / (2 tau)`` of one.  HMC's ``tau`` is read with care
+(:func:`hmc_tau_for_policy`): under topological freezing a short window sees a constant or
+nearly constant integer charge, which the Gamma method reads as "decorrelated" (it did, and the
+policy chose HMC at 16x16, beta 6, where HMC's tau_int(Q^2) exceeds 70 and the flow accepts
+0.6).  So ``tau`` is at least ``1 / (2 r)`` for a charge that changes in a fraction ``r`` of the
+trajectories (``N`` if it never changes), and a window of ``N < 10 tau`` trajectories per chain,
+too short to resolve it, counts as ``tau >= N``.  The choice is made once, before
 production, so the stored chain is a fixed Markov process; it and its reason are stored in
 the ensemble's attributes (``hmc_per_step``, ``use_flow``, ``fallback_reason``) and logged, and
 a resumed run keeps it.  The choice rests on measured times, so two separate runs with the
@@ -50,14 +51,16 @@ PURE_FLOW_ACCEPTANCE, USELESS_FLOW_ACCEPTANCE = 0.5, 0.02
 
 def hmc_tau_for_policy(series) -> tuple[float, str]:
     """HMC's ``tau`` from ``series`` ``[N trajectories, chains]`` for :func:`choose_policy`, and how
-    it was found: the Gamma method's where the window resolves it, else at least ``N``."""
+    it was found (module docstring): the Gamma method's, at least ``1 / (2 r)`` for a series that
+    moves in a fraction ``r`` of the steps, and at least ``N`` where ``N < 10 tau``."""
     series = np.asarray(series)
     window = series.shape[0]
-    if np.ptp(series) == 0:
+    moves = float((np.diff(series, axis=0) != 0).mean()) if window > 1 else 0.0
+    if moves == 0:
         return float(window), f"unresolved: constant over {window} trajectories"
-    tau = gamma_method(list(series.T)).tau_int
-    if window < 50 * tau:
-        return max(tau, float(window)), f"unresolved: {tau:.1f} from {window} trajectories"
+    tau = max(gamma_method(list(series.T)).tau_int, 1 / (2 * moves))
+    if window < 10 * tau:
+        return max(tau, float(window)), f"unresolved: {tau:.1f} from {window} trajectories, moving in {moves:.0%}"
     return tau, "resolved"
 
 

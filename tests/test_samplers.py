@@ -136,14 +136,21 @@ def test_the_fallback_policy_chooses_by_cost_per_independent_sample():
 
 def test_a_frozen_or_unresolved_hmc_window_does_not_read_as_decorrelated():
     """The policy's HMC tau from its thermalisation window: a constant charge (frozen HMC, as at
-    16x16, beta 6) or a tau the window cannot resolve counts as at least the window; a resolved one
-    is the Gamma method's."""
+    16x16, beta 6), one that moves in a few trajectories only, or a tau the window cannot resolve
+    counts as at least the window; a resolved one is the Gamma method's."""
     frozen = np.full((25, 16), 1.0)
     assert hmc_tau_for_policy(frozen) == (25.0, "unresolved: constant over 25 trajectories")
     rng = np.random.default_rng(1)
     white = rng.normal(size=(400, 8))
     tau, how = hmc_tau_for_policy(white)
     assert how == "resolved" and 0.3 < tau < 0.8
+    rare = np.zeros((25, 16))
+    rare[12:, 3] = 1.0  # one chain's charge changed once in 400 trajectories: the Gamma method alone says ~0.6
+    tau, how = hmc_tau_for_policy(rare)
+    assert how.startswith("unresolved") and tau >= 25
+    charge = rng.integers(-2, 3, size=(25, 16)).astype(float)  # a charge that changes nearly every trajectory
+    tau, how = hmc_tau_for_policy(charge)
+    assert how == "resolved" and tau < 1.5
     walk = np.cumsum(rng.normal(size=(25, 8)), axis=0)  # strongly correlated over a short window
     tau, how = hmc_tau_for_policy(walk)
     assert how.startswith("unresolved") and tau >= 25
