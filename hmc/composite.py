@@ -20,7 +20,8 @@ trajectories decorrelate about ``K / (2 tau)`` of one.  HMC's ``tau`` is read wi
 (:func:`hmc_tau_for_policy`): under topological freezing a short window sees a constant or
 nearly constant integer charge, which the Gamma method reads as "decorrelated" (it did, and the
 policy chose HMC at 16x16, beta 6, where HMC's tau_int(Q^2) exceeds 70 and the flow accepts
-0.6).  So ``tau`` is at least ``1 / (2 r)`` for a charge that changes in a fraction ``r`` of the
+0.6).  The series is rounded to 1e-8 first: a charge computed from angles changes by 1e-15
+after every trajectory, which read as motion.  Then ``tau`` is at least ``1 / (2 r)`` for a charge that changes in a fraction ``r`` of the
 trajectories (``N`` if it never changes), and a window of ``N < 10 tau`` trajectories per chain,
 too short to resolve it, counts as ``tau >= N``.  The choice is made once, before
 production, so the stored chain is a fixed Markov process; it and its reason are stored in
@@ -53,7 +54,9 @@ def hmc_tau_for_policy(series) -> tuple[float, str]:
     """HMC's ``tau`` from ``series`` ``[N trajectories, chains]`` for :func:`choose_policy`, and how
     it was found (module docstring): the Gamma method's, at least ``1 / (2 r)`` for a series that
     moves in a fraction ``r`` of the steps, and at least ``N`` where ``N < 10 tau``."""
-    series = np.asarray(series)
+    # an integer charge computed from angles carries rounding noise (|Q - round(Q)| ~ 1e-15, new
+    # after every trajectory), which would read as motion and as tau ~ 0.5 (it did, at beta 6)
+    series = np.round(np.asarray(series, dtype=np.float64), 8)
     window = series.shape[0]
     moves = float((np.diff(series, axis=0) != 0).mean()) if window > 1 else 0.0
     if moves == 0:

@@ -151,12 +151,30 @@ def test_a_frozen_or_unresolved_hmc_window_does_not_read_as_decorrelated():
     charge = rng.integers(-2, 3, size=(25, 16)).astype(float)  # a charge that changes nearly every trajectory
     tau, how = hmc_tau_for_policy(charge)
     assert how == "resolved" and tau < 1.5
+    noisy = frozen + 1e-15 * rng.normal(size=frozen.shape)  # a frozen charge as computed from angles
+    assert hmc_tau_for_policy(noisy) == (25.0, "unresolved: constant over 25 trajectories")
     walk = np.cumsum(rng.normal(size=(25, 8)), axis=0)  # strongly correlated over a short window
     tau, how = hmc_tau_for_policy(walk)
     assert how.startswith("unresolved") and tau >= 25
     # with the frozen window, a flow accepting 0.6 at 20 ms a step beats 5 ms trajectories
     use_flow, _, _ = choose_policy(0.6, hmc_tau_for_policy(frozen)[0], 0.020, 0.005)
     assert use_flow
+
+
+def test_policy_sees_the_frozen_charge_of_real_hmc_trajectories():
+    """U(1) 8x8 at beta 8 from a cold start: HMC keeps Q = 0, but Q computed from the angles
+    differs from 0 by rounding noise after every trajectory; the policy must see it frozen."""
+    from gaugeflow.hmc.hmc import HMCSampler
+
+    theory = make_theory("u1", "8x8", beta=8.0)
+    sampler, generator = HMCSampler(theory, HMCParameters(1.0, 10), tune=False), torch.Generator().manual_seed(2)
+    field, charges = theory.cold_start(4), []
+    for _ in range(25):
+        field = sampler.update(field, generator).field
+        charges.append(theory.observables(field)["topological_charge"].numpy())
+    charges = np.array(charges)
+    assert np.all(np.abs(charges) < 1e-9) and np.any(np.diff(charges, axis=0) != 0)  # noise, not motion
+    assert hmc_tau_for_policy(charges) == (25.0, "unresolved: constant over 25 trajectories")
 
 
 def test_auto_policy_measures_the_flow_and_drops_it_where_it_is_useless(tmp_path):
