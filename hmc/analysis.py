@@ -43,6 +43,11 @@ def analyze_ensemble(path, S: float = 1.5) -> dict[str, dict]:
         per_chain = {name: ensemble.per_chain(values) for name, values in ensemble.observables().items()}
         accepted = ensemble.per_chain(ensemble.column("accepted").astype(np.float64))
         delta_h = ensemble.per_chain(ensemble.column("delta_h"))
+    shortest = min(len(chain) for chain in accepted)
+    if shortest < 2:
+        # A job that has just started has committed one configuration per chain.
+        raise InputError(f"{path} holds {shortest} configuration in its shortest chain so far; "
+                         "the analysis needs at least 2 per chain")
 
     results = {}
     for name, chains in per_chain.items():

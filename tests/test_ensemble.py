@@ -237,3 +237,14 @@ def test_save_every_stores_every_kth_trajectory(tmp_path):
     path = tmp_path / "ens.h5"
     run(path, 6, save_every=3)
     assert list(open_ensemble(path).column("step")) == [3, 3, 6, 6, 9, 9]
+
+
+def test_analysis_of_a_just_started_run_names_the_problem(tmp_path):
+    from gaugeflow.hmc.analysis import analyze_ensemble
+
+    path = tmp_path / "young.h5"
+    run(path, 2)  # one configuration in each of the two chains
+    with pytest.raises(ValueError, match="holds 1 configuration in its shortest chain so far; .* at least 2 per chain"):
+        analyze_ensemble(path)
+    run(path, 4, resume=True)
+    assert 0.0 < analyze_ensemble(path)["plaquette"]["mean"] < 1.0
