@@ -72,7 +72,7 @@ def make_model(case, args, seed):
     hidden = [int(c) for c in args.hidden.split(",")] if args.hidden else None
     arch = architecture(theory, n_layers=args.layers, kernel=args.kernel, hidden_channels=hidden,
                         kernel_size=args.kernel_size, n_bins=args.bins, n_mixture=args.mixture,
-                        rectangles=args.rectangles, prior=args.prior)
+                        rectangles=args.rectangles, prior=args.prior, symmetrise=args.symmetrise)
     torch.manual_seed(seed)
     return build_flow(arch).to(torch.float32)
 
@@ -298,6 +298,8 @@ def main(argv=None):
     parser.add_argument("--prior", help="plaquette (2D U(1) default) / haar / normal")
     parser.add_argument("--rectangles", action=argparse.BooleanOptionalAction, default=None,
                         help="U(1): condition on the 1x2 loops through the active links (default: the theory's default)")
+    parser.add_argument("--symmetrise", action=argparse.BooleanOptionalAction, default=None,
+                        help="phi4: the density averaged over phi -> -phi (default: the theory's default)")
     parser.add_argument("--eval-samples", type=int, default=4096, help="float64 evaluation sample (default: 4096)")
     parser.add_argument("--eval-batches", type=int, default=4, help="train_flow's periodic evaluation batches (default: 4)")
     parser.add_argument("--log-every", type=int, default=50)

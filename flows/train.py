@@ -56,6 +56,7 @@ from gaugeflow.lattice.storage import WriterLock, write_atomically
 from .checkpoint import check_architecture, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .diagnostics import acceptance_rate, effective_sample_size
 from .distributed import SingleProcess
+from .model import bijection_density
 
 log = logging.getLogger("gaugeflow")
 
@@ -132,8 +133,14 @@ def reverse_kl_step_terms(model, batch_size: int, estimator: str):
     """``(surrogate, loss, log_q, log_p)``: ``surrogate.backward()`` gives the estimator's
     gradient; ``loss`` is the reverse-KL loss estimate; ``log_q``, ``log_p`` are detached.
 
-    Conditioned models are trained on couplings drawn uniformly from their range.
+    Conditioned models are trained on couplings drawn uniformly from their range; symmetrised
+    models train their bijection (:func:`gaugeflow.flows.model.bijection_density`).
     """
+    with bijection_density(model):
+        return _reverse_kl_step_terms(model, batch_size, estimator)
+
+
+def _reverse_kl_step_terms(model, batch_size: int, estimator: str):
     device = next(model.parameters()).device
     context = model.random_coupling_values(batch_size, device)
     if estimator == "reparam":

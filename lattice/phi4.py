@@ -34,6 +34,7 @@ def two_point_function(phi: torch.Tensor) -> torch.Tensor:
 class Phi4(Theory):
     name = "phi4"
     couplings_declared = (Coupling("m2", "bare mass squared"), Coupling("lam", "quartic coupling"))
+    sign_flip_symmetric = True  # the action is even in phi
 
     def __init__(self, lattice_shape, *, m2, lam):
         super().__init__(lattice_shape, m2=m2, lam=lam)

@@ -98,6 +98,9 @@ class Theory(abc.ABC):
     options_declared: tuple[Option, ...] = ()
     option_names: tuple[str, ...] = ()  # derived from options_declared
     is_gauge_theory: bool = False
+    # True where S(-field) = S(field) for every configuration (phi^4's Z2): flows may then
+    # symmetrise their density over the sign flip (gaugeflow.flows.model, ``symmetrise``)
+    sign_flip_symmetric: bool = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

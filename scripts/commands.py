@@ -34,6 +34,7 @@ OPTION_FOR_PARAMETER = {
     "grad_clip": "--grad-clip", "log_every": "--log-every", "checkpoint_every": "--checkpoint-every",
     "eval_batches": "--eval-batches", "hidden_channels": "--hidden", "n_layers": "--layers", "n_bins": "--bins",
     "n_mixture": "--mixture", "kernel_size": "--kernel-size", "rectangles": "--rectangles", "prior": "--prior",
+    "symmetrise": "--symmetrise",
     "resume=True": "--resume",
 }
 
@@ -152,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--rectangles", action=argparse.BooleanOptionalAction,
                        help="U(1), Schwinger: the conditioners also see the 1x2 loops through the active links "
                             "(default: on)")
+    group.add_argument("--symmetrise", action=argparse.BooleanOptionalAction,
+                       help="phi4: average the model's density over the sign flip phi -> -phi, "
+                            "q(phi)/2 + q(-phi)/2 (default: on where the action is even in the field)")
     group.add_argument("--prior", help="base distribution: plaquette (2D U(1) and Schwinger default: independent von Mises "
                                        "plaquettes at beta), haar (U(1), SU(N); the only one in D > 2), normal (phi4)")
     group.add_argument("--init-from", metavar="CHECKPOINT",
@@ -321,7 +325,8 @@ def run_train(args) -> int:
         if condition is None:
             raise CommandError(f"--condition must look like beta:1.5:2.5, got {args.condition!r}")
     given = dict(n_layers=args.layers, kernel=args.kernel, hidden_channels=hidden, kernel_size=args.kernel_size,
-                 n_bins=args.bins, n_mixture=args.mixture, rectangles=args.rectangles, prior=args.prior)
+                 n_bins=args.bins, n_mixture=args.mixture, rectangles=args.rectangles, prior=args.prior,
+                 symmetrise=args.symmetrise)
     if args.init_from:  # the model being grown fixes the architecture options not given here
         start = load_checkpoint(args.init_from)["architecture"]
         given = {key: start.get(key) if value is None else value for key, value in given.items()}

@@ -61,6 +61,17 @@ def test_cold_start(name, shape, couplings):
         assert torch.all(theory.action(theory.cold_start(2)) == 0)
 
 
+SIGN_FLIP_CASES = [case for case in ALL_CASES if make_theory(case[0], case[1], **case[2]).sign_flip_symmetric]
+
+
+@pytest.mark.parametrize("name, shape, couplings", SIGN_FLIP_CASES, ids=ids(SIGN_FLIP_CASES))
+def test_declared_sign_flip_symmetry_holds(name, shape, couplings, generator):
+    """``sign_flip_symmetric`` lets flows symmetrise over phi -> -phi: it must be true."""
+    theory = make_theory(name, shape, **couplings)
+    field = theory.hot_start(3, generator=generator)
+    assert torch.allclose(theory.action(-field), theory.action(field), rtol=1e-13)
+
+
 def test_phi4_action_matches_explicit_sum(generator):
     m2, lam = -4.0, 6.975
     theory = make_theory("phi4", "3x4", m2=m2, lam=lam)

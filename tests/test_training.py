@@ -190,7 +190,8 @@ def test_su3_path_gradients_in_single_precision(tmp_path):
 def test_checkpoint_from_before_architecture_versioning_loads(tmp_path):
     """Version 0: no ``architecture_version`` key, conditioners stored as ``net``, and (as up
     to version 1) U(1) conditioners that see plaquettes only, with no ``rectangles`` key, and (as
-    up to version 2) the Haar prior, with no ``prior`` key."""
+    up to version 2) the Haar prior, with no ``prior`` key, and (as up to version 3) no
+    ``symmetrise`` key."""
     path = tmp_path / "m.pt"
     model = model_for(n_layers=2, rectangles=False, prior="haar")
     train_flow(model, config(steps=2), path, progress=False)
@@ -200,6 +201,7 @@ def test_checkpoint_from_before_architecture_versioning_loads(tmp_path):
     del payload["architecture"]["architecture_version"]
     del payload["architecture"]["rectangles"]
     del payload["architecture"]["prior"]
+    del payload["architecture"]["symmetrise"]
     payload["model"] = {k.replace(".conditioner.", ".net."): v for k, v in payload["model"].items()}
     torch.save(payload, tmp_path / "old.pt")
     old = load_flow(tmp_path / "old.pt")
