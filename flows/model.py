@@ -356,7 +356,7 @@ class LatticeFlow(NormalizingFlow):
         if not self.symmetrise:
             return self._bijection_log_prob(x, context)
         if context is not None and torch.as_tensor(context).dim() > 0:
-            context = torch.cat([torch.as_tensor(context), torch.as_tensor(context)])
+            context = torch.as_tensor(context).repeat(2)  # per sample, for x and for -x
         log_q, log_q_flipped = self._bijection_log_prob(torch.cat([x, -x]), context).chunk(2)
         return torch.logaddexp(log_q, log_q_flipped) - math.log(2)
 
