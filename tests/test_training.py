@@ -273,7 +273,11 @@ def test_a_second_trainer_on_the_same_output_is_refused(tmp_path):
     train_flow(model_for(n_layers=2), config(steps=2), path, progress=False)  # once the other is done
 
 
-def test_a_time_budget_sets_the_schedule_and_survives_a_resume(tmp_path):
+def test_a_time_budget_sets_the_schedule_and_survives_a_resume(tmp_path, monkeypatch):
+    """On a clock that advances 0.05 s per reading, so that the budget, not this machine's
+    speed, decides how many steps run."""
+    clock = iter(0.05 * i for i in range(10**7))
+    monkeypatch.setattr("gaugeflow.flows.train.time.perf_counter", lambda: next(clock))
     path = tmp_path / "m.pt"
     budget = config(steps=10**6, minutes=0.02, log_every=10**6, checkpoint_every=10**6)  # 1.2 s
     summary = train_flow(model_for(n_layers=2), budget, path, progress=False)
