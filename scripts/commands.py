@@ -34,7 +34,7 @@ OPTION_FOR_PARAMETER = {
     "grad_clip": "--grad-clip", "log_every": "--log-every", "checkpoint_every": "--checkpoint-every",
     "eval_batches": "--eval-batches", "hidden_channels": "--hidden", "n_layers": "--layers", "n_bins": "--bins",
     "n_mixture": "--mixture", "kernel_size": "--kernel-size", "rectangles": "--rectangles", "prior": "--prior",
-    "symmetrise": "--symmetrise",
+    "symmetrise": "--symmetrise", "momentum_scaling": "--momentum-scaling",
     "resume=True": "--resume",
 }
 
@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--symmetrise", action=argparse.BooleanOptionalAction,
                        help="phi4: average the model's density over the sign flip phi -> -phi, "
                             "q(phi)/2 + q(-phi)/2 (default: on where the action is even in the field)")
+    group.add_argument("--momentum-scaling", action=argparse.BooleanOptionalAction,
+                       help="phi4: start the flow with a learned propagator, each momentum mode scaled by its own "
+                            "factor (default: on)")
     group.add_argument("--prior", help="base distribution: plaquette (2D U(1) and Schwinger default: independent von Mises "
                                        "plaquettes at beta), haar (U(1), SU(N); the only one in D > 2), normal (phi4)")
     group.add_argument("--init-from", metavar="CHECKPOINT",
@@ -326,7 +329,7 @@ def run_train(args) -> int:
             raise CommandError(f"--condition must look like beta:1.5:2.5, got {args.condition!r}")
     given = dict(n_layers=args.layers, kernel=args.kernel, hidden_channels=hidden, kernel_size=args.kernel_size,
                  n_bins=args.bins, n_mixture=args.mixture, rectangles=args.rectangles, prior=args.prior,
-                 symmetrise=args.symmetrise)
+                 symmetrise=args.symmetrise, momentum_scaling=args.momentum_scaling)
     if args.init_from:  # the model being grown fixes the architecture options not given here
         start = load_checkpoint(args.init_from)["architecture"]
         given = {key: start.get(key) if value is None else value for key, value in given.items()}
