@@ -12,12 +12,13 @@ translation and hypercubic invariant; ``s`` is piecewise linear in ``p_hat^2 / (
 trained on one lattice run on another (:func:`gaugeflow.flows.model.transfer_weights`).
 
 Acting on standard-normal noise alone the layer gives the Gaussian field of propagator
-``G(k) = a(k)^2`` (:meth:`MomentumScaling.propagator`): with ``a = (m^2 + p_hat^2)^{-1/2}`` it
-is the exact trivialising map of the free scalar field (the free-theory spectrum scaling of
+``G(k) = a(k)^2`` (:meth:`MomentumScaling.propagator`): with ``a = [2 (m2 + p_hat^2)]^{-1/2}``
+(:mod:`gaugeflow.lattice.phi4` has no 1/2 in front of ``phi (-Laplacian + m2) phi``) it is the
+exact trivialising map of the free scalar field (the free-theory spectrum scaling of
 ``bijx``, Gerdes et al.).  As the first layer of a phi^4 model it hands the coupling layers
 noise that already carries the long-distance correlations, which local conditioners reach
-only through many layers: at 8x8, m2 = -4, lam = 8 and 10 CPU minutes of training, 16
-checkerboard layers accepted 0.79 without it and 0.92 with it (benchmarks/README.md).
+only through many layers: at 8x8, m2 = -4, lam = 8 and 10 CPU minutes of training, the
+default 8 checkerboard layers accepted 0.79 without it and 0.91 with it (benchmarks/README.md).
 
 The layer starts as the identity (``s = 0``), so an untrained model is still its prior.  The
 momentum grid is recomputed in float64 at each call rather than kept as a buffer, so that
