@@ -298,7 +298,7 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=256, help="training batch size (default: 256)")
     parser.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (default: 2e-3)")
     parser.add_argument("--estimator", choices=("path", "reparam", "reinforce"),
-                        help="default: train.default_estimator (reparam on the 2D U(1) plaquette prior, else path)")
+                        help="default: train.default_estimator (path; reparam for 2D U(1) plaquette-prior models conditioned on beta)")
     parser.add_argument("--warmup", type=float, default=0.1, help="fraction of training with a linear learning-rate rise (default: 0.1)")
     parser.add_argument("--layers", type=int, help="coupling layers (default: the theory's default)")
     parser.add_argument("--hidden", help="hidden channels, comma separated (default: the theory's default)")

@@ -1,9 +1,11 @@
 """The 2D U(1) plaquette prior before any training: acceptance and ESS against the Haar prior.
 
-For each lattice and beta, three untrained models (one local layer, the identity) are
+For each lattice and beta, four untrained models (one local layer, the identity) are
 evaluated in float64 on ``--samples`` independent proposals: the Haar prior; the plaquette
 prior alone (its constraint layer set to the identity); the plaquette prior with the constraint
-layer at its von Mises start (the default).  Columns: independence-Metropolis acceptance, ESS,
+layer at the quantile spline of the uniform -> von Mises transport (the start until 2026-12);
+the plaquette prior with the constraint layer at its fitted start (the default:
+``gaugeflow.flows.u1_global.constraint_transport``).  Columns: independence-Metropolis acceptance, ESS,
 the KL to the exact distribution (character expansion) and the ESS the one-plaquette weight
 ``exp(beta cos P(x*))`` gives at large volume, ``I_0(beta)^2 / I_0(2 beta)``.
 
@@ -18,9 +20,10 @@ import torch
 from scipy.special import i0
 
 from gaugeflow.flows import acceptance_rate, architecture, build_flow, effective_sample_size
+from gaugeflow.flows.u1_global import von_mises_transport
 from gaugeflow.lattice.theories import make_theory
 
-DEFAULT_CASES = ["8x8:2", "8x8:6", "16x16:2", "16x16:4", "16x16:6", "32x32:6", "32x32:8"]
+DEFAULT_CASES = ["4x4:6", "8x8:2", "8x8:6", "8x8:8", "16x16:2", "16x16:4", "16x16:6", "32x32:6", "32x32:8", "32x32:12"]
 
 
 def evaluate(model, theory, n_samples, seed):
@@ -47,11 +50,14 @@ def main(argv=None):
     for case in args.cases:
         lattice, beta = case.split(":")
         theory = make_theory("u1", lattice, beta=float(beta))
-        for label in ("haar", "plaquette, constraint layer = identity", "plaquette (default)"):
-            model = build_flow(architecture(theory, n_layers=1, prior=label.split(",")[0].split(" ")[0])).double()
-            if "identity" in label:
-                with torch.no_grad():
+        for label in ("haar", "plaquette, constraint layer = identity", "plaquette, quantile start (before)",
+                      "plaquette, fitted start (default)"):
+            model = build_flow(architecture(theory, n_layers=1, prior=label.split(",")[0])).double()
+            with torch.no_grad():
+                if "identity" in label:
                     model.flows[0].params.zero_()
+                elif "quantile" in label:
+                    model.flows[0].params.copy_(von_mises_transport(model.flows[0].kernel, float(beta)))
             acceptance, ess, kl = evaluate(model, theory, args.samples, args.seed)
             bound = i0(float(beta)) ** 2 / i0(2 * float(beta))
             print(f"| {lattice} | {beta} | {label} | {acceptance:.3f} | {ess:.3f} | {kl:.3f} | {bound:.3f} |", flush=True)

@@ -180,8 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="cosine: raise the learning rate linearly over this fraction of the training (default: 0.1)")
     group.add_argument("--grad-clip", type=float, default=1.0, help="gradient-norm clipping (default: 1.0)")
     group.add_argument("--estimator", choices=("path", "reparam", "reinforce"),
-                       help="gradient estimator: path gradient (default), reparameterisation (default on the 2D U(1) "
-                            "plaquette prior) or REINFORCE")
+                       help="gradient estimator: path gradient (default), reparameterisation (default for 2D U(1) "
+                            "plaquette-prior models conditioned on beta) or REINFORCE")
     group.add_argument("--log-every", type=int, default=50, help="metrics every N steps (default: 50)")
     group.add_argument("--checkpoint-every", type=int, default=250, help="checkpoint every N steps (default: 250)")
     group.add_argument("--eval-batches", type=int, default=4, help="batches in the evaluation sample for ESS/acceptance (default: 4)")
