@@ -100,25 +100,57 @@ def transport_kl(kernel: CircularSplineKernel, params: torch.Tensor, beta: float
 QUANTILE_START_GOOD_ENOUGH = 1e-3
 
 
-@functools.lru_cache(maxsize=64)
-def _fitted_transport(n_bins, min_bin_width, min_bin_height, min_derivative, beta, n_free):
-    kernel = CircularSplineKernel(n_bins, min_bin_width, min_bin_height, min_derivative)
-    params = von_mises_transport(kernel, beta)
-    if transport_kl(kernel, params, beta, n_free) < QUANTILE_START_GOOD_ENOUGH:
-        return params
-    params.requires_grad_(True)
-    optimizer = torch.optim.LBFGS([params], lr=1, max_iter=300, line_search_fn="strong_wolfe",
+def _minimise(parameters, objective, max_evaluations=300):
+    """L-BFGS on a smooth, deterministic float64 ``objective()`` of ``parameters`` (in place)."""
+    for p in parameters:
+        p.requires_grad_(True)
+    optimizer = torch.optim.LBFGS(parameters, lr=1, max_iter=max_evaluations, max_eval=max_evaluations, line_search_fn="strong_wolfe",
                                   tolerance_grad=1e-12, tolerance_change=1e-9)
 
     def closure():
         optimizer.zero_grad()
-        kl = transport_kl(kernel, params, beta, n_free)
-        kl.backward()
-        return kl
+        value = objective()
+        value.backward()
+        return value
 
     with torch.enable_grad():
         optimizer.step(closure)
-    return params.detach()
+    return [p.detach() for p in parameters]
+
+
+def _kernel(key):
+    return CircularSplineKernel(*key)
+
+
+@functools.lru_cache(maxsize=64)
+def _fitted_transport(key, beta, n_free):
+    kernel = _kernel(key)
+    params = von_mises_transport(kernel, beta)
+    if transport_kl(kernel, params, beta, n_free) < QUANTILE_START_GOOD_ENOUGH:
+        return params
+    (params,) = _minimise([params], lambda: transport_kl(kernel, params, beta, n_free))
+    return params
+
+
+@functools.lru_cache(maxsize=16)
+def _fitted_affine_transport(key, low, high, n_free, n_betas=5):
+    kernel = _kernel(key)
+    low_end, high_end = _fitted_transport(key, low, n_free), _fitted_transport(key, high, n_free)
+    start, slope = (low_end + high_end) / 2, (high_end - low_end) / 2
+    contexts = torch.linspace(-1, 1, n_betas, dtype=torch.float64)
+    betas = [low + (high - low) * (c.item() + 1) / 2 for c in contexts]
+
+    def mean_kl():
+        return sum(transport_kl(kernel, start + c * slope, b, n_free) for c, b in zip(contexts, betas)) / n_betas
+
+    if mean_kl() < QUANTILE_START_GOOD_ENOUGH:
+        return start, slope
+    # the line through the fitted ends starts close (mean KL ~0.02): a few dozen steps do
+    return tuple(_minimise([start, slope], mean_kl, max_evaluations=40))
+
+
+def _key(kernel):
+    return (kernel.n_bins, kernel.min_bin_width, kernel.min_bin_height, kernel.min_derivative)
 
 
 def constraint_transport(kernel: CircularSplineKernel, beta: float, n_free: int) -> torch.Tensor:
@@ -127,8 +159,17 @@ def constraint_transport(kernel: CircularSplineKernel, beta: float, n_free: int)
     from :func:`von_mises_transport` (kept as it is where its KL is already below 1e-3 nats, as
     at small beta on large lattices).  Deterministic, 0.1-1.3 s, cached per
     ``(kernel, beta, n_free)``."""
-    key = (kernel.n_bins, kernel.min_bin_width, kernel.min_bin_height, kernel.min_derivative)
-    return _fitted_transport(*key, float(beta), int(n_free)).clone()
+    return _fitted_transport(_key(kernel), float(beta), int(n_free)).clone()
+
+
+def constraint_transport_over(kernel: CircularSplineKernel, low: float, high: float, n_free: int):
+    """``(start, slope)`` (float64) for a layer conditioned on beta in ``[low, high]``, whose
+    parameters are ``start + c slope`` at the rescaled coupling ``c`` in [-1, 1]: the mean of
+    :func:`transport_kl` over 5 equally spaced betas, 40 L-BFGS evaluations from the line through
+    the two ends' :func:`constraint_transport` (16x16, beta in [1.75, 6.25]: KL up to 0.039 on
+    that line, up to 0.014 after the fit; 2-3 s, cached)."""
+    start, slope = _fitted_affine_transport(_key(kernel), float(low), float(high), int(n_free))
+    return start.clone(), slope.clone()
 
 
 class PlaquetteConstraintLayer(Flow):
@@ -143,14 +184,13 @@ class PlaquetteConstraintLayer(Flow):
 
     def __init__(self, lattice_shape, n_bins: int = 16, context_channels: int = 0, beta=None):
         """``beta``: start from :func:`constraint_transport` at this beta or, for a conditioned model,
-        a ``(low, high)`` range (the parameters then interpolate linearly in the coupling)."""
+        a ``(low, high)`` range (:func:`constraint_transport_over`: parameters affine in the coupling)."""
         super().__init__()
         self.kernel = CircularSplineKernel(n_bins)
         n_free = math.prod(lattice_shape) - 1
         start, slope = torch.zeros(self.kernel.n_params), torch.zeros(self.kernel.n_params)
         if isinstance(beta, (tuple, list)):
-            low, high = (constraint_transport(self.kernel, b, n_free).float() for b in beta)
-            start, slope = (low + high) / 2, (high - low) / 2  # context -1 at the low end, +1 at the high one
+            start, slope = (t.float() for t in constraint_transport_over(self.kernel, *beta, n_free))
         elif beta is not None:
             start = constraint_transport(self.kernel, beta, n_free).float()
         self.params = torch.nn.Parameter(start)
