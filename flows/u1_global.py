@@ -104,8 +104,8 @@ def _minimise(parameters, objective, max_evaluations=300):
     """L-BFGS on a smooth, deterministic float64 ``objective()`` of ``parameters`` (in place)."""
     for p in parameters:
         p.requires_grad_(True)
-    optimizer = torch.optim.LBFGS(parameters, lr=1, max_iter=max_evaluations, max_eval=max_evaluations, line_search_fn="strong_wolfe",
-                                  tolerance_grad=1e-12, tolerance_change=1e-9)
+    optimizer = torch.optim.LBFGS(parameters, lr=1, max_iter=max_evaluations, max_eval=max_evaluations,
+                                  line_search_fn="strong_wolfe", tolerance_grad=1e-12, tolerance_change=1e-9)
 
     def closure():
         optimizer.zero_grad()
@@ -118,13 +118,9 @@ def _minimise(parameters, objective, max_evaluations=300):
     return [p.detach() for p in parameters]
 
 
-def _kernel(key):
-    return CircularSplineKernel(*key)
-
-
 @functools.lru_cache(maxsize=64)
 def _fitted_transport(key, beta, n_free):
-    kernel = _kernel(key)
+    kernel = CircularSplineKernel(*key)
     params = von_mises_transport(kernel, beta)
     if transport_kl(kernel, params, beta, n_free) < QUANTILE_START_GOOD_ENOUGH:
         return params
@@ -134,7 +130,7 @@ def _fitted_transport(key, beta, n_free):
 
 @functools.lru_cache(maxsize=16)
 def _fitted_affine_transport(key, low, high, n_free, n_betas=5):
-    kernel = _kernel(key)
+    kernel = CircularSplineKernel(*key)
     low_end, high_end = _fitted_transport(key, low, n_free), _fitted_transport(key, high, n_free)
     start, slope = (low_end + high_end) / 2, (high_end - low_end) / 2
     contexts = torch.linspace(-1, 1, n_betas, dtype=torch.float64)

@@ -236,6 +236,8 @@ def test_the_fitted_start_transports_the_closing_plaquette(beta, n_free):
     print(f"beta {beta}, n {n_free}: transport KL {quantiles:.5f} (quantiles) -> {fitted:.5f} (fitted)")
     assert 0 <= fitted < 0.006 and fitted < max(0.2 * quantiles, 1e-4)
     assert torch.equal(constraint_transport(kernel, beta, n_free), constraint_transport(kernel, beta, n_free))
+    constraint_transport(kernel, beta, n_free).add_(1.0)  # callers get copies: the cached fit stays as it was
+    assert transport_kl(kernel, constraint_transport(kernel, beta, n_free), beta, n_free, grid=100_000).item() == fitted
 
 
 def test_the_quantile_start_is_kept_where_it_is_good_enough():
