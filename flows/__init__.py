@@ -11,7 +11,7 @@ Public API::
     plot_training("model.metrics.csv", "curves.png")
 
 Extension points: a coupling layer subclasses :class:`MaskedCoupling` (or
-:class:`GaugeCoupling`); an element-wise map subclasses :class:`ElementwiseTransform` and is
+:class:`GaugeCoupling`; single-link gauge maps in the staple sum: :class:`StapleCoupling`); an element-wise map subclasses :class:`ElementwiseTransform` and is
 offered as a kernel with :func:`register_kernel`; layers for a new field type are registered
 with :func:`register_layers`.
 """
@@ -21,6 +21,7 @@ from .coupling import GaugeCoupling, MaskedCoupling
 from .diagnostics import acceptance_rate, effective_sample_size
 from .model import LatticeFlow, LayerFamily, architecture, build_flow, register_kernel, register_layers, transfer_weights
 from .plotting import plot_training
+from .staple_coupling import StapleCoupling, SUNStapleCoupling, U1StapleCoupling
 from .train import TrainConfig, TrainingError, train_flow
 from .transforms import ElementwiseTransform
 
@@ -30,8 +31,11 @@ __all__ = [
     "LatticeFlow",
     "LayerFamily",
     "MaskedCoupling",
+    "StapleCoupling",
+    "SUNStapleCoupling",
     "TrainConfig",
     "TrainingError",
+    "U1StapleCoupling",
     "acceptance_rate",
     "architecture",
     "build_flow",

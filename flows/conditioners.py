@@ -137,3 +137,42 @@ class ConvNet(nn.Module):
             context = context.to(x.dtype).reshape(x.shape[0], self.context_channels, *[1] * (x.dim() - 2))
             x = torch.cat([x, context.expand(-1, -1, *x.shape[2:])], dim=1)
         return self.layers(x)
+
+
+class SiteMLP(nn.Module):
+    """Multilayer perceptron ``in_features -> hidden... -> out_features`` applied to the last
+    axis of ``[sites, batch, in_features]`` (site-major, as the staple couplings gather their
+    links): the same weights at every site, so it commutes with lattice translations and its
+    weights are those of any volume.
+
+    The conditioner of the staple couplings (:mod:`gaugeflow.flows.staple_coupling`), whose
+    gauge-invariant inputs already describe the neighbourhood of each active link; a
+    convolution over the lattice would cost most of a training step and add little there.
+    ``context_features`` per-sample inputs (a conditioned coupling) are appended to every
+    site's features.  The last layer starts at zero weight and ``output_bias``, so an
+    untrained layer is its transform's identity."""
+
+    def __init__(self, in_features: int, out_features: int, hidden=(32, 32), activation=nn.GELU,
+                 output_bias: torch.Tensor | None = None, context_features: int = 0):
+        super().__init__()
+        self.context_features = context_features
+        sizes = [in_features + context_features, *hidden, out_features]
+        layers = []
+        for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
+            layers.append(nn.Linear(n_in, n_out))
+            if i < len(sizes) - 2:
+                layers.append(activation())
+        self.layers = nn.Sequential(*layers)
+        with torch.no_grad():
+            self.layers[-1].weight.zero_()
+            self.layers[-1].bias.zero_()
+            if output_bias is not None:
+                self.layers[-1].bias.copy_(output_bias)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        if self.context_features:
+            if context is None:
+                raise InputError("this model is conditioned on a coupling: pass its value as context")
+            context = context.to(x.dtype).reshape(1, x.shape[1], self.context_features)
+            x = torch.cat([x, context.expand(x.shape[0], -1, -1)], dim=-1)
+        return self.layers(x)

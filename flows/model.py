@@ -15,10 +15,14 @@ Layers are chosen by the theory's field type (never by its name), through the re
 * real fields (phi^4): checkerboard couplings, alternating parity; kernels ``affine``, ``spline``;
   ``momentum_scaling`` puts a learned propagator in front of them, every momentum mode
   scaled by its own factor (:mod:`gaugeflow.flows.momentum_scaling`);
-* U(1) angles: gauge-equivariant plaquette couplings cycling over ordered planes and mask
-  offsets; kernels ``spline``, ``ncp``; ``rectangles`` adds the 1x2 loops through the active
-  links to the conditioners' input (:mod:`gaugeflow.flows.u1_coupling`);
-* SU(N) links: gauge-equivariant spectral couplings; kernel ``spline``.
+* U(1) angles and SU(N) links: gauge-equivariant couplings of the ``layer_kind`` the
+  architecture names -- ``plaquette`` (the 2D default: plaquette couplings with CNN
+  conditioners, :mod:`gaugeflow.flows.u1_coupling`, :mod:`gaugeflow.flows.sun_coupling`, in the
+  ``plaquette_order`` of :func:`gaugeflow.flows.masks.gauge_layer_schedule`; for U(1)
+  ``rectangles`` adds the 1x2 loops through the active links to the conditioners' input),
+  ``staple`` (the default in 3D and 4D: single-link maps in the staple sum with per-link
+  MLP conditioners, :mod:`gaugeflow.flows.staple_coupling`) or ``both``, alternating; kernels
+  ``spline``, ``ncp`` (U(1)) and ``spline`` (SU(N)), or any registered for the field type.
 
 With ``"condition": {"coupling": "beta", "low": 1.5, "high": 2.5}`` one model serves a range
 of a coupling: its value (rescaled to [-1, 1]) is an extra constant input channel of every
@@ -41,8 +45,8 @@ density costs a second inverse pass.  Flow HMC runs on the bijection itself.
 gauge fields (independent von Mises plaquettes, the default there), ``haar`` for U(1) and SU(N)
 links, ``normal`` for real fields.
 
-All conditioners are periodic CNNs, so weights trained on one lattice run on another of the
-same dimension (:func:`transfer_weights`).
+All conditioners are periodic CNNs or per-site MLPs, so weights trained on one lattice run on
+another of the same dimension (:func:`transfer_weights`).
 """
 
 from __future__ import annotations
@@ -61,19 +65,21 @@ from gaugeflow.lattice.fields import AngleField, RealField, SUNField
 from gaugeflow.lattice.theories import make_theory
 
 from .kernels import CircularSplineKernel, NCPKernel
-from .masks import gauge_layer_schedule
+from .masks import gauge_layer_schedule, staple_layer_schedule
 from .momentum_scaling import MomentumScaling
 from .priors import default_prior, plain_prior, prior_for
 from .scalar_coupling import ScalarCoupling
-from .sun_coupling import SpectralTransform, make_sun_flow_layers
+from .staple_coupling import SUNStapleCoupling, U1StapleCoupling
+from .sun_coupling import SpectralTransform, SUNSpectralCoupling
 from .target import LatticeTarget
 from .transforms import AffineTransform, SplineTransform
-from .u1_coupling import U1PlaquetteCoupling
+from .u1_coupling import U1PlaquetteCoupling, rectangle_loop
 from .u1_global import PlaquetteConstraintLayer
 
 # 2: U(1) conditioners may see rectangles (``rectangles``); 3: ``prior``; 4: ``symmetrise``;
-# 5: real fields may start with a learned propagator (``momentum_scaling``)
-ARCHITECTURE_VERSION = 5
+# 5: real fields may start with a learned propagator (``momentum_scaling``); 6: gauge fields
+# name their ``layer_kind`` (staple couplings) and the plaquette layers' ``plaquette_order``
+ARCHITECTURE_VERSION = 6
 # None: priors.default_prior; symmetrise None: on where the theory is sign-flip symmetric
 COMMON_DEFAULTS = {"kernel_size": 3, "n_bins": 8, "n_mixture": 6, "prior": None, "symmetrise": None}
 
@@ -128,9 +134,40 @@ def _checkerboard_layers(theory, arch, transform, context_channels):
 CONSTRAINT_BINS = 16  # the constrained plaquette's spline: one scalar per sample, so bins are cheap
 
 
+LAYER_KINDS = ("plaquette", "staple", "both")
+# staple couplings where the architecture names no width or depth: 8 sweeps of the 2 D layers
+# that update every link once (benchmarks/README.md, "Four dimensions")
+STAPLE_DEFAULTS = {"hidden_channels": [32, 32], "sweeps": 2}
+
+
+def default_layer_kind(theory) -> str:
+    """``plaquette`` in 2D (exact 2D physics with the U(1) plaquette prior), ``staple`` above:
+    the plaquette couplings' convolutions cost most of a 4D training step (benchmarks/README.md)."""
+    return "plaquette" if theory.dimension <= 2 else "staple"
+
+
+def _gauge_layers(theory, arch, plaquette_layer, staple_layer):
+    """The layers of a gauge model: ``n_layers`` plaquette couplings (:func:`gauge_layer_schedule`),
+    staple couplings (:func:`staple_layer_schedule`), or both, alternating, for ``layer_kind``
+    ``plaquette``, ``staple``, ``both``.  ``plaquette_layer(mu, nu, offset)`` and
+    ``staple_layer(mu, parity)`` build one layer."""
+    kind, n_layers = arch.get("layer_kind", "plaquette"), arch["n_layers"]
+    if kind == "plaquette":
+        order = arch.get("plaquette_order", "planes")
+        return [plaquette_layer(*labels) for labels in gauge_layer_schedule(theory.dimension, n_layers, order)]
+    if kind == "staple":
+        return [staple_layer(*labels) for labels in staple_layer_schedule(theory.dimension, n_layers)]
+    staples = staple_layer_schedule(theory.dimension, (n_layers + 1) // 2)
+    plaquettes = gauge_layer_schedule(theory.dimension, n_layers // 2, arch.get("plaquette_order", "planes"))
+    layers = []
+    for i in range(n_layers):
+        layers.append(staple_layer(*staples[i // 2]) if i % 2 == 0 else plaquette_layer(*plaquettes[i // 2]))
+    return layers
+
+
 def _u1_layers(theory, arch, transform, context_channels):
     if not theory.is_gauge_theory:
-        raise InputError(f"the U(1) flow layers are gauge-equivariant plaquette couplings; {theory.name} is no gauge theory")
+        raise InputError(f"the U(1) flow layers are gauge-equivariant couplings; {theory.name} is no gauge theory")
     # on the plaquette prior the one plaquette the prior leaves near uniform is mapped first,
     # starting from the transport to its large-volume target marginal, von Mises at beta
     first = []
@@ -139,17 +176,25 @@ def _u1_layers(theory, arch, transform, context_channels):
         beta = ((condition["low"], condition["high"]) if condition and condition["coupling"] == "beta"
                 else theory.couplings["beta"])
         first = [PlaquetteConstraintLayer(theory.lattice_shape, CONSTRAINT_BINS, context_channels, beta=beta)]
-    return first + [
-        U1PlaquetteCoupling(theory.lattice_shape, mu, nu, offset, transform, arch["hidden_channels"], arch["kernel_size"],
-                            context_channels, rectangles=arch["rectangles"])
-        for mu, nu, offset in gauge_layer_schedule(theory.dimension, arch["n_layers"])
-    ]
+    return first + _gauge_layers(
+        theory, arch,
+        lambda mu, nu, offset: U1PlaquetteCoupling(theory.lattice_shape, mu, nu, offset, transform, arch["hidden_channels"],
+                                                   arch["kernel_size"], context_channels,
+                                                   loops=(rectangle_loop,) if arch["rectangles"] else ()),
+        lambda mu, parity: U1StapleCoupling(theory.lattice_shape, mu, parity, transform, arch["hidden_channels"],
+                                            context_channels),
+    )
 
 
 def _sun_layers(theory, arch, transform, context_channels):
-    return make_sun_flow_layers(theory.lattice_shape, transform.n_colors, arch["n_layers"],
-                                hidden_channels=arch["hidden_channels"], kernel_size=arch["kernel_size"],
-                                n_bins=transform.n_bins, context_channels=context_channels)
+    return _gauge_layers(
+        theory, arch,
+        lambda mu, nu, offset: SUNSpectralCoupling(theory.lattice_shape, theory.n_colors, mu, nu, offset,
+                                                   arch["hidden_channels"], arch["kernel_size"],
+                                                   context_channels=context_channels, transform=transform),
+        lambda mu, parity: SUNStapleCoupling(theory.lattice_shape, theory.n_colors, mu, parity, transform,
+                                             arch["hidden_channels"], context_channels),
+    )
 
 
 register_layers(RealField, LayerFamily(
@@ -157,12 +202,16 @@ register_layers(RealField, LayerFamily(
     # 8 affine layers, 10 CPU min at 8x8 lam 8: acceptance 0.79 without momentum scaling, 0.91 with it
     {"n_layers": 8, "kernel": "affine", "hidden_channels": [16, 16], "momentum_scaling": True},
 ))
+# gauge fields: "layer_kind" None is default_layer_kind(theory); "n_layers" and "hidden_channels"
+# are the plaquette couplings' defaults (STAPLE_DEFAULTS for staple couplings)
 register_layers(AngleField, LayerFamily(
     _u1_layers, {"spline": CircularSplineKernel, "ncp": NCPKernel},
-    {"n_layers": 16, "kernel": "spline", "hidden_channels": [16, 16], "rectangles": True},  # lower KL at equal cost (benchmarks)
+    {"n_layers": 16, "kernel": "spline", "hidden_channels": [16, 16], "rectangles": True,  # lower KL at equal cost (benchmarks)
+     "layer_kind": None, "plaquette_order": "offsets"},
 ))
 register_layers(SUNField, LayerFamily(
-    _sun_layers, {"spline": SpectralTransform}, {"n_layers": 16, "kernel": "spline", "hidden_channels": [16, 16]},
+    _sun_layers, {"spline": SpectralTransform},
+    {"n_layers": 16, "kernel": "spline", "hidden_channels": [16, 16], "layer_kind": None, "plaquette_order": "offsets"},
 ))
 
 
@@ -201,10 +250,20 @@ def architecture(theory, condition=None, **overrides) -> dict:
     ``condition=("beta", 1.5, 2.5)`` makes the model serve that range of the coupling.
     """
     arch = default_architecture(theory)
-    arch.update({k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    arch.update(given)
     unknown = sorted(set(arch) - set(default_architecture(theory)))
     if unknown:
         raise InputError(f"unknown architecture option(s) {', '.join(unknown)}")
+    if "layer_kind" in arch:
+        arch["layer_kind"] = arch["layer_kind"] or default_layer_kind(theory)
+        if arch["layer_kind"] not in LAYER_KINDS:
+            raise InputError(f"unknown layer kind {arch['layer_kind']!r}; choose {', '.join(LAYER_KINDS)}")
+        if arch["layer_kind"] == "staple":
+            if "hidden_channels" not in given:
+                arch["hidden_channels"] = STAPLE_DEFAULTS["hidden_channels"]
+            if "n_layers" not in given:
+                arch["n_layers"] = STAPLE_DEFAULTS["sweeps"] * 2 * theory.dimension
     arch["hidden_channels"] = [int(c) for c in arch["hidden_channels"]]
     kernel_class(theory, arch["kernel"])
     for key in ("n_layers", "kernel_size", "n_bins", "n_mixture"):
@@ -236,12 +295,13 @@ def upgrade_architecture(arch: dict) -> dict:
     the same keys, conditioners stored as ``net``; before version 2 U(1) conditioners saw
     plaquettes only; before version 3 every model started from its field type's first prior,
     Haar or normal; before version 4 no model was symmetrised; before version 5 no real-field
-    model had a momentum scaling)."""
+    model had a momentum scaling; before version 6 gauge models were plaquette couplings in the
+    ``planes`` order)."""
     arch = dict(arch)
     version = arch.setdefault("architecture_version", 0)
     if version > ARCHITECTURE_VERSION:
         raise InputError(f"architecture version {version} is newer than this gaugeflow's {ARCHITECTURE_VERSION}")
-    if version < 5:
+    if version < 6:
         theory = make_theory(arch["theory"], arch["lattice"], **arch["couplings"])
     if version < 3:
         if version < 2 and "rectangles" in default_architecture(theory):
@@ -251,6 +311,9 @@ def upgrade_architecture(arch: dict) -> dict:
         arch["symmetrise"] = False
     if version < 5 and "momentum_scaling" in default_architecture(theory):
         arch["momentum_scaling"] = False
+    if version < 6 and "layer_kind" in default_architecture(theory):
+        # the two orders are the same sequence of layers in 2D
+        arch["layer_kind"], arch["plaquette_order"] = "plaquette", "planes" if theory.dimension > 2 else "offsets"
     arch["architecture_version"] = ARCHITECTURE_VERSION
     return arch
 

@@ -125,18 +125,22 @@ class SUNSpectralCoupling(GaugeCoupling):
     n_colors : N (tested for 2 and 3).
     mu, nu, offset : the layer's mask (see :func:`gaugeflow.flows.masks.gauge_link_masks`).
     hidden_channels, kernel_size : conditioner :class:`~gaugeflow.flows.conditioners.ConvNet` shape.
-    n_bins : bins of every rational-quadratic spline.
+    n_bins : bins of every rational-quadratic spline of the default kernel.
+    transform : a conjugation-equivariant kernel with ``left_factor(P, params, inverse) -> (X,
+        log_det)``, ``P' = X P`` (a kernel registered for ``SUNField``); default
+        ``SpectralTransform(n_colors, n_bins)``.
     """
 
     def __init__(self, lattice_shape, n_colors: int, mu: int, nu: int, offset: int, hidden_channels=(16, 16),
-                 kernel_size: int = 3, n_bins: int = 8, context_channels: int = 0):
+                 kernel_size: int = 3, n_bins: int = 8, context_channels: int = 0, transform=None):
         dimension = len(tuple(lattice_shape))
         if dimension < 2:
             raise InputError("a gauge flow needs at least 2 dimensions")
         if mu == nu or not (0 <= mu < dimension and 0 <= nu < dimension):
             raise InputError(f"invalid plane ({mu}, {nu}) for a {dimension}-dimensional lattice")
         features_per_plane = 1 if n_colors == 2 else 2  # the trace of an SU(2) matrix is real
-        super().__init__(lattice_shape, mu, nu, offset, SpectralTransform(n_colors, n_bins), features_per_plane,
+        transform = SpectralTransform(n_colors, n_bins) if transform is None else transform
+        super().__init__(lattice_shape, mu, nu, offset, transform, features_per_plane,
                          hidden_channels, kernel_size, context_channels)
         self.lattice_shape = tuple(int(n) for n in lattice_shape)
         self.n_colors, self.features_per_plane = int(n_colors), features_per_plane
@@ -173,9 +177,11 @@ class SUNSpectralCoupling(GaugeCoupling):
 
 
 def make_sun_flow_layers(lattice_shape, n_colors: int, n_layers: int, **kwargs) -> list[SUNSpectralCoupling]:
-    """``n_layers`` coupling layers following :func:`gaugeflow.flows.masks.gauge_layer_schedule`.
+    """``n_layers`` coupling layers following :func:`gaugeflow.flows.masks.gauge_layer_schedule`
+    (every ``4 D`` consecutive layers update every link).
 
-    ``kwargs`` (``hidden_channels``, ``kernel_size``, ``n_bins``, ``context_channels``) go to every layer.
+    ``kwargs`` (``hidden_channels``, ``kernel_size``, ``n_bins``, ``context_channels``,
+    ``transform``) go to every layer.
     """
     dimension = len(tuple(lattice_shape))
     return [

@@ -34,7 +34,7 @@ OPTION_FOR_PARAMETER = {
     "grad_clip": "--grad-clip", "log_every": "--log-every", "checkpoint_every": "--checkpoint-every",
     "eval_batches": "--eval-batches", "hidden_channels": "--hidden", "n_layers": "--layers", "n_bins": "--bins",
     "n_mixture": "--mixture", "kernel_size": "--kernel-size", "rectangles": "--rectangles", "prior": "--prior",
-    "symmetrise": "--symmetrise", "momentum_scaling": "--momentum-scaling",
+    "symmetrise": "--symmetrise", "momentum_scaling": "--momentum-scaling", "layer_kind": "--layer-kind",
     "resume=True": "--resume",
 }
 
@@ -144,9 +144,15 @@ def build_parser() -> argparse.ArgumentParser:
                                        "by minimising the reverse Kullback-Leibler divergence to exp(-S).")
     _add_theory_options(train)
     group = train.add_argument_group("model (defaults depend on the theory; see README)")
-    group.add_argument("--layers", type=int, help="coupling layers (default: 8 for phi4, 16 for gauge theories)")
+    group.add_argument("--layers", type=int, help="coupling layers (default: 8 for phi4, 16 for gauge theories: "
+                                                  "plaquette couplings, or 2 sweeps of 2D staple couplings)")
+    group.add_argument("--layer-kind", choices=("plaquette", "staple", "both"),
+                       help="U(1), SU(N): plaquette couplings with CNN conditioners (2D default), staple couplings "
+                            "(single-link maps in the staple sum, cheap in any dimension; default in 3D and 4D), "
+                            "or both, alternating")
     group.add_argument("--kernel", help="element-wise transform: affine (phi4 default), spline (u1/suN default), ncp (u1)")
-    group.add_argument("--hidden", help="hidden channels of each conditioner CNN, comma separated (default: 16,16)")
+    group.add_argument("--hidden", help="hidden widths of each conditioner, comma separated (default: 16,16 for CNNs, "
+                                        "32,32 for the staple couplings' per-link networks)")
     group.add_argument("--kernel-size", type=int, help="convolution kernel size, odd (default: 3)")
     group.add_argument("--bins", type=int, help="spline bins (default: 8)")
     group.add_argument("--mixture", type=int, help="NCP mixture components (default: 6)")
@@ -329,7 +335,7 @@ def run_train(args) -> int:
             raise CommandError(f"--condition must look like beta:1.5:2.5, got {args.condition!r}")
     given = dict(n_layers=args.layers, kernel=args.kernel, hidden_channels=hidden, kernel_size=args.kernel_size,
                  n_bins=args.bins, n_mixture=args.mixture, rectangles=args.rectangles, prior=args.prior,
-                 symmetrise=args.symmetrise, momentum_scaling=args.momentum_scaling)
+                 symmetrise=args.symmetrise, momentum_scaling=args.momentum_scaling, layer_kind=args.layer_kind)
     if args.init_from:  # the model being grown fixes the architecture options not given here
         start = load_checkpoint(args.init_from)["architecture"]
         given = {key: start.get(key) if value is None else value for key, value in given.items()}

@@ -187,6 +187,30 @@ def test_sample_from_a_trained_flow_and_resume(tmp_path):
     assert mixed.returncode == 2 and "sampler 'hmc', not 'composite'" in mixed.stderr
 
 
+@pytest.mark.parametrize("theory", [["--theory", "u1", "--beta", 0.8], ["--theory", "su2", "--beta", 1.5]])
+def test_4d_staple_model_trains_samples_and_reweights(tmp_path, theory):
+    """The 4D default layer kind (staple couplings) end to end: train, a composite chain and
+    reweighting from the checkpoint; ``--layer-kind`` picks the kind, odd extents are refused."""
+    model, out = tmp_path / "model.pt", tmp_path / "flow.h5"
+    trained = gaugeflow("train", *theory, "--lattice", "2x2x2x4", "--layer-kind", "staple", "--hidden", "4",
+                        "--steps", 2, "--batch-size", 8, "--quiet", "--out", model)
+    assert trained.returncode == 0, trained.stderr
+    from gaugeflow.flows.checkpoint import load_checkpoint
+    architecture = load_checkpoint(model)["architecture"]
+    assert architecture["layer_kind"] == "staple" and architecture["n_layers"] == 16
+    sampled = gaugeflow("sample", "--model", model, "--chains", 2, "--therm", 1, "--n-configs", 4, "--hmc-per-step", 1,
+                        "--quiet", "--out", out)
+    assert sampled.returncode == 0, sampled.stderr
+    with h5py.File(out, "r") as f:
+        assert f["configs"].shape[0] == 4
+    reweighted = gaugeflow("reweight", "--model", model, "--n-samples", 32, "--json")
+    assert reweighted.returncode == 0, reweighted.stderr
+    assert "ess" in json.loads(reweighted.stdout)
+    odd = gaugeflow("train", *theory, "--lattice", "2x3x2x4", "--layer-kind", "staple", "--steps", 1, "--quiet",
+                    "--out", tmp_path / "odd.pt")
+    assert odd.returncode == 2 and "even lattice extents" in odd.stderr and "Traceback" not in odd.stderr
+
+
 def test_library_messages_are_translated_to_options_but_paths_are_not():
     from gaugeflow.cli.commands import in_option_names
 

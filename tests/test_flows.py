@@ -8,7 +8,7 @@ import torch
 from gaugeflow.flows import architecture, build_flow, transfer_weights
 from gaugeflow.flows.scalar_coupling import ScalarCoupling
 from gaugeflow.flows.transforms import AffineTransform, SplineTransform
-from gaugeflow.flows.u1_coupling import U1PlaquetteCoupling
+from gaugeflow.flows.u1_coupling import U1PlaquetteCoupling, rectangle_loop
 from gaugeflow.lattice.groups import wrap_angle
 from gaugeflow.lattice.theories import make_theory
 
@@ -27,12 +27,16 @@ def angle_distance(a, b):
     return wrap_angle(a - b).abs().max().item()
 
 
+def _loops(rectangles):
+    return (rectangle_loop,) if rectangles else ()
+
+
 def u1_layer(kernel_name, shape=(4, 4), mu=0, nu=1, offset=1, rectangles=False):
     from gaugeflow.flows.kernels import CircularSplineKernel, NCPKernel
 
     kernel = NCPKernel(4) if kernel_name == "ncp" else CircularSplineKernel(6)
     torch.manual_seed(0)
-    return perturb(U1PlaquetteCoupling(shape, mu, nu, offset, kernel, (8, 8), rectangles=rectangles).double())
+    return perturb(U1PlaquetteCoupling(shape, mu, nu, offset, kernel, (8, 8), loops=_loops(rectangles)).double())
 
 
 SCALAR_TRANSFORMS = {"affine": AffineTransform(), "spline": SplineTransform(6)}
@@ -89,7 +93,7 @@ def test_u1_coupling_in_three_dimensions(rectangles, generator):
     from gaugeflow.flows.kernels import CircularSplineKernel
 
     torch.manual_seed(0)
-    layer = perturb(U1PlaquetteCoupling((4, 4, 4), 2, 0, 1, CircularSplineKernel(6), (4,), rectangles=rectangles).double())
+    layer = perturb(U1PlaquetteCoupling((4, 4, 4), 2, 0, 1, CircularSplineKernel(6), (4,), loops=_loops(rectangles)).double())
     theta = theory.hot_start(2, generator=generator)
     out, log_det = layer(theta)
     back, _ = layer.inverse(out)

@@ -10,6 +10,8 @@ from gaugeflow.flows.sun_spectral import canonical_decomposition, cell_transform
 from gaugeflow.lattice.groups import dagger, haar_random_sun, traceless_antihermitian
 from gaugeflow.lattice.sun import SUN
 
+from su_algebra import su_basis as _su_basis
+
 TOL = 1e-10
 
 
@@ -27,25 +29,6 @@ def _perturbed_layer(lattice_shape, n_colors, mu, nu, offset, seed, scale=0.2, *
 def _hot(lattice_shape, n_colors, batch, seed):
     theory = SUN(lattice_shape, beta=1.0, n_colors=n_colors)
     return theory, theory.hot_start(batch, generator=torch.Generator().manual_seed(seed))
-
-
-def _su_basis(n):
-    """Orthonormal basis of su(N) for <X, Y> = Re tr(X^dagger Y), ``[N^2 - 1, N, N]``."""
-    basis = []
-    for i in range(n):
-        for j in range(i + 1, n):
-            a = torch.zeros(n, n, dtype=torch.complex128)
-            a[i, j], a[j, i] = 1, -1
-            basis.append(a / math.sqrt(2))
-            s = torch.zeros(n, n, dtype=torch.complex128)
-            s[i, j], s[j, i] = 1j, 1j
-            basis.append(s / math.sqrt(2))
-    for k in range(1, n):
-        d = torch.zeros(n, dtype=torch.complex128)
-        d[:k] = 1
-        d[k] = -k
-        basis.append(torch.diag(1j * d) / math.sqrt(k * (k + 1)))
-    return torch.stack(basis)
 
 
 # ----------------------------------------------------------------------------- kernel pieces

@@ -191,7 +191,7 @@ def test_checkpoint_from_before_architecture_versioning_loads(tmp_path):
     """Version 0: no ``architecture_version`` key, conditioners stored as ``net``, and (as up
     to version 1) U(1) conditioners that see plaquettes only, with no ``rectangles`` key, and (as
     up to version 2) the Haar prior, with no ``prior`` key, and (as up to version 3) no
-    ``symmetrise`` key."""
+    ``symmetrise`` key, and (as up to version 5) no ``layer_kind`` or ``plaquette_order``."""
     path = tmp_path / "m.pt"
     model = model_for(n_layers=2, rectangles=False, prior="haar")
     train_flow(model, config(steps=2), path, progress=False)
@@ -202,6 +202,8 @@ def test_checkpoint_from_before_architecture_versioning_loads(tmp_path):
     del payload["architecture"]["rectangles"]
     del payload["architecture"]["prior"]
     del payload["architecture"]["symmetrise"]
+    del payload["architecture"]["layer_kind"]
+    del payload["architecture"]["plaquette_order"]
     payload["model"] = {k.replace(".conditioner.", ".net."): v for k, v in payload["model"].items()}
     torch.save(payload, tmp_path / "old.pt")
     old = load_flow(tmp_path / "old.pt")

@@ -114,7 +114,7 @@ def reference_u1_layer(layer, theta, inverse):
 
     frozen = plaquette(0, 1).unsqueeze(1)  # the one plane, masked to its frozen plaquettes below
     features = torch.cat([torch.cos(frozen), torch.sin(frozen)], 1) * layer.frozen.to(theta.dtype)
-    if layer.rectangles:  # the 1x2 loop theta_{mu nu}(x) + theta_{mu nu}(x - nu) at the active sites
+    if layer.loops:  # the 1x2 loop theta_{mu nu}(x) + theta_{mu nu}(x - nu) at the active sites
         loop = plaquette(mu, nu) + plaquette(mu, nu).roll(1, 1 + nu)
         active = layer.active.to(theta.dtype)
         features = torch.stack([features[:, 0], torch.cos(loop) * active, features[:, 1], torch.sin(loop) * active], 1)

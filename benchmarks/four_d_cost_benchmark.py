@@ -1,0 +1,105 @@
+"""Cost of one 4D training step: CPU seconds, peak memory, operator calls, checkpoint size.
+
+For U(1) and SU(3) at 4^4 and 8^4, the default model of each layer kind -- ``plaquette`` (16
+plaquette couplings with CNN conditioners in the earlier ``planes`` order, the 4D default before
+architecture version 6) and ``staple`` (the 4D default now) -- one path-gradient step at batch 64
+on one torch thread.  Each case runs in its own process, so that the peak resident memory is its
+own.  Cases whose estimated memory exceeds ``--max-gb`` are run at a smaller batch and say so.
+
+    python benchmarks/four_d_cost_benchmark.py [--max-gb 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+CASES = [("u1", "4x4x4x4"), ("su3", "4x4x4x4"), ("u1", "8x8x8x8"), ("su3", "8x8x8x8")]
+# peak GB per sample measured at 4^4 (plaquette: 1.6 / 3.5 GB at batch 64), for choosing a batch that fits
+PLAQUETTE_GB_PER_SAMPLE_4 = {"u1": 1.6 / 64, "su3": 3.5 / 64}
+
+
+def measure(theory_name: str, lattice: str, kind: str, batch: int) -> dict:
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from gaugeflow.flows import architecture, build_flow
+    from gaugeflow.flows.train import make_optimizer, reverse_kl_step_terms
+    from gaugeflow.lattice.theories import make_theory
+
+    torch.set_num_threads(1)
+    theory = make_theory(theory_name, lattice, beta=1.0)
+    arch = architecture(theory, layer_kind=kind, prior="haar", **({"plaquette_order": "planes"} if kind == "plaquette" else {}))
+    torch.manual_seed(0)
+    model = build_flow(arch)
+    optimizer = make_optimizer(model, 1e-3)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        surrogate, *_ = reverse_kl_step_terms(model, batch, "path")
+        surrogate.backward()
+        optimizer.step()
+
+    step()
+    times = []
+    for _ in range(3):
+        began = time.process_time()
+        step()
+        times.append(time.process_time() - began)
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        step()
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    covered = torch.zeros(theory.dimension, *theory.lattice_shape, dtype=torch.bool)
+    for layer in model.flows:
+        covered[layer.mu] |= layer.active
+    return {
+        "theory": theory_name, "lattice": lattice, "kind": kind, "layers": arch["n_layers"], "batch": batch,
+        "cpu_seconds_per_step": statistics.median(times),
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "operator_calls": sum(event.count for event in profiler.key_averages()),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "checkpoint_mb": len(buffer.getvalue()) / 2**20,
+        "links_updated": f"{int(covered.sum())}/{covered.numel()}",
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--max-gb", type=float, default=16.0)
+    parser.add_argument("--one", nargs=4, metavar=("THEORY", "LATTICE", "KIND", "BATCH"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        theory, lattice, kind, batch = args.one
+        print(json.dumps(measure(theory, lattice, kind, int(batch))))
+        return 0
+    print("| theory | lattice | layers | batch | CPU-s / step | peak RSS | operator calls / step | parameters | "
+          "checkpoint | links updated |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for theory, lattice in CASES:
+        for kind in ("plaquette", "staple"):
+            batch = 64
+            if kind == "plaquette":
+                volume_ratio = (int(lattice.split("x")[0]) / 4) ** 4
+                while batch > 1 and PLAQUETTE_GB_PER_SAMPLE_4[theory] * volume_ratio * batch > args.max_gb:
+                    batch //= 2
+            run = subprocess.run([sys.executable, __file__, "--one", theory, lattice, kind, str(batch)],
+                                 capture_output=True, text=True)
+            if run.returncode:
+                print(f"| {theory} | {lattice} | {kind} | {batch} | failed: {run.stderr.strip().splitlines()[-1]} |")
+                continue
+            r = json.loads(run.stdout)
+            print(f"| {theory} | {lattice} | {r['layers']} {kind} | {r['batch']} | {r['cpu_seconds_per_step']:.2f} | "
+                  f"{r['peak_rss_gb']:.2f} GB | {r['operator_calls']:,} | {r['parameters']:,} | {r['checkpoint_mb']:.2f} MB | "
+                  f"{r['links_updated']} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
