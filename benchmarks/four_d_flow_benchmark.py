@@ -86,22 +86,30 @@ def plot(folder: str) -> None:
             with open(os.path.join(folder, name)) as handle:
                 results.append(json.load(handle))
     cases = sorted({r["case"] for r in results}, key=list(CASES).index)
-    fig, axes = plt.subplots(2, (len(cases) + 1) // 2, figsize=(4.2 * ((len(cases) + 1) // 2), 7), squeeze=False)
+    columns = (len(cases) + 1) // 2
+    fig, axes = plt.subplots(2, columns, figsize=(4.4 * columns, 7.2), squeeze=False)
     for ax, case in zip(axes.flat, cases):
-        for r in results:
-            if r["case"] == case:
-                t = [c[0] / 60 for c in r["curve"]]
-                ax.plot(t, [c[1] for c in r["curve"]], marker=".", label=f"{r['layer_kind']} (final {r['ess']:.3f})")
+        spread = ax.twinx()
+        for colour, r in zip(("C0", "C1", "C2"), [r for r in results if r["case"] == case]):
+            with open(os.path.join(folder, f"{case}-{r['layer_kind']}.metrics.csv")) as handle:
+                rows = list(csv.DictReader(handle))
+            minutes = [float(row["seconds"]) / 60 for row in rows]
+            ax.plot(minutes, [float(row["ess"]) for row in rows], color=colour, marker=".",
+                    label=f"{r['layer_kind']}: ESS (final, 4096: {r['ess']:.3f})")
+            spread.plot(minutes, [float(row["loss_std"]) for row in rows], color=colour, ls="--", lw=1)
+        ax.axhline(1 / 256, color="grey", lw=0.8, ls=":")
         theory, lattice, beta = CASES[case]
         ax.set_title(f"{theory.upper()} {lattice}, beta={beta:g}")
-        ax.set_xlabel("training time [CPU min]")
-        ax.set_ylabel("ESS (256 samples)")
+        ax.set_xlabel("training time [min, 1 torch thread]")
+        ax.set_ylabel("ESS of 256 samples (solid)")
+        spread.set_ylabel("std of log p - log q [nats] (dashed)")
         ax.set_yscale("log")
         ax.set_ylim(1e-3, 1.05)
-        ax.legend(fontsize=8)
+        spread.set_ylim(0, None)
+        ax.legend(fontsize=7, loc="upper left")
     for ax in list(axes.flat)[len(cases):]:
         ax.axis("off")
-    fig.suptitle("Flow ESS against training time, 1 torch thread, batch 64")
+    fig.suptitle("4D flows: ESS and the spread of the log-weights against training time (batch 64, path gradients)")
     fig.tight_layout()
     fig.savefig(os.path.join(folder, "four_d_ess.png"), dpi=110)
     print("| case | layers | parameters | steps | CPU-s / step | peak RSS | ESS (4096) | acceptance |")
