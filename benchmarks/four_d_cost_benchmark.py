@@ -4,7 +4,8 @@ For U(1) and SU(3) at 4^4 and 8^4, the default model of each layer kind -- ``pla
 plaquette couplings with CNN conditioners in the earlier ``planes`` order, the 4D default before
 architecture version 6) and ``staple`` (the 4D default now) -- one path-gradient step at batch 64
 on one torch thread.  Each case runs in its own process, so that the peak resident memory is its
-own.  Cases whose estimated memory exceeds ``--max-gb`` are run at a smaller batch and say so.
+own.  Cases whose estimated memory exceeds ``--max-gb`` (default 12) are run at a smaller batch
+and say so.
 
     python benchmarks/four_d_cost_benchmark.py [--max-gb 16]
 """
@@ -21,8 +22,9 @@ import sys
 import time
 
 CASES = [("u1", "4x4x4x4"), ("su3", "4x4x4x4"), ("u1", "8x8x8x8"), ("su3", "8x8x8x8")]
-# peak GB per sample measured at 4^4 (plaquette: 1.6 / 3.5 GB at batch 64), for choosing a batch that fits
-PLAQUETTE_GB_PER_SAMPLE_4 = {"u1": 1.6 / 64, "su3": 3.5 / 64}
+# peak GB per sample measured at 4^4 and batch 64, for choosing a batch that fits at 8^4
+GB_PER_SAMPLE_4 = {("u1", "plaquette"): 1.6 / 64, ("su3", "plaquette"): 3.5 / 64,
+                   ("u1", "staple"): 0.66 / 64, ("su3", "staple"): 3.0 / 64}
 
 
 def measure(theory_name: str, lattice: str, kind: str, batch: int) -> dict:
@@ -72,7 +74,8 @@ def measure(theory_name: str, lattice: str, kind: str, batch: int) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--max-gb", type=float, default=16.0)
+    parser.add_argument("--max-gb", type=float, default=12.0)
+    parser.add_argument("--lattices", default="4x4x4x4,8x8x8x8", help="comma-separated subset of the cases' lattices")
     parser.add_argument("--one", nargs=4, metavar=("THEORY", "LATTICE", "KIND", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -83,12 +86,13 @@ def main() -> int:
           "checkpoint | links updated |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for theory, lattice in CASES:
+        if lattice not in args.lattices.split(","):
+            continue
         for kind in ("plaquette", "staple"):
             batch = 64
-            if kind == "plaquette":
-                volume_ratio = (int(lattice.split("x")[0]) / 4) ** 4
-                while batch > 1 and PLAQUETTE_GB_PER_SAMPLE_4[theory] * volume_ratio * batch > args.max_gb:
-                    batch //= 2
+            volume_ratio = (int(lattice.split("x")[0]) / 4) ** 4
+            while batch > 1 and GB_PER_SAMPLE_4[theory, kind] * volume_ratio * batch > args.max_gb:
+                batch //= 2
             run = subprocess.run([sys.executable, __file__, "--one", theory, lattice, kind, str(batch)],
                                  capture_output=True, text=True)
             if run.returncode:
