@@ -100,7 +100,7 @@ def plot(folder: str) -> None:
         ax.axhline(1 / 256, color="grey", lw=0.8, ls=":")
         theory, lattice, beta = CASES[case]
         ax.set_title(f"{theory.upper()} {lattice}, beta={beta:g}")
-        ax.set_xlabel("training time [min, 1 torch thread]")
+        ax.set_xlabel("training time [wall-clock min; CPU share: table]")
         ax.set_ylabel("ESS of 256 samples (solid)")
         spread.set_ylabel("std of log p - log q [nats] (dashed)")
         ax.set_yscale("log")
