@@ -166,11 +166,10 @@ class StapleCoupling(Flow, abc.ABC):
 
     # Per-link tensors are site-major, [n_active, B, ...]: gathering whole sites (all samples
     # at once) from the transposed links is 4x faster on the CPU than gathering per sample,
-    # and gathering complex links through their real view another 5x.
+    # and complex links are gathered through their real view (PyTorch's complex gather is slower).
     @staticmethod
     def _sites(flat: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """``flat [B, S, *rest]`` at the sites ``index``, ``[len(index), B, *rest]``."""
-        rest = flat.shape[2:]
         rows = torch.view_as_real(flat) if flat.is_complex() else flat[..., None]
         picked = rows.flatten(2).transpose(0, 1).index_select(0, index)  # [S, B, values] rows: the fast path
         picked = picked.unflatten(2, rows.shape[2:])
