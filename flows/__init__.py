@@ -11,9 +11,9 @@ Public API::
     plot_training("model.metrics.csv", "curves.png")
 
 Extension points: a coupling layer subclasses :class:`MaskedCoupling` (or
-:class:`GaugeCoupling`; single-link gauge maps in the staple sum: :class:`StapleCoupling`); an element-wise map subclasses :class:`ElementwiseTransform` and is
-offered as a kernel with :func:`register_kernel`; layers for a new field type are registered
-with :func:`register_layers`.
+:class:`GaugeCoupling`; single-link gauge maps in the staple sum: :class:`StapleCoupling`); an
+element-wise map subclasses :class:`ElementwiseTransform` and is offered as a kernel with
+:func:`register_kernel`; layers for a new field type are registered with :func:`register_layers`.
 """
 
 from .checkpoint import load_checkpoint, load_flow

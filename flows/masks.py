@@ -40,9 +40,10 @@ def gauge_layer_schedule(dimension: int, n_layers: int, order: str = "offsets"):
     ``order="offsets"`` (architecture version 6 on): ``mu = i mod D`` and, with ``k = i div D``,
     ``offset = k mod 4`` and ``nu`` the ``(k div 4 mod (D-1))``-th other direction: each block
     of ``4 D`` layers runs through the four offsets along one ``nu`` per direction, so it updates
-    every link, and ``4 D (D-1)`` layers visit every ``(mu, nu, offset)`` once.  ``order="planes"`` (earlier models) cycles over the ``D (D-1)`` ordered
-    planes before the offsets: in 2D the same sequence, but in 4D its first 16 layers leave 31%
-    of the links untouched.
+    every link, and ``4 D (D-1)`` layers visit every ``(mu, nu, offset)`` once.
+    ``order="planes"`` (earlier models) cycles over the ``D (D-1)`` ordered planes before the
+    offsets: in 2D the same sequence, but in 4D its first 16 layers leave 31% of the links
+    untouched.
     """
     if order == "planes":
         pairs = [(mu, nu) for mu, nu in itertools.permutations(range(dimension), 2)]

@@ -135,7 +135,7 @@ CONSTRAINT_BINS = 16  # the constrained plaquette's spline: one scalar per sampl
 
 
 LAYER_KINDS = ("plaquette", "staple", "both")
-# staple couplings where the architecture names no width or depth: 8 sweeps of the 2 D layers
+# staple couplings where the architecture names no width or depth: 2 sweeps of the 2 D layers
 # that update every link once (benchmarks/README.md, "Four dimensions")
 STAPLE_DEFAULTS = {"hidden_channels": [32, 32], "sweeps": 2}
 
@@ -151,14 +151,14 @@ def _gauge_layers(theory, arch, plaquette_layer, staple_layer):
     staple couplings (:func:`staple_layer_schedule`), or both, alternating, for ``layer_kind``
     ``plaquette``, ``staple``, ``both``.  ``plaquette_layer(mu, nu, offset)`` and
     ``staple_layer(mu, parity)`` build one layer."""
-    kind, n_layers = arch.get("layer_kind", "plaquette"), arch["n_layers"]
+    # upgrade_architecture gives every gauge architecture both keys
+    kind, n_layers, order = arch["layer_kind"], arch["n_layers"], arch["plaquette_order"]
     if kind == "plaquette":
-        order = arch.get("plaquette_order", "planes")
         return [plaquette_layer(*labels) for labels in gauge_layer_schedule(theory.dimension, n_layers, order)]
     if kind == "staple":
         return [staple_layer(*labels) for labels in staple_layer_schedule(theory.dimension, n_layers)]
     staples = staple_layer_schedule(theory.dimension, (n_layers + 1) // 2)
-    plaquettes = gauge_layer_schedule(theory.dimension, n_layers // 2, arch.get("plaquette_order", "planes"))
+    plaquettes = gauge_layer_schedule(theory.dimension, n_layers // 2, order)
     layers = []
     for i in range(n_layers):
         layers.append(staple_layer(*staples[i // 2]) if i % 2 == 0 else plaquette_layer(*plaquettes[i // 2]))

@@ -59,14 +59,12 @@ from gaugeflow.lattice.groups import dagger, matmul, real_dtype
 from .conditioners import SiteMLP
 from .kernels import wrap_with_unit_derivative
 from .masks import staple_link_mask
+from .sun_coupling import check_sun_links
 
 __all__ = [
     "StapleCoupling", "U1StapleCoupling", "SUNStapleCoupling", "staple_neighbours",
     "u1_staple_features", "sun_staple_features", "project_staple_sum",
 ]
-
-SITE_AXIS = 1  # sites start at axis 1 once a direction is selected from [B, D, x...]
-
 
 def staple_neighbours(lattice_shape, mu: int, active: torch.Tensor) -> torch.Tensor:
     """Indices into the links flattened over ``(direction, site)`` of everything the staples of
@@ -317,12 +315,6 @@ class SUNStapleCoupling(StapleCoupling):
         self.n_colors = int(n_colors)
         self.features = features
 
-    def _check(self, links: torch.Tensor) -> None:
-        expected = (len(self.lattice_shape), *self.lattice_shape, self.n_colors, self.n_colors)
-        if tuple(links.shape[1:]) != expected or not links.is_complex():
-            raise InputError(f"expected complex links of shape [batch, {', '.join(map(str, expected))}], "
-                             f"got {list(links.shape)} ({links.dtype})")
-
     def staples(self, links: torch.Tensor) -> torch.Tensor:
         """Staples ``C_k`` of the active links, ``[2 (D-1), n_active, B, N, N]`` (order as for
         U(1)): ``U_mu(x) C_k`` is a plaquette through the link, and ``sum_k C_k`` is the staple
@@ -333,9 +325,9 @@ class SUNStapleCoupling(StapleCoupling):
         return torch.stack([up, down], dim=1).flatten(0, 1)
 
     def couple(self, links, inverse, context):
-        self._check(links)
+        check_sun_links(links, self.lattice_shape, self.n_colors)
         staples = self.staples(links)  # [K, n, B, N, N]
-        weights = self.staple_weights.to(real_dtype(links.dtype)).to(links.dtype)
+        weights = self.staple_weights.to(links.dtype)
         projected, singular_values, phase = project_staple_sum(torch.einsum("k,knbij->nbij", weights, staples))
         params = self.params(self.features(staples, projected, singular_values, phase), context, links.dtype)
         # P = U W and the update in complex128: the spectral map's eigenvectors of a P that is
@@ -343,7 +335,7 @@ class SUNStapleCoupling(StapleCoupling):
         # compounded over layers (SU(2) links drifted 2e-3 from the group in 16 untrained layers)
         active = self.gather(links[:, self.mu]).to(torch.complex128)
         factor, log_det = self.transform.left_factor(active @ projected.to(torch.complex128), params, inverse)
-        moved = factor.to(torch.complex128) @ active
+        moved = factor @ active
         # one Newton-Schulz step, U (3 - U^dagger U) / 2: the identity on the group, so the map and
         # its density are unchanged, but rounding drift off the group is removed to second order
         eye = torch.eye(self.n_colors, dtype=moved.dtype, device=moved.device)

@@ -78,6 +78,15 @@ from .transforms import ElementwiseTransform
 __all__ = ["SpectralTransform", "SUNSpectralCoupling", "make_sun_flow_layers"]
 
 
+def check_sun_links(links: torch.Tensor, lattice_shape, n_colors: int) -> None:
+    """Refuse, naming the problem, anything but complex links ``[B, D, x..., N, N]``."""
+    expected = (len(lattice_shape), *lattice_shape, n_colors, n_colors)
+    if links.dim() != len(expected) + 1 or tuple(links.shape[1:]) != expected:
+        raise InputError(f"expected links of shape [batch, {', '.join(map(str, expected))}], got {list(links.shape)}")
+    if not links.is_complex():
+        raise InputError("SU(N) links must be a complex tensor")
+
+
 class SpectralTransform(ElementwiseTransform):
     """The conjugation-equivariant map ``P -> P' = V diag(exp(i f(theta))) V^dagger`` of SU(N)
     matrices ``[..., N, N]`` (:func:`gaugeflow.flows.sun_spectral.spectral_map`), with ``N - 1``
@@ -145,16 +154,9 @@ class SUNSpectralCoupling(GaugeCoupling):
         self.lattice_shape = tuple(int(n) for n in lattice_shape)
         self.n_colors, self.features_per_plane = int(n_colors), features_per_plane
 
-    def _check(self, links: torch.Tensor) -> None:
-        expected = (len(self.lattice_shape), *self.lattice_shape, self.n_colors, self.n_colors)
-        if links.dim() != len(expected) + 1 or tuple(links.shape[1:]) != expected:
-            raise InputError(f"expected links of shape [batch, {', '.join(map(str, expected))}], got {list(links.shape)}")
-        if not links.is_complex():
-            raise InputError("SU(N) links must be a complex tensor")
-
     def features(self, links):
         """``Re tr P / N`` (and ``Im tr P / N`` for N >= 3) of the frozen plaquettes, 0 elsewhere."""
-        self._check(links)
+        check_sun_links(links, self.lattice_shape, self.n_colors)
         channels = []
         for index, (rho, sigma) in enumerate(self.planes):
             trace = torch.diagonal(plaquettes(links, rho, sigma), dim1=-2, dim2=-1).sum(-1) / self.n_colors
