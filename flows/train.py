@@ -13,27 +13,21 @@ Gradient estimators (``estimator``):
 * ``reinforce`` -- score function: ``E[(f - <f>) grad log q(x)]`` with ``f = log q - log p``
   at fixed samples; needs no differentiable sampler.
 
-The default (``estimator=None``, :func:`default_estimator`) is ``path``.  The exception is a
-model on the 2D U(1) plaquette prior conditioned on beta: its constraint layer starts at a
-linear interpolation between the fitted starts at the ends of the range and must still move,
-and through that layer's steep spline (knot derivatives up to 1e3) the path gradient of its
-rotation was 100x noisier than the reparameterisation one (300 path steps from the old quantile
-start took U(1) 8x8, beta 6 from acceptance 0.73 to 0.56, reparameterisation kept 0.72).  From
-the fitted start (:func:`gaugeflow.flows.u1_global.constraint_transport`) the layer is at its
-optimum, and there the path gradient's property of vanishing at ``q = p`` is what counts:
-3 CPU minutes at 16x16, beta 6 kept acceptance 0.89 (ESS 0.96) with path gradients, while
-reparameterisation drifted to 0.85-0.86 (lr 1e-3 and 2e-4); at 8x8, beta 6 path reached 0.81
-from 0.79, and on the Schwinger model (8x8, beta 2, kappa 0.26) 0.54 against 0.51
-(benchmarks/README.md).
+The default (``estimator=None``, :func:`default_estimator`) is ``path``, except for a model
+on the 2D U(1) plaquette prior conditioned on beta, which uses ``reparam``: its constraint
+layer's steep spline makes the path gradient of its rotation far noisier there (the
+measurements are in benchmarks/README.md).
 
 Training uses Adam with a cosine learning-rate schedule after a linear warm-up over the first
 10% (at large beta the full rate from the first step can throw a U(1) flow into a far worse
-basin it never leaves; benchmarks/README.md) and gradient-norm clipping.  A non-finite loss or
+basin it never leaves) and gradient-norm clipping.  A non-finite loss or
 gradient skips the step (and is counted in the log); too many in a row stop training with an
 error instead of silently training on NaN.  Metrics (loss, KL where known, ESS of the batch
 and of a larger evaluation sample, independence-Metropolis acceptance) are written to a CSV
-log.  Checkpoints (:mod:`gaugeflow.flows.checkpoint`) are written atomically and read only
-with ``torch.load(weights_only=True)``; resuming continues bit for bit.
+log, one row written through at a time.  Checkpoints (:mod:`gaugeflow.flows.checkpoint`) are
+written atomically and read only with ``torch.load(weights_only=True)``; resuming continues
+bit for bit.  A stop signal (SIGTERM, SIGUSR1, Ctrl-C) checkpoints after the step in progress,
+whatever ``checkpoint_every`` says.
 
 :func:`train_flow` reads as its steps: check the request, start or resume (optimizer,
 scheduler, RNG, log), then the loop of :func:`training_step`, metrics and checkpoints.
@@ -54,10 +48,10 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from gaugeflow.lattice.backend import check_memory, stream_seed  # one random stream per MPI rank
+from gaugeflow.lattice.backend import check_memory, check_seed, stream_seed  # one random stream per MPI rank
 from gaugeflow.lattice.errors import InputError, TrainingError
 from gaugeflow.lattice.jobcontrol import Interrupted, stop_on_signals
-from gaugeflow.lattice.storage import WriterLock, write_atomically
+from gaugeflow.lattice.storage import StorageError, WriterLock, _fault_point, describe_os_error, write_atomically
 
 from .checkpoint import check_architecture, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .diagnostics import acceptance_rate, effective_sample_size
@@ -89,7 +83,6 @@ class TrainConfig:
     learning_rate: float = 2e-3
     schedule: str = "cosine"  # or "constant"
     warmup: float = 0.1  # cosine only: the fraction of training over which the rate rises linearly from 1%
-    # (without it U(1) beta=6 runs at lr 2e-3, and wider conditioners at 1e-3, blew up early: benchmarks/README.md)
     grad_clip: float = 1.0
     estimator: str | None = None  # None: default_estimator(model)
     log_every: int = 50
@@ -220,17 +213,34 @@ def _logged_rows(path, up_to_step: int) -> list[dict]:
     return rows
 
 
-def _open_log(path, resume_step: int | None):
-    """Open the CSV log; on resume, keep only rows up to the checkpoint's step.  The kept rows
-    are rewritten atomically, so a crash during the rewrite loses none of them."""
-    rows = _logged_rows(path, resume_step) if resume_step is not None and os.path.exists(path) else []
+def _csv_text(rows, header: bool) -> str:
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=LOG_COLUMNS)
-    writer.writeheader()
+    if header:
+        writer.writeheader()
     writer.writerows(rows)
-    write_atomically(path, text.getvalue().encode())
-    handle = open(path, "a", newline="")
-    return handle, csv.DictWriter(handle, fieldnames=LOG_COLUMNS)
+    return text.getvalue()
+
+
+def _open_log(path, resume_step: int | None) -> str:
+    """Start the CSV log; on resume, keep only rows up to the checkpoint's step.  The kept rows
+    are rewritten atomically, so a crash during the rewrite loses none of them."""
+    rows = _logged_rows(path, resume_step) if resume_step is not None and os.path.exists(path) else []
+    write_atomically(path, _csv_text(rows, header=True).encode())
+    return path
+
+
+def _append_log(path, row: dict, checkpoint_path, step: int) -> None:
+    """Append one row, written through at once (no buffer to fail later, at close); a full
+    disk stops training with a one-line :class:`StorageError`.  A row cut short by a crash is
+    dropped on resume."""
+    try:
+        with open(path, "a", newline="") as handle:
+            _fault_point()
+            handle.write(_csv_text([row], header=False))
+    except OSError as error:
+        raise StorageError(f"cannot write {path}: {describe_os_error(error)}; training stopped at step {step}; "
+                           f"rerun with resume=True to continue from the checkpoint {checkpoint_path}") from None
 
 
 @dataclass
@@ -267,6 +277,7 @@ def training_memory_estimate(model, batch_size: int) -> int:
 
 def _check_request(model, config: TrainConfig, checkpoint_path, comm) -> int:
     """The per-rank batch size, after checking that the run can start at all."""
+    check_seed(config.seed)
     if config.batch_size % comm.size:
         raise InputError(f"batch_size {config.batch_size} must be divisible by the number of MPI ranks ({comm.size})")
     directory = os.path.dirname(os.path.abspath(checkpoint_path))
@@ -403,9 +414,11 @@ def train_flow(
 
 def _train(model, config, checkpoint_path, resume, progress, comm, local_batch) -> TrainSummary:
     run = _start_or_resume(model, config, checkpoint_path, resume, comm)
-    log_z = model.theory.exact_log_partition_function()
+    # a model conditioned on a coupling is trained on a range of them: no single log Z to subtract
+    log_z = None if model.architecture.get("condition") else model.theory.exact_log_partition_function()
     log_path = metrics_log_path(checkpoint_path)
-    log_handle, log_writer = _open_log(log_path, run.step if resume else None) if comm.is_root else (None, None)
+    if comm.is_root:
+        _open_log(log_path, run.step if resume else None)
     began = time.perf_counter()
     show = progress and comm.is_root
     budget = 60 * config.minutes if config.minutes else None
@@ -417,7 +430,7 @@ def _train(model, config, checkpoint_path, resume, progress, comm, local_batch) 
         run.progress["fraction"] = comm.broadcast((run.seconds_before + time.perf_counter() - began) / budget)
         return run.progress["fraction"] >= 1.0
 
-    with log_handle or contextlib.nullcontext(), stop_on_signals() as received:
+    with stop_on_signals() as received:
         bar = tqdm(total=None if budget else config.steps, initial=run.step, disable=None if show else True, desc="train",
                    unit="step", leave=False)
         try:
@@ -438,8 +451,7 @@ def _train(model, config, checkpoint_path, resume, progress, comm, local_batch) 
                     run.metrics = _metrics(model, run, config, local_batch, comm, loss, log_q, log_p, grad_norm, log_z,
                                            time.perf_counter() - began)
                     if comm.is_root:
-                        log_writer.writerow(run.metrics)
-                        log_handle.flush()
+                        _append_log(log_path, run.metrics, checkpoint_path, run.step)
                     m = run.metrics
                     if not warned and loss_jumped(m, best_loss, config.batch_size):
                         warned = True

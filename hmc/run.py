@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from gaugeflow.lattice.backend import check_memory, make_generator, resolve_device
+from gaugeflow.lattice.backend import check_memory, check_seed, make_generator, resolve_device
 from gaugeflow.lattice.ensemble import EnsembleError, create_ensemble, open_ensemble
 from gaugeflow.lattice.errors import InputError
 from gaugeflow.lattice.jobcontrol import EXIT_INTERRUPTED, Interrupted, stop_on_signals  # noqa: F401 (re-exported)
@@ -150,11 +150,25 @@ def _thermalised(theory, sampler: Sampler, generator, *, n_chains, n_therm, star
         field = theory.hot_start(n_chains, generator=generator, device=device, precision=precision)
     else:
         field = theory.cold_start(n_chains, device=device, precision=precision)
+    _refuse_nonfinite(theory, theory.action(field), "the action of the start configuration")
     field = sampler.thermalise(field, n_therm, generator, progress, received)
     if received["signal"]:
         raise Interrupted(f"stopped by {received['signal']} during thermalisation, which stores nothing; rerun with "
                           f"resume=True and time for all n_therm ({n_therm}) updates", saved=False)
     return field
+
+
+def _refuse_nonfinite(theory, values: torch.Tensor, what: str) -> None:
+    """A non-finite action, a NaN energy violation or an infinite one in every chain means
+    couplings outside what float64 can represent, not bad luck: refuse at once, naming the
+    couplings, rather than store chains in which every update is rejected."""
+    bad = ~torch.isfinite(values)
+    if what.startswith("the energy") and not bad.all():  # one infinite dH can be a wild trajectory
+        bad = torch.isnan(values)
+    if bool(bad.any()):
+        couplings = ", ".join(f"{name}={value:g}" for name, value in theory.couplings.items())
+        raise InputError(f"{what} is {values[bad][0].item()} in {int(bad.sum())} of {values.numel()} chains of "
+                         f"{theory.name} at {couplings}: a coupling is out of range (float64 overflows)")
 
 
 def _rows(theory, step, result, first_chain) -> dict:
@@ -209,6 +223,7 @@ def run_chains(
     :mod:`gaugeflow.hmc.distributed`) numbers the chains from ``stream * n_chains``.
     """
     _check_options(n_configs, n_therm, n_chains, save_every, start)
+    check_seed(seed)
     if not commit_every >= 0:
         raise InputError(f"commit_every must be a non-negative number of seconds, got {commit_every}")
     device = resolve_device(device)
@@ -225,6 +240,9 @@ def run_chains(
         if resume and os.path.exists(path):
             ensemble = cleanup.enter_context(_open_for_resume(path, sampler))
             state = ensemble.resume_state()
+            if state is None and len(ensemble):  # thermalising anew would store every (chain, step) twice
+                raise EnsembleError(f"{path} holds {len(ensemble)} rows but no resume state, so its chains cannot be "
+                                    f"continued; start a new ensemble")
             # what an earlier run chose is kept, also if it died before its first commit
             sampler.restore(dict(ensemble.metadata, **(state or {})))
         else:
@@ -255,6 +273,8 @@ def _production(ensemble, theory, sampler: Sampler, field, step, generator, *, n
     with bar:
         while len(ensemble) + ensemble.n_pending < n_configs:
             result = sampler.update(field, generator)
+            if not accepted:
+                _refuse_nonfinite(theory, result.delta_h, "the energy violation delta_h of the first update")
             field, step = result.field, step + 1
             accepted.append(result.accepted.double().mean().item())
             if step % save_every == 0:

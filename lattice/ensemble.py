@@ -1,64 +1,31 @@
 """HDF5 ensembles that survive crashes: immutable, checksummed segments behind a manifest.
 
-An ensemble at ``ens.h5`` is
+An ensemble ``ens.h5`` is a directory of segments, ``ens.h5.segments/segment-NNNNNN.h5``, each
+a complete, checksummed HDF5 file of rows plus the sampler state after them, written once
+(the rename is the commit); and the manifest ``ens.h5``, the metadata plus virtual datasets
+through which plain h5py reads all rows, derived from the segments and rebuilt when it lags.
+A distributed ensemble (``--mpi``) has one such ensemble per stream, ``ens.h5.streams/``.
 
-* ``ens.h5.segments/segment-000000.h5``, ``segment-000001.h5``, ... -- each a complete HDF5
-  file holding a block of rows and the sampler state right after them (``/resume``), written
-  once (built in memory, written to a temporary name, fsynced, renamed: the rename is the
-  commit) and never changed;
-* ``ens.h5``, the *manifest*: the ensemble's metadata and, for plain h5py, virtual datasets
-  that join the segments' rows, so ``h5py.File("ens.h5")["configs"][...]`` reads the whole
-  ensemble.  The manifest is derived data, rewritten (atomically) after each commit and
-  rebuilt from the segments whenever it lags behind them.
-
-So a run killed at any instruction -- SIGKILL, the OOM killer, a node crash -- leaves every
-committed row intact, and ``--resume`` continues from the last committed state, storing
-exactly the rows an uninterrupted run would have stored.  A full disk or an I/O error fails
-the commit in progress only.  Readers (``gaugeflow analyze``) can read an ensemble while it
-is being written: segments are complete before they appear.  ``gaugeflow compact`` joins the
-segments into one self-contained file of the same layout as a segment, which is itself a
-readable (and resumable) ensemble.
-
-A *distributed* ensemble (``layout = "streams"``, written by ``--mpi`` runs) is a manifest
-``ens.h5`` with ``n_streams`` and one ensemble as above per stream,
-``ens.h5.streams/stream-0000.h5``, ...: every MPI rank writes its own streams, with its own
-writer lock, so no rank ever waits for another's I/O.  Read through ``ens.h5`` it is one
-ensemble (stream after stream; chain ids are unique across streams).
-
-Layout of every file (``format = "gaugeflow-ensemble"``, ``format_version = 2``)::
-
-    /                         attrs: format, format_version, layout ("manifest", "segment" or
-                                     "single"), theory, lattice_shape (int array), coupling_names,
-                                     one attribute per coupling (beta, m2, lam, ...), sampler,
-                                     seed, created (ISO 8601), software_version,
-                                     observable_names, sampler parameters, metadata_sha256;
-                              segments and single files also: segment, first_row, n_rows;
-                              the manifest also: n_configs, n_segments
-    /configs      [N, ...]    phi4: [N, L0, ..., L_{D-1}] float64
-                              u1:   [N, D, L0, ..., L_{D-1}] float64 link angles in (-pi, pi]
-                              suN:  [N, D, L0, ..., L_{D-1}, N, N] complex128
-    /chain        [N] int64   which Markov chain a row belongs to
-    /step         [N] int64   Monte Carlo step (update number after thermalisation) in its chain
-    /accepted     [N] bool    whether the update that produced the row was accepted
-    /delta_h      [N] float64 energy violation of that update (HMC); <exp(-dH)> = 1 is a check
-    /observables/<name> [N] float64, one per observable
-    /resume/                  (segments) the state after the segment's last update: ``field``
-                              [chains, ...], ``rng_state`` (uint8) and attributes
-                              ``next_trajectory``, what the sampler adapted, ``sha256``
-
-Integrity: every dataset carries the SHA-256 of its contents (attribute ``sha256``) and the
-HDF5 fletcher32 checksum of every chunk; the metadata and the resume state carry theirs.
-They are verified when read; a mismatch is refused with the file, the dataset and "checksum
-mismatch".  Format version 1 files (single file, no checksums) are still read; ``gaugeflow
-compact`` converts them.
+The format -- every attribute, dataset and guarantee -- is specified once, in the
+documentation's "HDF5 ensemble format" page (``docs/ensemble-format.md``).  This module reads
+and writes it: :func:`create_ensemble`, :func:`open_ensemble` (:class:`Ensemble`: columns,
+configurations, the resume state, :meth:`Ensemble.verify`), :func:`repair_manifest`,
+:func:`compact_ensemble` and the distributed helpers.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
+import io
+import json
+import math
 import os
 import re
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 
 import h5py
@@ -74,6 +41,17 @@ _SEGMENT = re.compile(r"segment-(\d{6})\.h5")
 _PER_FILE = ("format", "format_version", "layout", "segment", "first_row", "n_rows", "n_configs", "n_segments",
              "metadata_sha256", "segments", "header_sha256")
 _NOT_IN_HEADER = ("format", "format_version", "metadata_sha256", "header_sha256")
+# what every reader relies on; a file without one of them is foreign or damaged
+REQUIRED_METADATA = ("theory", "lattice_shape", "coupling_names", "sampler", "observable_names", "config_shape",
+                     "config_dtype", "config_row_bytes")
+# the metadata of a distributed ensemble's manifest: ensemble_metadata's keys and the run's fixed
+# parameters (gaugeflow.hmc.distributed), but none of a stream's own
+_DISTRIBUTED_KEYS = ("theory", "lattice_shape", "coupling_names", "sampler", "seed", "created", "software_version",
+                     "observable_names", "config_shape", "config_dtype", "config_row_bytes", "n_chains", "save_every",
+                     "n_therm", "start", "n_streams")
+# seconds between manifest rewrites while commits follow each other faster (commit_every=0):
+# each rewrite lists every segment, so rewriting it at every commit would cost O(segments^2)
+MANIFEST_INTERVAL = 10.0
 
 
 class EnsembleError(InputError):
@@ -141,6 +119,13 @@ def _open_h5(path):
         raise EnsembleError(f"{path} cannot be read (corrupt HDF5 structure: {type(error).__name__}: {error})") from None
 
 
+def _check_required(path, metadata: dict, names) -> None:
+    missing = [name for name in names if name not in metadata]
+    if missing:
+        raise EnsembleError(f"{path} is not a complete gaugeflow ensemble: attribute(s) {', '.join(missing)} missing "
+                            f"(foreign or damaged file)")
+
+
 def _check_digests(path, attrs: dict) -> dict:
     """The ensemble metadata of a file's attributes, after checking both of its digests."""
     metadata = {k: v for k, v in attrs.items() if k not in _PER_FILE}
@@ -155,8 +140,8 @@ def _check_digests(path, attrs: dict) -> dict:
 def _read_verified(path, h5file, name: str, selection=None, shape=None):
     """Dataset ``name`` (all of it, checked against its SHA-256; or a slice, checked by fletcher32).
 
-    ``shape``, where given, is checked before anything is read: a damaged dimension must not
-    make h5py allocate terabytes."""
+    ``shape``, where given (format 2), is checked before anything is read: a damaged dimension
+    must not make h5py allocate terabytes; and the SHA-256 must be there."""
     try:
         dataset = h5file[name]
         if shape is not None and tuple(dataset.shape) != tuple(shape):
@@ -167,7 +152,7 @@ def _read_verified(path, h5file, name: str, selection=None, shape=None):
         raise EnsembleError(f"{path}: dataset {name} is missing (damaged file)") from None
     except OSError:  # a fletcher32 failure, or a damaged chunk index
         raise EnsembleError(f"{path}: dataset {name}: checksum mismatch") from None
-    if selection is None and expected is not None and digest(values) != _plain(expected):
+    if selection is None and (expected is not None or shape is not None) and digest(values) != _plain(expected):
         raise EnsembleError(f"{path}: dataset {name}: checksum mismatch")
     return values
 
@@ -179,9 +164,15 @@ class Ensemble:
     def __init__(self, path, mode: str = "r"):
         self.path, self.mode = os.fspath(path), mode
         self._listed_segments, self.n_streams = 0, 1
+        self._manifest_written = -math.inf
         self._lock = WriterLock(self.path).acquire() if mode == "a" else None
         try:
-            self.metadata, self.layout = self._read_metadata()
+            try:
+                self.metadata, self.layout = self._read_metadata()
+            except EnsembleError as error:
+                if os.path.isdir(segment_directory(self.path)) or os.path.isdir(self.path + ".streams"):
+                    raise EnsembleError(f"{error}; {_REPAIR}") from None
+                raise
             if mode == "a" and self.layout == "v1":
                 raise EnsembleError(f"{self.path} has ensemble format version 1; convert it with "
                                     f"'gaugeflow compact {self.path} --out NEW' and continue NEW")
@@ -218,6 +209,7 @@ class Ensemble:
             raise EnsembleError(f"{self.path} has ensemble format version {version}; "
                                 f"this gaugeflow reads versions 1 and {FORMAT_VERSION}")
         metadata = _check_digests(self.path, attrs)
+        _check_required(self.path, metadata, REQUIRED_METADATA)
         self.n_streams = int(metadata.get("n_streams", 1))
         return metadata, attrs.get("layout")
 
@@ -384,7 +376,10 @@ class Ensemble:
         last = self.segments[-1]
         with _open_h5(last.path) as h5file:
             if "resume" not in h5file:
-                return None
+                if self.layout in ("v1", "single"):  # compacted from a stateless file: legitimately none
+                    return None
+                raise EnsembleError(f"{last.path}: the resume state is missing (damaged: every segment is written "
+                                    f"with one)")
             group = h5file["resume"]
             try:
                 state = {name: group[name][()] for name in group}
@@ -406,15 +401,89 @@ class Ensemble:
         return len(names)
 
     def verify(self) -> dict:
-        """Read and check everything: metadata, every dataset of every segment, the resume state.
+        """Read and check everything: metadata, every dataset of every segment, the resume
+        state; that every chain's rows are unique, in order and without gaps, and that the
+        resume state continues them; and the manifest as plain h5py reads it.
 
-        Returns ``{"segments", "rows", "checked_datasets"}``; raises :class:`EnsembleError` naming
-        the first damaged file and dataset."""
+        Returns ``{"segments", "rows", "checked_datasets", "manifest_rows"}`` (the rows plain
+        h5py sees: fewer than ``rows`` when a writer stopped before updating the manifest);
+        raises :class:`EnsembleError` naming the first damaged file and dataset."""
         checked = sum(self._verify_segment(segment) for segment in self.segments)
-        self.resume_state()
-        for part in self.streams():
-            part.resume_state()
-        return {"segments": len(self.segments), "rows": len(self), "checked_datasets": checked}
+        for part in self.streams() if self.layout == "streams" else [self]:
+            part._verify_chains(part.resume_state())
+        manifest_rows = self._verify_manifest() if self.layout in ("manifest", "streams") else len(self)
+        return {"segments": len(self.segments), "rows": len(self), "checked_datasets": checked,
+                "manifest_rows": manifest_rows}
+
+    def _verify_chains(self, state: dict | None) -> None:
+        """Every ``(chain, step)`` once; with ``save_every`` recorded (every run records it),
+        each chain's steps are ``save_every, 2 save_every, ...`` in the order stored, and the
+        resume state continues after the last of them, for the same number of chains."""
+        chain, step = self.column("chain"), self.column("step")
+        pairs = np.stack([chain, step], axis=1)
+        if len(np.unique(pairs, axis=0)) != len(pairs):
+            raise EnsembleError(f"{self.path}: some (chain, step) rows are stored twice (damaged or wrongly resumed)")
+        every = self.metadata.get("save_every")
+        if every is None or self.layout == "v1":
+            return
+        for c in np.unique(chain):
+            steps = step[chain == c]
+            if not np.array_equal(steps, every * np.arange(1, len(steps) + 1)):
+                raise EnsembleError(f"{self.path}: chain {c} has steps {_describe_gap(steps, every)} (rows are missing "
+                                    f"or out of order)")
+        if state is None:
+            if len(self) and self.layout not in ("single",):
+                raise EnsembleError(f"{self.path}: {len(self)} rows but no resume state")
+            return
+        if "next_trajectory" in state and len(self):
+            last, resumes = int(step.max()), int(state["next_trajectory"])
+            if not last <= resumes < last + every:
+                raise EnsembleError(f"{self.path}: the resume state continues at step {resumes}, not after the last "
+                                    f"stored step {last}")
+        n_chains = self.metadata.get("n_chains")
+        if n_chains is not None and "field" in state and len(state["field"]) != int(n_chains):
+            raise EnsembleError(f"{self.path}: the resume state holds {len(state['field'])} chains, not {n_chains}")
+
+    def _verify_manifest(self, tries: int = 3) -> int:
+        """Check the manifest as plain h5py reads it; the number of rows it covers.
+
+        An intact manifest is byte for byte what this reader rebuilds from the segments it lists,
+        so it is checked without parsing it.  One that is not (damaged, or written by another
+        version) is read end to end by h5py in a separate process -- libhdf5 can crash on a
+        damaged virtual-dataset heap -- and compared with the segments."""
+        with open(self.path, "rb") as f:  # one version of it: a writer may replace it meanwhile
+            image = f.read()
+        try:
+            with h5py.File(io.BytesIO(image), "r") as h5file:
+                attrs = {key: _plain(value) for key, value in h5file.attrs.items()}
+        except (OSError, RuntimeError, KeyError, ValueError) as error:
+            raise EnsembleError(f"{self.path} cannot be read (corrupt HDF5 structure: {error}); {_REPAIR}") from None
+        covered, listed = int(attrs.get("n_configs", 0)), int(attrs.get("n_segments", 0))
+        if listed > len(self.segments) and self.mode == "r":  # written after we listed the segments
+            self.segments = self._find_segments()
+        if covered > len(self) or listed > len(self.segments):
+            raise EnsembleError(f"{self.path}: the manifest lists {covered} rows in {listed} segments, the segments "
+                                f"hold {len(self)} in {len(self.segments)}; {_REPAIR}")
+        sources = self.segments[:listed] if self.layout == "manifest" else self.segments
+        per_file = dict(layout=self.layout, n_configs=covered, n_segments=listed)
+        if self.layout == "manifest":
+            per_file["segments"] = [os.path.basename(s.path) for s in sources]
+        if image == _manifest_image(self.path, self.metadata, sources, **per_file):
+            return covered
+        child = _read_manifest_elsewhere(self.path)
+        if child is None:
+            raise EnsembleError(f"{self.path}: the manifest cannot be read by h5py (damaged); {_REPAIR}")
+        if child[0] != covered and tries > 1:  # a writer replaced it in between: check the new one
+            return self._verify_manifest(tries - 1)
+        seen = child[1]
+        # a lagging manifest covers a prefix of the rows, except in a distributed ensemble,
+        # whose streams all grow: compared there once it is up to date
+        if covered == len(self) or self.layout != "streams":
+            for name, (rows, value) in seen.items():
+                stored = self.configs(0, covered) if name == "configs" else self.column(name.split("/")[-1])[:covered]
+                if rows != covered or value != _raw_digest(stored):
+                    raise EnsembleError(f"{self.path}: manifest dataset {name} differs from the segments; {_REPAIR}")
+        return covered
 
     # -- writing ----------------------------------------------------------------------
     def append(self, configs, chain, step, accepted, delta_h, observables: dict) -> None:
@@ -453,7 +522,8 @@ class Ensemble:
         write_atomically(path, hdf5_image(build))
         self.segments.append(_Segment(path, index, first_row, n_rows))
         self._pending, self._pending_rows = [], 0
-        self._write_manifest()
+        if time.monotonic() - self._manifest_written >= MANIFEST_INTERVAL:
+            self._write_manifest()
 
     def _empty_rows(self) -> dict:
         shape = tuple(self.metadata["config_shape"])
@@ -464,6 +534,7 @@ class Ensemble:
         return rows
 
     def _write_manifest(self) -> None:
+        self._manifest_written = time.monotonic()
         _write_manifest_file(self.path, self.metadata, self.segments, layout="manifest", n_configs=len(self),
                              n_segments=len(self.segments), segments=[os.path.basename(s.path) for s in self.segments])
 
@@ -479,6 +550,10 @@ class Ensemble:
 
     def _make_segmented(self) -> None:
         """Continue a single (compacted) file: it becomes segment 0 of a new manifest."""
+        with _open_h5(self.path) as h5file:
+            if "resume" not in h5file and int(h5file.attrs.get("n_rows", 0)):
+                raise EnsembleError(f"{self.path} holds {int(h5file.attrs['n_rows'])} rows but no resume state, so its "
+                                    f"chains cannot be continued; start a new ensemble")
         directory = segment_directory(self.path)
         os.makedirs(directory, exist_ok=True)
         first = os.path.join(directory, segment_name(0))
@@ -490,9 +565,18 @@ class Ensemble:
         self._write_manifest()
 
     def close(self) -> None:
+        """Bring the manifest up to date (if it lags behind the commits) and release the lock.
+        A manifest that cannot be written now lags; the next writer or ``verify --repair``
+        rebuilds it: nothing committed depends on it."""
         if self._lock is not None:
-            self._lock.release()
-            self._lock = None
+            try:
+                if getattr(self, "layout", None) == "manifest" and hasattr(self, "segments") and self._manifest_lags():
+                    self._write_manifest()
+            except (StorageError, EnsembleError):
+                pass
+            finally:
+                self._lock.release()
+                self._lock = None
 
     def __enter__(self):
         return self
@@ -501,9 +585,56 @@ class Ensemble:
         self.close()
 
 
+_REPAIR = "'gaugeflow verify --repair' rebuilds the manifest from the segments"
+
+# run by _read_manifest_elsewhere: every dataset of a manifest, read by plain h5py
+_READ_MANIFEST = """
+import hashlib, json, sys
+import h5py, numpy as np
+out = {}
+with h5py.File(sys.argv[1], "r") as f:
+    names = [n for n in f if isinstance(f[n], h5py.Dataset)] + ["observables/" + n for n in f.get("observables", {})]
+    for name in names:
+        values = np.ascontiguousarray(f[name][()])
+        out[name] = [len(values), hashlib.sha256(values.tobytes()).hexdigest()]
+    n_configs = int(f.attrs.get("n_configs", -1))
+print(json.dumps({"n_configs": n_configs, "datasets": out}))
+"""
+
+
+def _raw_digest(values: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(values).tobytes()).hexdigest()
+
+
+def _read_manifest_elsewhere(path) -> tuple[int, dict] | None:
+    """``(n_configs, {dataset: (rows, SHA-256 of its bytes)})`` as plain h5py reads the manifest,
+    in a child process; ``None`` if h5py fails or crashes there."""
+    try:
+        child = subprocess.run([sys.executable, "-c", _READ_MANIFEST, os.fspath(path)], capture_output=True, text=True,
+                               timeout=600)
+        if child.returncode:
+            return None
+        seen = json.loads(child.stdout)
+        return seen["n_configs"], {name: tuple(entry) for name, entry in seen["datasets"].items()}
+    except (OSError, ValueError, KeyError, subprocess.SubprocessError):
+        return None
+
+
+def _describe_gap(steps: np.ndarray, every: int) -> str:
+    expected = every * np.arange(1, len(steps) + 1)
+    where = int(np.flatnonzero(steps != expected)[0])
+    return f"{int(steps[where])} where {int(expected[where])} was expected (row {where} of the chain)"
+
+
 def _write_manifest_file(path, metadata: dict, sources: list[_Segment], **per_file) -> None:
     """Write the manifest ``path``: the attributes, and virtual datasets that join the rows of
     the segments ``sources`` (paths relative to the manifest, so a moved ensemble stays readable)."""
+    write_atomically(path, _manifest_image(path, metadata, sources, **per_file))
+
+
+def _manifest_image(path, metadata: dict, sources: list[_Segment], **per_file) -> bytes:
+    """The bytes of the manifest, the same for the same segments (no timestamps), so that
+    :meth:`Ensemble.verify` can check a manifest by rebuilding it, never parsing a damaged one."""
     n_rows = sum(s.n_rows for s in sources)
     names = ["configs", *ROW_DATASETS, *(f"observables/{n}" for n in metadata["observable_names"])]
     shapes = {"configs": tuple(metadata["config_shape"])}
@@ -519,9 +650,11 @@ def _write_manifest_file(path, metadata: dict, sources: list[_Segment], **per_fi
                 if s.n_rows:
                     source = os.path.relpath(os.path.abspath(s.path), home).replace(os.sep, "/")
                     layout[s.first_row : s.first_row + s.n_rows] = h5py.VirtualSource(source, name, shape=(s.n_rows, *shape))
+            with contextlib.suppress(AttributeError):  # h5py keeps the creation properties here
+                layout.dcpl.set_obj_track_times(False)
             h5file.create_virtual_dataset(name, layout)
 
-    write_atomically(path, hdf5_image(build))
+    return hdf5_image(build)
 
 
 def _write_attrs(h5file, metadata: dict, **per_file) -> None:
@@ -644,6 +777,53 @@ def refresh_distributed_manifest(path) -> int:
         lock.release()
 
 
+def repair_manifest(path) -> dict:
+    """Rebuild the manifest of an ensemble (segmented or distributed) from its segments, which
+    are checked and never changed; also when the manifest itself is unreadable, taking the
+    metadata from the first segment (or stream).  Returns :meth:`Ensemble.verify`'s report."""
+    path = os.fspath(path)
+    try:
+        with open_ensemble(path) as ensemble:
+            layout, metadata = ensemble.layout, ensemble.metadata
+    except EnsembleError:
+        layout, metadata = _metadata_from_parts(path)
+    if layout not in ("manifest", "streams"):
+        raise EnsembleError(f"{path} is a single file ({layout}), not an ensemble with a manifest; nothing to repair")
+    lock = WriterLock(path).acquire()
+    try:  # the metadata of the parts, with an empty list: the writer below fills it in
+        write_atomically(path, hdf5_image(lambda h5file: _write_attrs(
+            h5file, metadata, layout=layout, n_configs=0, n_segments=0,
+            **({"segments": []} if layout == "manifest" else {}))))
+    finally:
+        lock.release()
+    if layout == "streams":
+        refresh_distributed_manifest(path)
+    else:
+        Ensemble(path, "a").close()
+    with open_ensemble(path) as ensemble:
+        return ensemble.verify()
+
+
+def _metadata_from_parts(path) -> tuple[str, dict]:
+    """``(layout, metadata)`` of an ensemble whose manifest is unreadable, from its first
+    segment (whose metadata is the manifest's) or its first stream (the manifest's, plus the
+    stream's number and what its sampler records)."""
+    first_segment = os.path.join(segment_directory(path), segment_name(0))
+    first_stream = stream_path(path, 0)
+    source, layout = (first_segment, "manifest") if os.path.exists(first_segment) else (first_stream, "streams")
+    if not os.path.exists(source):
+        raise EnsembleError(f"{path}: the manifest is unreadable and there are no segments or streams to rebuild it from")
+    with _open_h5(source) as h5file:
+        attrs = {key: _plain(value) for key, value in h5file.attrs.items()}
+    if attrs.get("format") != FORMAT_NAME or attrs.get("format_version") != FORMAT_VERSION:
+        raise EnsembleError(f"{source} is not a gaugeflow ensemble segment")
+    metadata = _check_digests(source, attrs)
+    if layout == "streams":  # what a stream adds to the manifest's metadata: its number, its sampler's
+        keep = {*_DISTRIBUTED_KEYS, *metadata.get("coupling_names", [])}
+        metadata = {key: value for key, value in metadata.items() if key in keep}
+    return layout, metadata
+
+
 def compact_ensemble(path, out) -> dict:
     """Join all segments (or a format-1 file) into ``out``: one self-contained, checksummed
     file with the layout of a segment (``layout="single"``), readable and resumable."""
@@ -679,10 +859,14 @@ def _v1_metadata(path, h5file, attrs: dict) -> dict:
         raise EnsembleError(f"{path} is damaged: a format-1 ensemble without configs, observables or n_configs")
     configs = h5file["configs"]
     metadata = {k: v for k, v in attrs.items() if k not in _PER_FILE}
+    _check_required(path, metadata, ("theory", "lattice_shape"))
+    metadata.setdefault("coupling_names", [])
+    metadata.setdefault("sampler", "hmc")
     metadata.update(observable_names=sorted(h5file["observables"].keys()), config_shape=list(configs.shape[1:]),
                     config_dtype=configs.dtype.str, config_row_bytes=int(np.prod(configs.shape[1:])) * configs.dtype.itemsize)
     return metadata
 
 
 __all__ = ["Ensemble", "EnsembleError", "StorageError", "compact_ensemble", "create_distributed_ensemble",
-           "create_ensemble", "open_ensemble", "refresh_distributed_manifest", "segment_directory", "stream_path"]
+           "create_ensemble", "open_ensemble", "refresh_distributed_manifest", "repair_manifest", "segment_directory",
+           "stream_path"]

@@ -14,7 +14,8 @@ stored, so data can be verified after a round trip through any format.
 :class:`WriterLock` makes one process the only writer of an output, without relying on
 HDF5's file locking (often off on Lustre): a lock file created exclusively, holding the
 writer's host, PID, process start time and Slurm job id.  A lock whose writer is gone (same
-host, no such process; or the same Slurm job, requeued) is stale and taken over.
+host, no such process; or the same Slurm job, requeued) is stale and taken over.  Taking a lock also removes what dead writers of the target left
+behind: temporary files of interrupted writes and lock candidates of gone processes.
 
 Fault injection, for tests only: with ``GAUGEFLOW_FAULT=kill:K`` the process kills itself with
 SIGKILL at the K-th write step (each write, fsync and rename is one step), with
@@ -23,7 +24,9 @@ SIGKILL at the K-th write step (each write, fsync and rename is one step), with
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import glob
 import hashlib
 import io
 import json
@@ -94,13 +97,27 @@ def write_atomically(path, data: bytes) -> None:
             os.close(fd)
         _fault_point()
         os.replace(temporary, path)
-    except OSError as error:
-        try:
+    except BaseException as error:  # an I/O error, or an abort (second Ctrl-C) mid-write
+        with contextlib.suppress(OSError):
             os.remove(temporary)
-        except OSError:
-            pass
-        raise StorageError(f"cannot write {path}: {describe_os_error(error)}; nothing committed was changed") from None
+        if isinstance(error, OSError):
+            raise StorageError(f"cannot write {path}: {describe_os_error(error)}; nothing committed was changed") from None
+        raise
     _fsync_directory(directory)
+
+
+def save_figure(figure, path, dpi: int = 110) -> str:
+    """Write a matplotlib figure as PNG through :func:`write_atomically` (a full disk leaves the
+    previous plot, or none, and a one-line :class:`StorageError`) and close it."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    try:
+        figure.savefig(buffer, format="png", dpi=dpi)
+    finally:
+        plt.close(figure)
+    write_atomically(path, buffer.getvalue())
+    return os.fspath(path)
 
 
 def hdf5_image(build) -> bytes:
@@ -208,16 +225,19 @@ class WriterLock:
         # into place (link fails if the name exists), so no reader ever sees an empty lock
         candidate = f"{self.path}.new{os.getpid()}"
         try:
-            with open(candidate, "w") as f:
-                json.dump(_me(), f)
-                f.flush()
-                os.fsync(f.fileno())
-        except OSError as error:
-            raise StorageError(f"cannot create {self.path}: {describe_os_error(error)}") from None
-        try:
-            return self._link(candidate)
+            try:
+                with open(candidate, "w") as f:
+                    json.dump(_me(), f)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as error:
+                raise StorageError(f"cannot create {self.path}: {describe_os_error(error)}") from None
+            self._link(candidate)
         finally:
-            os.remove(candidate)
+            with contextlib.suppress(OSError):
+                os.remove(candidate)
+        self._sweep()
+        return self
 
     def _link(self, candidate: str) -> "WriterLock":
         for _ in range(5):
@@ -258,6 +278,22 @@ class WriterLock:
             except OSError:
                 pass
         os.remove(moved)
+
+    def _sweep(self) -> None:
+        """Remove what dead writers of the target left: temporary files of
+        :func:`write_atomically` (``.NAME.tmpPID``; only the lock holder writes the target, and
+        that is us now) and lock candidates of processes that no longer exist."""
+        directory, name = os.path.split(os.path.abspath(self.target))
+        leftovers = glob.glob(os.path.join(glob.escape(directory), f".{glob.escape(name)}.tmp*"))
+        for suffix in (".new", ".stale"):
+            for candidate in glob.glob(glob.escape(self.path + suffix) + "*"):
+                pid = candidate[len(self.path + suffix):]
+                if pid.isdigit() and int(pid) != os.getpid() and _is_stale({"host": _me()["host"], "pid": pid}):
+                    leftovers.append(candidate)
+        for leftover in leftovers:
+            if not leftover.endswith(f".tmp{os.getpid()}"):
+                with contextlib.suppress(OSError):
+                    os.remove(leftover)
 
     def release(self) -> None:
         if self.held:

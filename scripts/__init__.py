@@ -3,25 +3,75 @@
 Thin wrappers: every subcommand parses its options, calls the library
 (:mod:`gaugeflow.lattice`, :mod:`gaugeflow.flows`, :mod:`gaugeflow.hmc`) and reports.
 
-:func:`main` records SIGTERM/SIGUSR1 before anything slow is imported: a batch system may
-signal a job at any moment, also in the second it takes to import PyTorch, and a long job must
-then still save what it has and exit with status 3 (see :mod:`gaugeflow.lattice.jobcontrol`).
+What the program guarantees, whatever the subcommand (:func:`main`):
+
+* **Stop signals** (SIGTERM, SIGUSR1, Ctrl-C) reaching a long job (``hmc``, ``train``,
+  ``sample``) at any moment -- while Python still imports PyTorch, during the run, after the
+  final commit -- end it with status 0 (it had finished) or 3 (stopped after saving; rerun with
+  ``--resume``), 4 if it stopped before anything could be saved; never with death by the
+  signal.  A second Ctrl-C aborts at once with status 130; the atomic writes leave every
+  committed row and checkpoint intact (see :mod:`gaugeflow.lattice.jobcontrol`).
+* **Ctrl-C** in any other subcommand ends it with one line and status 130, no traceback.
+* **A closed pipe** (``gaugeflow analyze ens.h5 | head -1``) ends the output quietly: what is
+  left to print is dropped, the job itself goes on, and the status is the job's.
 """
 
+import os
 import signal
 import sys
 
 LONG_JOBS = ("hmc", "train", "sample")  # the subcommands that stop cleanly on a signal
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+EXIT_ABORTED = 130  # gaugeflow.lattice.jobcontrol.EXIT_ABORTED, without importing torch
 early_signal = {"signal": None}
 
 
 def _record(signum, _frame):
+    if early_signal["signal"] is not None and signum == signal.SIGINT:
+        raise KeyboardInterrupt
     early_signal["signal"] = signal.Signals(signum).name
 
 
+class _QuietPipe:
+    """A text stream that turns a closed pipe into silence: the first ``BrokenPipeError``
+    points the file descriptor at /dev/null (so that nothing, not even the interpreter's final
+    flush, writes to the dead pipe again) and every later write is dropped."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _silence(self) -> None:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._silence()
+            return len(text)
+
+    def flush(self):
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._silence()
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    """Run ``gaugeflow ARGV``.  Called without ``argv`` (as the program), the signal handlers
+    and the pipe guards stay in place until the process exits, so that a signal after the
+    final commit still cannot kill it; called with ``argv`` (from Python), everything is put
+    back as it was."""
+    as_program = argv is None
+    argv = sys.argv[1:] if as_program else list(argv)
     if argv[:1] == ["batch"]:  # batch-system helpers: no torch, no signal recording (they forward signals)
         from .batch import main as batch
 
@@ -30,8 +80,11 @@ def main(argv=None) -> int:
         from .render import main as render
 
         return render(argv[0], argv[1:])
+    if as_program:
+        sys.stdout, sys.stderr = _QuietPipe(sys.stdout), _QuietPipe(sys.stderr)
     previous = {}
-    if argv and argv[0] in LONG_JOBS:
+    long_job = bool(argv) and argv[0] in LONG_JOBS
+    if long_job:
         for stop in STOP_SIGNALS:
             previous[stop] = signal.signal(stop, _record)
     try:
@@ -41,9 +94,15 @@ def main(argv=None) -> int:
 
         adopt_early_signals(early_signal)
         return run(argv)
+    except KeyboardInterrupt:
+        what = ("aborted by a second Ctrl-C; everything committed before it is intact: rerun with --resume"
+                if long_job else "interrupted")
+        print(f"gaugeflow {argv[0] if argv else ''}: {what}", file=sys.stderr)
+        return EXIT_ABORTED
     finally:
-        for stop, handler in previous.items():
-            signal.signal(stop, handler)
+        if not as_program:
+            for stop, handler in previous.items():
+                signal.signal(stop, handler)
 
 
 __all__ = ["main"]
