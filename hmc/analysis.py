@@ -11,7 +11,16 @@ Derived quantities use the binned jackknife:
 * ``pion_effective_mass_t{t}`` ``= log(C(t) / C(t+1))`` for ``t < T/2`` where the ensemble has
   a pion correlator ``pion_correlator_t{t}`` (Schwinger model).
 
-Diagnostics: ``acceptance`` and ``exp_minus_delta_h`` (``<exp(-dH)>``, 1 for a correct HMC).
+Diagnostics: ``acceptance`` and ``exp_minus_delta_h`` (``<exp(-dH)>``, exactly 1 for HMC with a
+reversible, area-preserving integrator: given as its exact value for HMC ensembles).
+
+Where the exact value of an observable is known for the ensemble's theory, lattice and couplings
+(:func:`gaugeflow.lattice.exact.expectation_values`: 2D U(1) and SU(N) plaquettes, Wilson loops,
+``<Q^2>``, the free scalar field), it is given with the *pull* ``(estimate - exact) / error``,
+which is normally distributed with unit width for a correct sampler and a reliable error.
+
+Numbers are written as papers write them (:func:`format_value_error`): ``0.7004(34)`` means
+``0.7004 +- 0.0034``.
 """
 
 from __future__ import annotations
@@ -22,24 +31,35 @@ import numpy as np
 
 from gaugeflow.lattice.ensemble import open_ensemble
 from gaugeflow.lattice.errors import InputError
+from gaugeflow.lattice.exact import expectation_values
 
 from .autocorrelation import gamma_method, jackknife
 
 
-def _result(mean, error, tau_int=None) -> dict:
-    return {"mean": float(mean), "error": float(error), "tau_int": None if tau_int is None else float(tau_int)}
+def _result(mean, error, tau_int=None, tau_int_error=None) -> dict:
+    return {"mean": float(mean), "error": float(error), "tau_int": None if tau_int is None else float(tau_int),
+            "tau_int_error": None if tau_int_error is None else float(tau_int_error)}
+
+
+def _gamma_result(g, scale: float = 1.0) -> dict:
+    return _result(g.mean * scale, g.error * scale, g.tau_int, g.tau_int_error)
 
 
 def analyze_ensemble(path, S: float = 1.5) -> dict[str, dict]:
-    """``{name: {"mean", "error", "tau_int"}}`` for every observable of the ensemble at ``path``.
+    """``{name: {"mean", "error", "tau_int", "tau_int_error", "exact", "pull"}}`` for every
+    observable of the ensemble at ``path``.
 
-    ``tau_int`` is in units of stored configurations of one chain (``None`` for jackknifed
-    derived quantities).
+    ``tau_int`` and its error are in units of stored configurations of one chain (``None`` for
+    jackknifed derived quantities and the acceptance).  ``exact`` is the exact value where it is
+    known for the ensemble's theory, lattice and couplings, and ``pull`` is
+    ``(mean - exact) / error`` (both ``None`` otherwise; see :func:`with_exact_values`).
     """
     with open_ensemble(path) as ensemble:
         if len(ensemble) == 0:
             raise InputError(f"{path} holds no configurations yet")
         volume = math.prod(ensemble.lattice_shape)
+        theory = (ensemble.theory_name, ensemble.lattice_shape, ensemble.couplings)
+        sampler = ensemble.attrs.get("sampler")
         per_chain = {name: ensemble.per_chain(values) for name, values in ensemble.observables().items()}
         accepted = ensemble.per_chain(ensemble.column("accepted").astype(np.float64))
         delta_h = ensemble.per_chain(ensemble.column("delta_h"))
@@ -51,8 +71,7 @@ def analyze_ensemble(path, S: float = 1.5) -> dict[str, dict]:
 
     results = {}
     for name, chains in per_chain.items():
-        g = gamma_method(chains, S=S)
-        results[name] = _result(g.mean, g.error, g.tau_int)
+        results[name] = _gamma_result(gamma_method(chains, S=S))
     if "magnetization" in per_chain:
         m = per_chain["magnetization"]
         m2 = [c * c for c in m]
@@ -60,8 +79,8 @@ def analyze_ensemble(path, S: float = 1.5) -> dict[str, dict]:
     if "topological_charge" in per_chain:
         q2 = [c * c for c in per_chain["topological_charge"]]
         g = gamma_method(q2, S=S)
-        results["topological_charge_squared"] = _result(g.mean, g.error, g.tau_int)
-        results["topological_susceptibility"] = _result(g.mean / volume, g.error / volume, g.tau_int)
+        results["topological_charge_squared"] = _gamma_result(g)
+        results["topological_susceptibility"] = _gamma_result(g, 1 / volume)
     correlator = [per_chain[f"pion_correlator_t{t}"] for t in range(len(per_chain)) if f"pion_correlator_t{t}" in per_chain]
     for t in range(len(correlator) // 2):
         results[f"pion_effective_mass_t{t}"] = _result(*jackknife(lambda a, b: math.log(a / b), correlator[t],
@@ -69,7 +88,10 @@ def analyze_ensemble(path, S: float = 1.5) -> dict[str, dict]:
     results["acceptance"] = _result(*_mean_and_naive_error(accepted))
     finite = [np.exp(-np.nan_to_num(c, nan=np.inf)) for c in delta_h]
     results["exp_minus_delta_h"] = _result(*_mean_and_naive_error(finite))
-    return results
+    exact = expectation_values(*theory, results)
+    if sampler == "hmc":  # an area-preserving, reversible integrator (Creutz, Phys. Rev. D 38 (1988) 1228)
+        exact["exp_minus_delta_h"] = 1.0
+    return with_exact_values(results, exact)
 
 
 def _mean_and_naive_error(chains):
@@ -77,11 +99,116 @@ def _mean_and_naive_error(chains):
     return values.mean(), values.std(ddof=1) / math.sqrt(len(values)) if len(values) > 1 else 0.0
 
 
+def with_exact_values(results: dict[str, dict], exact: dict[str, float]) -> dict[str, dict]:
+    """``results`` (``{name: {"mean", "error", ...}}``) with ``"exact"`` and ``"pull" = (mean -
+    exact) / error`` added to every entry: ``None`` where ``exact`` has no value for the name
+    (the pull also where the error is 0 or not finite)."""
+    combined = {}
+    for name, result in results.items():
+        value = exact.get(name)
+        error = result.get("error")
+        pull = None
+        if value is not None and error is not None and math.isfinite(error) and error > 0:
+            pull = (result["mean"] - value) / error
+        combined[name] = {**result, "exact": None if value is None else float(value), "pull": pull}
+    return combined
+
+
+def _rounded_error(error: float, significance: int) -> tuple[int, int]:
+    """``(digits, place)`` with ``error`` rounded to ``significance`` significant digits equal to
+    ``digits * 10**place``."""
+    place = math.floor(math.log10(error)) - significance + 1
+    for _ in range(2):  # log10 may land one off at a power of ten; rounding may carry (0.0996 -> 0.100)
+        digits = round(error / 10.0**place)
+        if digits >= 10**significance:
+            place += 1
+        elif digits < 10 ** (significance - 1):
+            place -= 1
+        else:
+            break
+    return round(error / 10.0**place), place
+
+
+def format_value_error(value: float, error: float, significance: int = 2) -> str:
+    """``value`` and its ``error`` in the parenthesis notation of papers (and of pyerrors).
+
+    The error is rounded to ``significance`` significant digits (2) and the value to the same
+    decimal place.  The digits in parentheses are the error in units of the value's last digit,
+    so ``0.7004(34)`` is ``0.7004 +- 0.0034``; an error of 1 or more is written as a number
+    (``12.3(4.5)``, ``1230(120)``: the value rounded to tens).  Where the larger of the two
+    is ``>= 1e6`` or ``< 1e-4``, both are scaled by a power of ten written after them
+    (``1.234(56)e-05``).  An error of 0 gives the value alone, to 10 significant digits; a
+    non-finite value or error is shown as it is.
+
+    >>> format_value_error(0.70041, 0.00342)
+    '0.7004(34)'
+    >>> format_value_error(12.34, 4.47)
+    '12.3(4.5)'
+    >>> format_value_error(1234.5, 123.4)
+    '1230(120)'
+    >>> format_value_error(-0.0013859, 0.0104)
+    '-0.001(10)'
+    >>> format_value_error(0.69992, 0.009961)  # the error rounds up to 0.010
+    '0.700(10)'
+    >>> format_value_error(1.2345e-5, 5.6e-7)
+    '1.234(56)e-05'
+    >>> format_value_error(1.0, 0.0)
+    '1'
+    """
+    value, error = float(value), float(error)
+    if not (math.isfinite(value) and math.isfinite(error)) or error < 0:
+        return f"{value:.10g}({error:g})" if math.isfinite(value) else f"{value}"
+    if error == 0:
+        return f"{value:.10g}"
+    digits, place = _rounded_error(error, significance)
+    magnitude = math.floor(math.log10(max(abs(value), digits * 10.0**place)))
+    if magnitude >= 6 or magnitude < -4:
+        scale = 10.0**magnitude
+        return f"{format_value_error(value / scale, error / scale, significance)}e{magnitude:+03d}"
+    if place < 0:
+        shown = f"{value:.{-place}f}"
+        uncertainty = f"{digits * 10.0**place:.{-place}f}" if digits * 10.0**place >= 1 else f"{digits}"
+    else:
+        shown, uncertainty = f"{round(value / 10.0**place) * 10**place}", f"{digits * 10**place}"
+    if shown.startswith("-") and not shown.strip("-0."):
+        shown = shown[1:]  # -0.000(12) reads as a sign that is not there
+    return f"{shown}({uncertainty})"
+
+
+def _format_exact(exact: float, error: float) -> str:
+    """The exact value to two more decimals than the estimate beside it."""
+    if exact == 0:
+        return "0"
+    if not (math.isfinite(error) and error > 0):
+        return f"{exact:.8g}"
+    _, place = _rounded_error(error, 2)
+    if place - 2 < -12 or abs(exact) >= 1e6:
+        return f"{exact:.8g}"
+    return f"{exact:.{max(0, 2 - place)}f}"
+
+
 def format_table(results: dict[str, dict]) -> str:
-    """Fixed-width table of the analysis results."""
-    width = max(len(name) for name in results)
-    lines = [f"{'observable':<{width}}  {'mean':>14}  {'error':>11}  {'tau_int':>8}"]
+    """The results as a table a physicist reads: the estimate as value(error)
+    (:func:`format_value_error`), ``tau_int`` with its error where there are any, and the exact
+    value with the pull ``(estimate - exact) / error`` where any is known.  Columns that would
+    be empty are left out."""
+    has_tau = any(r.get("tau_int") is not None for r in results.values())
+    has_exact = any(r.get("exact") is not None for r in results.values())
+    header = ["observable", "estimate"] + ["tau_int"] * has_tau + ["exact", "pull"] * has_exact
+    rows = []
     for name, r in results.items():
-        tau = "" if r["tau_int"] is None else f"{r['tau_int']:8.2f}"
-        lines.append(f"{name:<{width}}  {r['mean']:14.8g}  {r['error']:11.3g}  {tau:>8}")
+        row = [name, format_value_error(r["mean"], r["error"])]
+        if has_tau:
+            tau, tau_error = r.get("tau_int"), r.get("tau_int_error")
+            row.append("" if tau is None else f"{tau:.2f}" if tau_error is None else format_value_error(tau, tau_error))
+        if has_exact:
+            exact, pull = r.get("exact"), r.get("pull")
+            row.append("" if exact is None else _format_exact(exact, r["error"]))
+            row.append("" if pull is None else f"{pull:+.1f}")
+        rows.append(row)
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = []
+    for row in [header, *rows]:
+        cells = [row[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(row[1:], widths[1:])]
+        lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)

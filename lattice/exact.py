@@ -104,7 +104,9 @@ from __future__ import annotations
 
 import math
 import operator
+import re
 import warnings
+from typing import Callable
 
 import numpy as np
 from scipy import integrate, special
@@ -126,6 +128,7 @@ __all__ = [
     "su3_plaquette_infinite_volume",
     "free_scalar_propagator",
     "free_scalar_susceptibility",
+    "expectation_values",
 ]
 
 REL_TOL = 1e-17
@@ -519,3 +522,111 @@ def free_scalar_susceptibility(lattice_shape, m2) -> float:
     """``chi = sum_x G(x) = 1/(2 m2)`` of the free project phi^4 action (any lattice shape)."""
     _check_shape(lattice_shape)
     return 1.0 / (2.0 * _check_m2(m2))
+
+
+# --------------------------------------------------------------------------------------
+# exact values of the observables gaugeflow measures
+# --------------------------------------------------------------------------------------
+# theory name (as stored in an ensemble) -> function(lattice_shape, couplings, names) -> {name: value}
+_EXPECTATION_VALUES: dict[str, Callable[[tuple, dict, set], dict]] = {}
+_WILSON_LOOP = re.compile(r"wilson_loop_(\d+)x(\d+)")
+
+
+def _expectation_values_of(*theory_names: str):
+    def register(function):
+        for name in theory_names:
+            _EXPECTATION_VALUES[name] = function
+        return function
+
+    return register
+
+
+def expectation_values(theory_name: str, lattice_shape, couplings: dict, names) -> dict[str, float]:
+    """Exact expectation values of those observables in ``names`` whose value is known, for the
+    theory ``theory_name`` (as an ensemble stores it: ``u1``, ``su2``, ``phi4``, ...) on
+    ``lattice_shape`` at ``couplings``; observables and theories without one are left out.
+
+    The names are those of :meth:`Theory.observables` and of
+    :func:`gaugeflow.hmc.analysis.analyze_ensemble` (``topological_charge_squared``,
+    ``topological_susceptibility = <Q^2>/V``, ``chi_2pt``).  Known here:
+
+    * 2D U(1): ``plaquette``, ``action_density = -beta <cos theta_P>``, ``wilson_loop_RxT``
+      (area ``R*T``), ``topological_charge_squared``, ``topological_susceptibility``, and by
+      symmetry ``topological_charge = 0`` (charge conjugation) and ``polyakov_loop_re = 0``
+      (centre symmetry: multiplying the time-like links of one time slice by a phase leaves
+      ``S`` and the measure invariant);
+    * 2D SU(2), SU(3): ``plaquette``, ``action_density = -beta <(1/N) Re tr U_P>`` and
+      ``polyakov_loop_re = 0`` (centre symmetry);
+    * the free scalar field (phi^4 at ``lam = 0``, ``m2 > 0``), any dimension: ``chi_2pt``,
+      ``action_density = 1/2`` (equipartition: ``S`` is a quadratic form), ``ising_energy =
+      (1/D) sum_mu G(e_mu)``, ``magnetization = 0`` and ``abs_magnetization =
+      sqrt(2 chi / (pi V))`` (``m`` is Gaussian with variance ``chi / V``).
+
+    ``log Z`` is the theory's :meth:`~gaugeflow.lattice.theory.Theory.exact_log_partition_function`.
+
+    >>> values = expectation_values("u1", (4, 4), {"beta": 1.0}, ["plaquette", "polyakov_loop_re", "chi_2pt"])
+    >>> {name: round(value, 6) for name, value in values.items()}
+    {'plaquette': 0.446394, 'polyakov_loop_re': 0.0}
+    """
+    compute = _EXPECTATION_VALUES.get(str(theory_name))
+    if compute is None:
+        return {}
+    names = set(names)
+    known = compute(_check_shape(lattice_shape), {k: float(v) for k, v in dict(couplings).items()}, names)
+    return {name: float(value) for name, value in known.items() if name in names}
+
+
+def _wilson_loop_areas(names) -> dict[str, int]:
+    areas = {}
+    for name in names:
+        match = _WILSON_LOOP.fullmatch(name)
+        if match:
+            areas[name] = int(match.group(1)) * int(match.group(2))
+    return areas
+
+
+@_expectation_values_of("u1")
+def _u1_values(shape, couplings, names) -> dict:
+    beta = couplings.get("beta", 0.0)
+    if len(shape) != 2 or not beta > 0:
+        return {}
+    volume = math.prod(shape)
+    plaquette = u1_plaquette(beta, volume)
+    values = {"plaquette": plaquette, "action_density": -beta * plaquette, "topological_charge": 0.0,
+              "polyakov_loop_re": 0.0}
+    values.update({name: u1_wilson_loop(beta, volume, area) for name, area in _wilson_loop_areas(names).items()
+                   if area <= volume})
+    if names & {"topological_charge_squared", "topological_susceptibility"}:
+        q2 = u1_topological_charge_squared(beta, volume)
+        values.update(topological_charge_squared=q2, topological_susceptibility=q2 / volume)
+    return values
+
+
+def _sun_values(plaquette_function):
+    def values(shape, couplings, names) -> dict:
+        beta = couplings.get("beta", 0.0)
+        if len(shape) != 2 or not beta > 0:
+            return {}
+        plaquette = plaquette_function(beta, math.prod(shape))
+        return {"plaquette": plaquette, "action_density": -beta * plaquette, "polyakov_loop_re": 0.0}
+
+    return values
+
+
+_expectation_values_of("su2")(_sun_values(su2_plaquette))
+_expectation_values_of("su3")(_sun_values(su3_plaquette))
+
+
+@_expectation_values_of("phi4")
+def _free_scalar_values(shape, couplings, names) -> dict:
+    m2, lam = couplings.get("m2", 0.0), couplings.get("lam")
+    if lam != 0 or not (math.isfinite(m2) and m2 > 0):
+        return {}
+    chi, volume = free_scalar_susceptibility(shape, m2), math.prod(shape)
+    values = {"chi_2pt": chi, "action_density": 0.5, "magnetization": 0.0,
+              "abs_magnetization": math.sqrt(2 * chi / (math.pi * volume))}
+    if "ising_energy" in names:
+        propagator = free_scalar_propagator(shape, m2)
+        unit = [tuple(1 % extent if axis == mu else 0 for axis, extent in enumerate(shape)) for mu in range(len(shape))]
+        values["ising_energy"] = float(np.mean([propagator[x] for x in unit]))
+    return values
