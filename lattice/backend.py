@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 
 import torch
@@ -11,21 +12,41 @@ from .errors import InputError
 PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
 
 
-def resolve_device(name: str = "cpu") -> torch.device:
-    """``'cpu'``, ``'cuda'``, ``'cuda:1'``, ``'xpu'`` (Intel GPUs, e.g. Aurora) -> ``torch.device``.
+AUTO_DEVICE_ORDER = ("cuda", "xpu")  # what ``auto`` tries, in this order, before the CPU
 
-    Raises ``ValueError`` if the backend is not available in this PyTorch build.
+
+def _available(device_type: str) -> bool:
+    backend = getattr(torch, device_type, None)
+    try:
+        return bool(backend is not None and backend.is_available())
+    except (RuntimeError, AssertionError):  # a build or driver that cannot even tell
+        return False
+
+
+def auto_device() -> str:
+    """The device type ``auto`` stands for: ``cuda`` (NVIDIA, and AMD with a ROCm build of
+    PyTorch) if a GPU is available, else ``xpu`` (Intel GPUs), else ``cpu``."""
+    return next((device_type for device_type in AUTO_DEVICE_ORDER if _available(device_type)), "cpu")
+
+
+def resolve_device(name: str = "cpu") -> torch.device:
+    """``'auto'``, ``'cpu'``, ``'cuda'``, ``'cuda:1'``, ``'xpu'`` (Intel GPUs, e.g. Aurora) -> ``torch.device``.
+
+    ``auto`` is :func:`auto_device`: the first GPU backend available, else the CPU.  Raises
+    :class:`InputError` if the device is unknown or not available in this PyTorch build.
     """
+    if str(name) == "auto":
+        name = auto_device()
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise InputError(f"unknown device {name!r}; use cpu, cuda[:i] or xpu[:i]") from None
+        raise InputError(f"unknown device {name!r}; use auto, cpu, cuda[:i] or xpu[:i]") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError("device 'cuda' requested but no CUDA GPU is available to this PyTorch")
     if device.type == "xpu" and not (hasattr(torch, "xpu") and torch.xpu.is_available()):
         raise InputError("device 'xpu' requested but no Intel GPU is available to this PyTorch")
     if device.type not in ("cpu", "cuda", "xpu"):
-        raise InputError(f"unsupported device type {device.type!r}; use cpu, cuda or xpu")
+        raise InputError(f"unsupported device type {device.type!r}; use auto, cpu, cuda or xpu")
     if device.type != "cpu" and device.index is not None:
         count = getattr(torch, device.type).device_count()
         if device.index >= count:
@@ -38,6 +59,16 @@ def resolve_precision(name: str = "float64") -> torch.dtype:
         return PRECISIONS[name]
     except KeyError:
         raise InputError(f"unknown dtype {name!r}; choose float32 or float64") from None
+
+
+MAX_SEED = 2**63 - 2**30  # leaves room for the stream seeds (stream_seed) of 65536 MPI ranks
+
+
+def check_seed(seed) -> int:
+    """``seed`` as an int, if the generators take it (0 <= seed <= :data:`MAX_SEED`)."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= int(seed) <= MAX_SEED:
+        raise InputError(f"seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
+    return int(seed)
 
 
 def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:

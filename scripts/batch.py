@@ -121,14 +121,23 @@ def note(message: str) -> None:
 
 
 def run(command: list[str], warn_after: float | None) -> int:
-    """Run ``command``, passing on SIGUSR1/SIGTERM, and SIGUSR1 itself after ``warn_after`` s."""
+    """Run ``command``, passing on SIGUSR1/SIGTERM, and SIGUSR1 itself after ``warn_after`` s.
+
+    The handlers stay after the job has ended (a signal then is noted and ignored), so the
+    wrapper's status is always the job's, never death by a late signal.  Ctrl-C is not passed
+    on: a terminal sends it to the job as well, and a second one would abort the job."""
     child = subprocess.Popen(command)
 
     def forward(signum, _frame):
-        note(f"passing {signal.Signals(signum).name} on to the job")
-        child.send_signal(signum)
+        if child.poll() is None:
+            note(f"passing {signal.Signals(signum).name} on to the job")
+            child.send_signal(signum)
+        else:
+            note(f"{signal.Signals(signum).name} after the job ended: ignored")
 
-    previous = {s: signal.signal(s, forward) for s in FORWARDED}
+    for s in FORWARDED:
+        signal.signal(s, forward)
+    signal.signal(signal.SIGINT, lambda *_: None)
     timer = None
     if warn_after is not None:
         timer = threading.Timer(max(0.0, warn_after), lambda: forward(signal.SIGUSR1, None))
@@ -139,12 +148,15 @@ def run(command: list[str], warn_after: float | None) -> int:
     finally:
         if timer is not None:
             timer.cancel()
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    examples = ["gaugeflow batch -- hmc --theory u1 --lattice 16x16 --beta 4.0 --n-configs 10000 --out ens.h5",
+                "gaugeflow batch --srun-mpi=--mpi=pmix -- train --theory u1 --lattice 32x32 --beta 4.0 --out u1.pt",
+                "gaugeflow batch --ranks-per-node 4 -- train --theory u1 --lattice 32x32 --beta 4.0 --out u1.pt  # PBS",
+                "gaugeflow slurm render hmc ...   # a batch script that calls gaugeflow batch"]
     parser = argparse.ArgumentParser(prog="gaugeflow batch", description=__doc__.split("\n\n")[1],
+                                     epilog="examples:\n" + "\n".join("  " + line for line in examples),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--max-restarts", type=int, default=int(os.environ.get("GAUGEFLOW_MAX_RESTARTS", 20)),
                         help="requeue at most this many times (default: 20, or $GAUGEFLOW_MAX_RESTARTS)")

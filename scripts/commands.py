@@ -35,7 +35,7 @@ OPTION_FOR_PARAMETER = {
     "eval_batches": "--eval-batches", "hidden_channels": "--hidden", "n_layers": "--layers", "n_bins": "--bins",
     "n_mixture": "--mixture", "kernel_size": "--kernel-size", "rectangles": "--rectangles", "prior": "--prior",
     "symmetrise": "--symmetrise", "momentum_scaling": "--momentum-scaling", "layer_kind": "--layer-kind",
-    "resume=True": "--resume",
+    "resume=True": "--resume", "commit_every": "--commit-every", "seed": "--seed",
 }
 
 
@@ -92,10 +92,26 @@ def _hmc_parameters(args):
                 tune=args.tune, target_acceptance=args.target_acceptance)
 
 
+def _seed(text: str) -> int:
+    from gaugeflow.lattice.backend import check_seed
+
+    try:
+        return check_seed(int(text))
+    except (ValueError, InputError) as error:
+        raise argparse.ArgumentTypeError(str(error) if isinstance(error, InputError) else f"not an integer: {text!r}")
+
+
 def _add_run_options(parser, precision="float64"):
     group = parser.add_argument_group("execution")
-    group.add_argument("--seed", type=int, default=1, help="random seed (default: 1)")
-    group.add_argument("--device", default="cpu", help="cpu, cuda[:i] or xpu[:i] (default: cpu)")
+    group.add_argument("--seed", type=_seed, default=1, help="random seed, 0 to 2^63 - 2^30 (default: 1)")
+    def device(text: str) -> str:
+        from gaugeflow.lattice.backend import auto_device
+
+        return auto_device() if text == "auto" else text  # a device type: with --mpi, each rank takes its own GPU
+
+    group.add_argument("--device", type=device, default="auto",
+                       help="auto (cuda if a GPU is available, else xpu, else cpu), cpu, cuda[:i] or xpu[:i] "
+                            "(default: auto)")
     group.add_argument("--dtype", default=precision, choices=("float32", "float64"),
                        help=f"working precision; energies and accept/reject are always float64 (default: {precision})")
     group.add_argument("--threads", type=int, default=1,
@@ -105,6 +121,9 @@ def _add_run_options(parser, precision="float64"):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gaugeflow", description="Flow-based and HMC sampling for lattice field theory.")
+    from gaugeflow import __version__
+
+    parser.add_argument("--version", action="version", version=f"gaugeflow {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 
     hmc = sub.add_parser("hmc", help="generate an ensemble with Hybrid Monte Carlo",
@@ -126,8 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     verify = sub.add_parser("verify", help="check every checksum of an ensemble",
                             description="Read every segment of an ensemble and check the checksums of its metadata, "
-                                        "every dataset and the resume state.  Exit 0 if all is intact, 2 otherwise.")
+                                        "every dataset and the resume state; that every chain's (chain, step) rows "
+                                        "are unique and without gaps and the resume state continues them; and that "
+                                        "the manifest reads, with plain h5py, as the segments.  Exit 0 if all is "
+                                        "intact, 2 otherwise (one line naming the file and what is wrong).")
     verify.add_argument("ensemble", help="HDF5 ensemble file")
+    verify.add_argument("--repair", action="store_true",
+                        help="rebuild the manifest (what plain h5py reads) from the segments, which are checked and "
+                             "never changed; then verify")
     compact = sub.add_parser("compact", help="join an ensemble's segments into one self-contained file",
                              description="Verify an ensemble and write all its rows and its resume state into one "
                                          "self-contained HDF5 file (also converts format-1 files).")
@@ -137,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     analyze = sub.add_parser("analyze", help="observable means, errors and autocorrelation times",
                              description="Gamma-method analysis of every observable in an ensemble.")
     analyze.add_argument("ensemble", help="HDF5 ensemble file")
-    analyze.add_argument("--json", action="store_true", help="print {name: {mean, error, tau_int}} as JSON")
+    analyze.add_argument("--json", action="store_true", help="print {name: {mean, error, tau_int, tau_int_error, exact, pull}} as JSON, "
+                                                               "full precision")
     analyze.add_argument("--stau", type=float, default=1.5, help="Wolff's S_tau for automatic windowing (default: 1.5)")
     train = sub.add_parser("train", help="train a flow model by reverse-KL self-training",
                            description="Train a (gauge-equivariant) normalizing flow for a lattice theory "
@@ -150,7 +176,24 @@ def build_parser() -> argparse.ArgumentParser:
                        help="U(1), SU(N): plaquette couplings with CNN conditioners (2D default), staple couplings "
                             "(single-link maps in the staple sum, cheap in any dimension; default in 3D and 4D), "
                             "or both, alternating")
-    group.add_argument("--kernel", help="element-wise transform: affine (phi4 default), spline (u1/suN default), ncp (u1)")
+    from gaugeflow.flows.model import _FAMILIES as layer_families  # filled by register_layers/register_kernel
+    from gaugeflow.flows.priors import _PRIORS as prior_registry  # filled by register_prior
+
+    def by_field(offered: dict) -> str:
+        """``label: name (default), name; ...`` from ``{field type: (names, default)}``, each
+        label the first words of the field type's docstring ("flat real field", "SU(N) links")."""
+        parts = []
+        for field_type, (names, default) in offered.items():
+            label = (field_type.__doc__ or field_type.__name__).split("``")[0].split(";")[0].split(".")[0].strip()
+            label = label[0].lower() + label[1:] if label[1:2].islower() else label
+            parts.append(f"{label}: " + ", ".join(f"{name} (default)" if name == default else name for name in names))
+        return "; ".join(parts)
+
+    kernels = {field_type: (list(family.kernels), family.defaults.get("kernel"))
+               for field_type, family in layer_families.items()}
+    priors = {field_type: (list(names), None) for field_type, names in prior_registry.items()}
+    group.add_argument("--kernel", choices=sorted({name for names, _ in kernels.values() for name in names}),
+                       help="element-wise transform of the coupling layers, by field: " + by_field(kernels))
     group.add_argument("--hidden", help="hidden widths of each conditioner, comma separated (default: 16,16 for CNNs, "
                                         "32,32 for the staple couplings' per-link networks)")
     group.add_argument("--kernel-size", type=int, help="convolution kernel size, odd (default: 3)")
@@ -165,8 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--momentum-scaling", action=argparse.BooleanOptionalAction,
                        help="phi4: start the flow with a learned propagator, each momentum mode scaled by its own "
                             "factor (default: on)")
-    group.add_argument("--prior", help="base distribution: plaquette (2D U(1) and Schwinger default: independent von Mises "
-                                       "plaquettes at beta), haar (U(1), SU(N); the only one in D > 2), normal (phi4)")
+    group.add_argument("--prior", choices=sorted({name for names, _ in priors.values() for name in names}),
+                       help="base distribution, by field: " + by_field(priors) + ". Default: plaquette "
+                            "(independent von Mises plaquettes at beta) for 2D U(1) and Schwinger at beta > 0, "
+                            "otherwise the first listed for the field; haar is the only one for gauge fields in D > 2")
     group.add_argument("--init-from", metavar="CHECKPOINT",
                        help="start from the weights of a model of the same architecture trained on another volume or at "
                             "other couplings (train at 8x8, fine-tune at 16x16; beta=4, then beta=6)")
@@ -194,19 +239,23 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--compile", action="store_true",
                        help="run the flow layers as torch.compile'd graphs (CUDA graphs on GPUs): far fewer kernel "
                             "launches per step, after minutes of compiling")
-    group.add_argument("--out", required=True, help="checkpoint file (metrics go to <out>.metrics.csv)")
+    group.add_argument("--out", required=True,
+                       help="checkpoint file, e.g. model.pt; the training log goes to <out without its extension>"
+                            ".metrics.csv (model.metrics.csv)")
     group.add_argument("--resume", action="store_true", help="continue training from --out (starts anew if absent)")
-    group.add_argument("--plot", action="store_true", help="also draw the training curves to <out>.png")
+    group.add_argument("--plot", action="store_true",
+                       help="also draw the training curves to <out without its extension>.png (model.png), as "
+                            "'gaugeflow plot model.metrics.csv' does")
     group.add_argument("--mpi", action="store_true",
                        help="data-parallel training over the MPI ranks this was launched with (mpiexec/srun); "
-                            "--batch-size is the global batch; --device cuda/xpu picks the GPU of the local rank")
+                            "--batch-size is the global batch; --device auto/cuda/xpu picks the GPU of the local rank")
     _add_run_options(train, precision="float32")
 
     sample = sub.add_parser("sample", help="generate an ensemble with a trained flow (exact Markov chains)",
                             description="Generate an exact ensemble with a trained flow.  'flow': every chain proposes "
                                         "flow samples and accepts them with probability min(1, w'/w), w = exp(-S)/q; "
                                         "'composite' (default): each step is such a proposal followed by K HMC "
-                                        "trajectories, K chosen during thermalisation (--fallback auto) unless given; "
+                                        "trajectories, K chosen during thermalisation unless given (--hmc-per-step); "
                                         "'flow-hmc': HMC in the flow's latent variables.  Same HDF5 format and resume "
                                         "semantics as 'gaugeflow hmc'.")
     sample.add_argument("--model", required=True, help="checkpoint written by 'gaugeflow train'")
@@ -214,9 +263,22 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--sampler", default="composite", choices=("flow", "composite", "flow-hmc"),
                         help="(default: composite)")
     policy = sample.add_mutually_exclusive_group()
-    policy.add_argument("--hmc-per-step", type=int, metavar="K", help="composite: HMC trajectories after each flow step")
-    policy.add_argument("--fallback", choices=("auto",), default="auto",
-                        help="composite: choose K (or pure flow, or pure HMC) from what thermalisation measures (default)")
+    def per_step(text: str):
+        if text == "auto":
+            return None  # the composite sampler chooses
+        try:
+            value = int(text)
+        except ValueError:
+            value = -1
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"give auto or a number of trajectories >= 0, not {text!r}")
+        return value
+
+    policy.add_argument("--hmc-per-step", type=per_step, default="auto", metavar="{auto,K}",
+                        help="composite: HMC trajectories after each flow proposal; auto: chosen during "
+                             "thermalisation from the measured acceptance and costs (pure flow, K of 1-16, or pure "
+                             "HMC); 0: flow proposals alone (default: auto)")
+    policy.add_argument("--fallback", choices=("auto",), help=argparse.SUPPRESS)  # old spelling of --hmc-per-step auto
     sample.add_argument("--n-configs", type=int, default=1000, help="configurations stored in total (default: 1000)")
     sample.add_argument("--therm", type=int, default=40, help="updates per chain before storing (default: 40)")
     sample.add_argument("--chains", type=int, default=4, help="independent chains (default: 4)")
@@ -232,10 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
                                           "log Z = log mean(exp(-S)/q) with errors, from independent flow samples "
                                           "(Nicoli et al. arXiv:2007.07115); also the ESS.")
     reweight.add_argument("--model", required=True, help="checkpoint written by 'gaugeflow train'")
-    reweight.add_argument("--lattice", help="run the model on another lattice of the same dimension")
+    reweight.add_argument("--lattice", help="run the model on another lattice of the same dimension (default: its own)")
     reweight.add_argument("--n-samples", type=int, default=4096, help="flow samples (default: 4096)")
     reweight.add_argument("--batch-size", type=int, default=256, help="samples per batch (default: 256)")
-    reweight.add_argument("--json", action="store_true", help="print {name: {mean, error}} as JSON")
+    reweight.add_argument("--json", action="store_true", help="print {name: {mean, error, exact, pull}} and the ess as JSON, full "
+                                                                "precision")
     _add_run_options(reweight)
 
     # handled before this parser (scripts/__init__.py): listed here for --help
@@ -244,9 +307,65 @@ def build_parser() -> argparse.ArgumentParser:
     for system in ("slurm", "pbs"):
         sub.add_parser(system, help=f"'{system} render TEMPLATE ... -- OPTIONS': a ready {system} batch script",
                        add_help=False)
-    plot = sub.add_parser("plot", help="draw training curves (loss, ESS, acceptance) to PNG")
-    plot.add_argument("metrics", help="a training log, <model>.metrics.csv")
-    plot.add_argument("--out", help="PNG file (default: the log's name with .png)")
+    plot = sub.add_parser("plot", help="draw training curves or an ensemble's histories and autocorrelations to PNG",
+                          description="A training log <model>.metrics.csv (or its checkpoint <model>.pt): the KL "
+                                      "divergence on a log axis where log Z is known exactly (the loss otherwise), "
+                                      "ESS and acceptance with their target, the learning rate; written to "
+                                      "<model>.png, as 'gaugeflow train --plot' does.\n\n"
+                                      "An ensemble (.h5): for every observable its Monte Carlo history in every "
+                                      "chain, its histogram (integer bins for the topological charge) and its "
+                                      "autocorrelation function with the Gamma method's tau_int window; exact values "
+                                      "where known; written to <ensemble without .h5>.png.")
+    plot.add_argument("file", metavar="FILE",
+                      help="<model>.metrics.csv (or <model>.pt) written by 'gaugeflow train', or an ensemble .h5")
+    plot.add_argument("--out", metavar="PNG", help="the PNG to write (default: FILE's name with .png for .metrics.csv, "
+                                                    ".pt or .h5: <model>.png, <ensemble>.png)")
+    plot.add_argument("--stau", type=float, default=1.5,
+                      help="ensembles: Wolff's S_tau for the automatic tau_int window (default: 1.5)")
+
+    examples = {
+        None: ["gaugeflow hmc --theory u1 --lattice 8x8 --beta 2.0 --n-configs 1000 --out ens.h5",
+               "gaugeflow analyze ens.h5",
+               "gaugeflow plot ens.h5                # histories, Q histogram, autocorrelations: ens.png",
+               "gaugeflow train --theory u1 --lattice 8x8 --beta 2.0 --minutes 5 --out u1.pt --plot",
+               "gaugeflow sample --model u1.pt --n-configs 1000 --out flow.h5",
+               "gaugeflow COMMAND --help             # what each command does, its options and examples"],
+        "hmc": ["gaugeflow hmc --theory u1 --lattice 8x8 --beta 2.0 --n-configs 1000 --out ens.h5",
+                "gaugeflow hmc --theory u1 --lattice 8x8 --beta 2.0 --n-configs 4000 --out ens.h5 --resume",
+                "gaugeflow hmc --theory phi4 --lattice 8x8 --m2 -4 --lam 8 --save-every 2 --out phi4.h5",
+                "gaugeflow hmc --theory schwinger --lattice 8x8 --beta 2.0 --kappa 0.24 --out schwinger.h5",
+                "gaugeflow hmc --theory su3 --lattice 4x4x4x8 --beta 5.7 --n-configs 200 --out su3.h5",
+                "mpiexec -n 4 gaugeflow hmc --mpi --theory u1 --lattice 16x16 --beta 4.0 --out big.h5"],
+        "verify": ["gaugeflow verify ens.h5", "gaugeflow verify ens.h5 --repair"],
+        "compact": ["gaugeflow compact ens.h5 --out ens-single.h5"],
+        "analyze": ["gaugeflow analyze ens.h5", "gaugeflow analyze ens.h5 --json",
+                    "gaugeflow analyze ens.h5 --stau 2"],
+        "train": ["gaugeflow train --theory u1 --lattice 8x8 --beta 2.0 --steps 2000 --out u1.pt --plot",
+                  "gaugeflow train --theory u1 --lattice 8x8 --beta 2.0 --steps 4000 --out u1.pt --resume",
+                  "gaugeflow train --theory phi4 --lattice 8x8 --m2 -4 --lam 8 --minutes 10 --out phi4.pt",
+                  "gaugeflow train --theory u1 --lattice 16x16 --beta 2.0 --init-from u1.pt --minutes 10 --out u1-16.pt",
+                  "gaugeflow train --theory u1 --lattice 8x8 --beta 2.0 --condition beta:1.5:2.5 --out u1-range.pt",
+                  "gaugeflow train --theory su2 --lattice 4x4x4x4 --beta 2.0 --batch-size 1024 --device cuda --out su2.pt"],
+        "sample": ["gaugeflow sample --model u1.pt --n-configs 1000 --out flow.h5",
+                   "gaugeflow sample --model u1.pt --sampler flow --n-configs 1000 --out flow-only.h5",
+                   "gaugeflow sample --model u1.pt --hmc-per-step 4 --n-configs 1000 --out composite.h5",
+                   "gaugeflow sample --model u1.pt --lattice 16x16 --n-configs 1000 --out flow-16.h5"],
+        "reweight": ["gaugeflow reweight --model u1.pt", "gaugeflow reweight --model u1.pt --n-samples 65536 --json"],
+        "plot": ["gaugeflow plot u1.metrics.csv        # -> u1.png (also: gaugeflow plot u1.pt)",
+                 "gaugeflow plot ens.h5                # -> ens.png",
+                 "gaugeflow plot ens.h5 --out figures/ens.png"],
+    }
+    import shutil
+    import textwrap
+
+    width = max(40, min(shutil.get_terminal_size().columns - 2, 98))
+    for name, command in [(None, parser), *sub.choices.items()]:
+        if name not in examples:  # batch, slurm, pbs: their own --help (scripts/batch.py, scripts/render.py)
+            continue
+        paragraphs = (command.description or "").split("\n\n")
+        command.description = "\n\n".join(textwrap.fill(p, width) for p in paragraphs)
+        command.epilog = "examples:\n" + "\n".join("  " + line for line in examples[name])
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
     return parser
 
 
@@ -365,7 +484,7 @@ def run_train(args) -> int:
               f"acceptance {m.get('acceptance', float('nan')):.3f}, {summary.seconds:.1f} s; metrics in {summary.log_path}",
               file=sys.stderr)
     if args.plot:
-        png = plot_training(summary.log_path, os.path.splitext(args.out)[0] + ".png", title=args.out)
+        png = plot_training(summary.log_path)
         if not args.quiet:
             print(f"curves: {png}", file=sys.stderr)
     return 0
@@ -383,9 +502,16 @@ def run_sample(args) -> int:
     summary = _generate(args, model.theory, sampler=args.sampler, model=model, hmc_per_step=args.hmc_per_step,
                         source=args.model, save_every=args.save_every, communicator=communicator, device=device)
     if not args.quiet and summary is not None:
-        details = ", ".join(f"{k} {v}" for k, v in summary.postfix.items())
-        print(f"{summary.path}: {summary.n_configs} configurations ({summary.n_new} new), {args.sampler} acceptance "
-              f"{summary.acceptance:.3f}{', ' + details if details else ''}, {summary.seconds:.1f} s", file=sys.stderr)
+        from gaugeflow.hmc.composite import describe_run
+
+        if args.sampler == "composite":
+            ran = describe_run(summary.postfix, summary.acceptance, chosen=args.hmc_per_step is None)
+        else:
+            what = {"flow": "flow proposals (independence Metropolis)", "flow-hmc": "HMC in the flow's latent variables"}
+            steps = f", {summary.postfix['steps']} steps per trajectory" if "steps" in summary.postfix else ""
+            ran = f"ran {what[args.sampler]}: acceptance {summary.acceptance:.3f}{steps}"
+        print(f"{summary.path}: {summary.n_configs} configurations ({summary.n_new} new) in {summary.seconds:.1f} s; "
+              f"{ran}", file=sys.stderr)
     return 0
 
 
@@ -394,20 +520,27 @@ def run_reweight(args) -> int:
 
     from gaugeflow.flows import load_flow
     from gaugeflow.flows.reweighting import reweighted_estimates
-    from gaugeflow.hmc.analysis import format_table
+    from gaugeflow.hmc.analysis import format_table, with_exact_values
     from gaugeflow.lattice.backend import resolve_device
+    from gaugeflow.lattice.exact import expectation_values
 
     _set_threads(args)
     torch.manual_seed(args.seed)
     model = load_flow(args.model, lattice=args.lattice, device=resolve_device(args.device))
-    results = reweighted_estimates(model, args.n_samples, args.batch_size)
-    exact = model.theory.exact_log_partition_function()
-    if exact is not None:
-        results["log_partition_function_exact"] = {"mean": exact, "error": 0.0}
+    estimates = reweighted_estimates(model, args.n_samples, args.batch_size)
+    ess = estimates.pop("ess")["mean"]
+    theory = model.theory
+    exact = expectation_values(theory.name, theory.lattice_shape, theory.couplings, estimates)
+    log_z = theory.exact_log_partition_function()
+    if log_z is not None:
+        exact["log_partition_function"] = log_z
+    results = with_exact_values(estimates, exact)
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(json.dumps({**results, "ess": {"mean": ess, "error": 0.0}}, indent=2))
     else:
-        print(format_table({k: {**v, "tau_int": None} for k, v in results.items()}))
+        print(f"{args.n_samples} independent flow samples, effective sample size {ess:.3f} "
+              f"(worth about {ess * args.n_samples:.0f} samples of the target)")
+        print(format_table(results))
     return 0
 
 
@@ -419,13 +552,31 @@ def _require_matplotlib() -> None:
 
 
 def run_plot(args) -> int:
+    """Draw what ``args.file`` holds: an ensemble (HDF5), a training log, or a checkpoint's log."""
     import os
 
-    from gaugeflow.flows.plotting import plot_training
+    import h5py
+
+    from gaugeflow.flows.plotting import is_training_log, plot_training
+    from gaugeflow.flows.train import metrics_log_path
+    from gaugeflow.hmc.plotting import plot_ensemble
 
     _require_matplotlib()
-    out = args.out or os.path.splitext(args.metrics)[0] + ".png"
-    print(plot_training(args.metrics, out))
+    path = args.file
+    if not os.path.isfile(path):
+        raise CommandError(f"{path}: {'not a file' if os.path.exists(path) else 'no such file'}")
+    with open(path, "rb") as f:
+        zipped = f.read(4) == b"PK\x03\x04"  # torch.save writes a zip archive
+    if h5py.is_hdf5(path):
+        png = plot_ensemble(path, args.out, S=args.stau)
+    elif zipped:  # a checkpoint <model>.pt: the log its training wrote next to it
+        png = plot_training(metrics_log_path(path), args.out)
+    elif is_training_log(path):
+        png = plot_training(path, args.out)
+    else:
+        raise CommandError(f"{path} is neither a training log (<model>.metrics.csv, written by gaugeflow train) nor "
+                           "an ensemble (HDF5, written by gaugeflow hmc or sample)")
+    print(png)
     return 0
 
 
@@ -444,12 +595,20 @@ def run_analyze(args) -> int:
 
 
 def run_verify(args) -> int:
-    from gaugeflow.lattice.ensemble import open_ensemble
+    from gaugeflow.lattice.ensemble import open_ensemble, repair_manifest
 
-    with open_ensemble(args.ensemble) as ensemble:
-        report = ensemble.verify()
+    if args.repair:
+        report = repair_manifest(args.ensemble)
+    else:
+        with open_ensemble(args.ensemble) as ensemble:
+            report = ensemble.verify()
     print(f"{args.ensemble}: intact: {report['rows']} rows in {report['segments']} segment(s), "
-          f"{report['checked_datasets']} datasets and the resume state checked")
+          f"{report['checked_datasets']} datasets, the chains and the resume state checked"
+          f"{'; manifest rebuilt' if args.repair else ''}")
+    if report["manifest_rows"] < report["rows"]:
+        print(f"{args.ensemble}: note: the manifest (what plain h5py reads) covers {report['manifest_rows']} of the "
+              f"{report['rows']} rows, as a writer stopped before updating it; 'gaugeflow verify --repair' or the "
+              f"next --resume brings it up to date")
     return 0
 
 

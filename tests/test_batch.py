@@ -149,3 +149,38 @@ def test_batch_does_not_requeue_a_job_stopped_before_it_saved_anything(tmp_path)
     assert "during thermalisation, which stores nothing" in stopped.stderr
     assert "not requeueing; give the job more time" in stopped.stderr
     assert not os.path.exists(tmp_path / "ens.h5")
+
+
+@pytest.mark.parametrize("system", ["slurm", "pbs"])
+def test_help_lists_the_templates_with_examples(system, capsys):
+    for argv in (["--help"], ["render", "--help"]):
+        with pytest.raises(SystemExit) as stop:
+            render.main(system, argv)
+        assert stop.value.code == 0
+        text = capsys.readouterr().out
+        assert "render" in text and "examples:" in text
+        assert all(f"  {name} " in text for name in TEMPLATES[system])
+    with pytest.raises(SystemExit) as stop:
+        render.main(system, ["draw"])
+    assert stop.value.code == 2 and "invalid choice: 'draw'" in capsys.readouterr().err
+
+
+def test_slurm_render_keeps_no_gpu_idle(capsys):
+    job = ["--", "--theory", "u1", "--lattice", "8x8", "--beta", "2", "--out", "m.pt"]
+    assert render.main("slurm", ["render", "train", "--nodes", "2", "--gpus-per-node", "4", *job]) == 0
+    out, err = capsys.readouterr()
+    assert "rendering train-mpi" in err and "gaugeflow-train-mpi" in out
+    assert {"#SBATCH --nodes=2", "#SBATCH --gpus-per-node=4", "#SBATCH --ntasks-per-node=4"} <= set(out.splitlines())
+    assert "--device" not in next(line for line in out.splitlines() if line.startswith("ARGS="))  # auto: the GPU
+    refused = {
+        ("sample", "--gpus-per-node", "4"): "sample is a one-GPU template",
+        ("sample", "--gpus-per-node", "4", "--tasks-per-node", "2"): "2 GPU(s) would sit idle",
+        ("train", "--", "--device", "cpu"): "holds 1 GPU(s) per node but its options say --device cpu",
+        ("hmc", "--", "--device", "cuda"): "asks for no GPU but its options say --device cuda",
+    }
+    for argv, message in refused.items():
+        assert render.main("slurm", ["render", *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+    assert render.main("slurm", ["render", "sample", "--gpus-per-node", "4", "--tasks-per-node", "4"]) == 0
+    assert "--device auto" in capsys.readouterr().out  # the template's own options: the GPU

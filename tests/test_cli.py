@@ -31,10 +31,23 @@ def test_hmc_then_analyze_json(tmp_path):
     assert analysis.returncode == 0, analysis.stderr
     results = json.loads(analysis.stdout)
     assert {"plaquette", "topological_charge", "topological_susceptibility", "acceptance"} <= set(results)
-    assert set(results["plaquette"]) == {"mean", "error", "tau_int"}
-    assert 0 < results["plaquette"]["mean"] < 1
+    plaquette = results["plaquette"]
+    assert set(plaquette) == {"mean", "error", "tau_int", "tau_int_error", "exact", "pull"}
+    assert 0 < plaquette["mean"] < 1 and plaquette["tau_int_error"] > 0
+    from gaugeflow.lattice import exact
+    assert plaquette["exact"] == exact.u1_plaquette(2.0, 16)  # full precision
+    assert plaquette["pull"] == (plaquette["mean"] - plaquette["exact"]) / plaquette["error"]
+    assert results["polyakov_loop_abs"]["exact"] is None and results["exp_minus_delta_h"]["exact"] == 1.0
     table = gaugeflow("analyze", out)
-    assert table.returncode == 0 and "plaquette" in table.stdout and "tau_int" in table.stdout
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["observable", "estimate", "tau_int", "exact", "pull"]
+    from gaugeflow.hmc.analysis import format_value_error
+    row = next(line.split() for line in lines if line.startswith("plaquette "))
+    assert row[:3] == ["plaquette", format_value_error(plaquette["mean"], plaquette["error"]),
+                       format_value_error(plaquette["tau_int"], plaquette["tau_int_error"])]
+    assert abs(float(row[3]) - plaquette["exact"]) < plaquette["error"] / 100 and row[4] == f"{plaquette['pull']:+.1f}"
+    assert len(next(line.split() for line in lines if line.startswith("polyakov_loop_abs "))) == 3  # no exact value
 
 
 def test_phi4_run_reports_chi_2pt(tmp_path):
@@ -164,12 +177,18 @@ def test_sample_from_a_trained_flow_and_resume(tmp_path):
                         "--steps", 4, "--batch-size", 16, "--quiet", "--out", model)
     assert trained.returncode == 0, trained.stderr
     args = ["sample", "--model", model, "--chains", 2, "--therm", 2, "--quiet", "--out", out]
-    assert gaugeflow(*args, "--n-configs", 6).returncode == 0
+    first = gaugeflow(*[a for a in args if a != "--quiet"], "--n-configs", 6)  # says what it chose and ran
+    assert first.returncode == 0, first.stderr
+    said = first.stderr.strip().splitlines()
+    assert said[0].startswith("composite sampler: flow proposals accept ") and "so this run uses " in said[0]
+    assert said[-1].startswith(f"{out}: 6 configurations (6 new) in ") and "; the composite sampler ran " in said[-1]
+    assert "as chosen during thermalisation" in said[-1]
     resumed = gaugeflow(*args, "--n-configs", 10, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     with h5py.File(out, "r") as f:  # the default: a composite chain whose policy thermalisation chose
         assert f.attrs["sampler"] == "composite" and int(f.attrs["n_configs"]) == 10
-        assert f.attrs["fallback"] == "auto" and "flow acceptance" in f.attrs["fallback_reason"]
+        assert f.attrs["fallback"] == "auto" and f.attrs["fallback_reason"].startswith("flow proposals accept ")
+        assert "so this run uses " in f.attrs["fallback_reason"]
         assert list(f["step"][:]) == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
     for sampler in ("flow", "flow-hmc"):
         result = gaugeflow(*args[:-1], tmp_path / f"by-{sampler}.h5", "--sampler", sampler, "--n-configs", 4)
@@ -268,8 +287,9 @@ def test_a_signal_while_starting_up_still_stops_cleanly(tmp_path, command):
     assert resumed.returncode == 0, resumed.stderr
 
 
-# write steps of a resumed run: 1-3 rewrite the metrics log, 4-6 write the checkpoint of step 4
-@pytest.mark.parametrize("step, written", [(2, "m.metrics.csv"), (4, "m.pt"), (6, "m.pt")])
+# write steps of a resumed run: 1-3 rewrite the metrics log, 4 appends the row of step 4 to it,
+# 5-7 write the checkpoint of step 4
+@pytest.mark.parametrize("step, written", [(2, "m.metrics.csv"), (4, "m.metrics.csv"), (5, "m.pt"), (7, "m.pt")])
 def test_train_on_a_full_disk_keeps_the_last_checkpoint(tmp_path, step, written):
     out = tmp_path / "m.pt"
     args = ["train", "--theory", "u1", "--beta", 1, "--lattice", "4x4", "--layers", 2, "--hidden", 4, "--batch-size", 8,
@@ -312,3 +332,57 @@ def test_train_grows_a_model_from_a_smaller_volume_and_another_coupling(tmp_path
     refused = gaugeflow("train", "--theory", "u1", "--lattice", "8x8", "--beta", 3, "--init-from", small, "--layers", 4,
                         "--steps", 2, "--quiet", "--out", tmp_path / "other.pt")
     assert refused.returncode == 2 and "differs in --layers: 2 there, 4 here" in refused.stderr
+
+
+def _subcommands():
+    import argparse
+
+    from gaugeflow.cli.commands import build_parser
+
+    parser = build_parser()
+    sub = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+    return parser, {name: command for name, command in sub.choices.items() if name not in ("batch", "slurm", "pbs")}
+
+
+def test_every_subcommand_has_a_description_examples_that_parse_and_listed_choices():
+    import shlex
+
+    from gaugeflow.flows.model import _FAMILIES
+    from gaugeflow.flows.priors import _PRIORS
+
+    parser, commands = _subcommands()
+    for name, command in [("gaugeflow", parser), *commands.items()]:
+        text = command.format_help()
+        assert command.description and "examples:\n" in text, name
+        for line in text.split("examples:\n", 1)[1].splitlines():
+            words = shlex.split(line.split("#")[0])
+            words = words[words.index("gaugeflow") + 1:]
+            if words and words[0] != "COMMAND":
+                parser.parse_args(words)  # exits (status 2) if an example does not parse
+    train = commands["train"].format_help()
+    assert "--kernel {" + ",".join(sorted({k for family in _FAMILIES.values() for k in family.kernels})) + "}" in train
+    assert "--prior {" + ",".join(sorted({p for names in _PRIORS.values() for p in names})) + "}" in train
+    assert "<out without its extension>.metrics.csv" in " ".join(train.split())
+    sample = commands["sample"].format_help()
+    assert "--hmc-per-step {auto,K}" in sample and "--fallback" not in sample
+    assert parser.parse_args(["sample", "--model", "m.pt", "--out", "e.h5"]).hmc_per_step is None  # auto
+    assert parser.parse_args(["sample", "--model", "m.pt", "--out", "e.h5", "--hmc-per-step", "3"]).hmc_per_step == 3
+    assert parser.parse_args(["sample", "--model", "m.pt", "--out", "e.h5", "--fallback", "auto"]).hmc_per_step is None
+
+
+def test_device_auto_takes_cuda_then_xpu_then_cpu(monkeypatch):
+    import torch
+
+    from gaugeflow.lattice.backend import auto_device, resolve_device
+
+    parser, _ = _subcommands()
+    hmc = ["hmc", "--theory", "u1", "--lattice", "4x4", "--out", "e.h5"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch, "xpu", type("NoXPU", (), {"is_available": staticmethod(lambda: False)}), raising=False)
+    assert auto_device() == "cpu" and resolve_device("auto") == torch.device("cpu")
+    assert parser.parse_args(hmc).device == "cpu"  # auto is the default
+    monkeypatch.setattr(torch.xpu, "is_available", lambda: True)
+    assert auto_device() == "xpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert auto_device() == "cuda" and parser.parse_args(hmc).device == "cuda"
+    assert parser.parse_args([*hmc, "--device", "cpu"]).device == "cpu"
