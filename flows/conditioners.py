@@ -9,9 +9,9 @@ along the last axis).
 
 Circular padding is one gather with a cached index per lattice shape
 (:func:`periodic_pad`), not ``padding_mode="circular"``: PyTorch pads circularly by slicing and
-copying each face and corner (about 170 operator calls per convolution with its backward,
-against about 20 for the gather), which made the conditioners dominate the operator launches
-of a training step.  The values are the same bit for bit.
+copying each face and corner, many operator calls per convolution with its backward, and a
+training step's operator launches are what limits it on a GPU.  The values are the same bit
+for bit.
 
 Conditioning on a coupling (one model for a range of ``beta`` or ``lam``): with
 ``context_channels = k`` the network takes per-sample context ``[batch, k]`` and appends it

@@ -34,12 +34,10 @@ as ``s f(z)`` with a random global sign ``s`` (the symmetrised flows of Hackett 
 arXiv:2107.00734).  ``q_s`` is exact and Z2 symmetric like the target, and never worse than
 ``q``: the reverse KL is convex, so ``KL(q_s||p) <= [KL(q||p) + KL(q(-.)||p)] / 2 = KL(q||p)``
 for a symmetric ``p``.  In the broken phase reverse-KL training settles the bijection on one
-vacuum; ``q_s`` then restores the other (measured at phi^4 4x4 and 8x8, m2 = -4, lam 2 and 4:
-every plain proposal had M < 0).  Training minimises the bijection's own ``KL(q||p)``
-(:func:`bijection_density`): training through ``q_s`` costs a second inverse pass per density
-and, measured at phi^4 8x8, lam 8 for 10 CPU minutes, ended lower (acceptance 0.725 against
-0.765 for ``q_s`` of a bijection trained on its own KL; benchmarks/README.md).  In use each
-density costs a second inverse pass.  Flow HMC runs on the bijection itself.
+vacuum; ``q_s`` then restores the other.  Training minimises the bijection's own ``KL(q||p)``
+(:func:`bijection_density`), which trains better than ``KL(q_s||p)`` and costs one inverse pass
+per density instead of two (benchmarks/README.md); in use each density of ``q_s`` costs a
+second inverse pass.  Flow HMC runs on the bijection itself.
 
 ``prior`` names the base distribution (:mod:`gaugeflow.flows.priors`): ``plaquette`` for 2D U(1)
 gauge fields (independent von Mises plaquettes, the default there), ``haar`` for U(1) and SU(N)

@@ -17,8 +17,7 @@ Acting on standard-normal noise alone the layer gives the Gaussian field of prop
 exact trivialising map of the free scalar field (the free-theory spectrum scaling of
 ``bijx``, Gerdes et al.).  As the first layer of a phi^4 model it hands the coupling layers
 noise that already carries the long-distance correlations, which local conditioners reach
-only through many layers: at 8x8, m2 = -4, lam = 8 and 10 CPU minutes of training, the
-default 8 checkerboard layers accepted 0.79 without it and 0.91 with it (benchmarks/README.md).
+only through many layers (what it buys is measured in benchmarks/README.md).
 
 The layer starts as the identity (``s = 0``), so an untrained model is still its prior.  The
 momentum grid is recomputed in float64 at each call rather than kept as a buffer, so that

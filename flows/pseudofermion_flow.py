@@ -33,9 +33,8 @@ independence Metropolis chain on the joint density
 
 Cost and limitation: ``D_hat`` is built densely (``[B, n, n]``) and ``det D_hat(U; kappa_q)``
 and ``(D_hat^dagger)^{-1} phi`` come from batched LU (``slogdet``, ``solve``): ``O(B V^3)``
-per evaluation, exact to rounding.  Measured (CPU, 1 thread, batch 64, forward only): dense ``K``
-plus conditional sample and target 0.04 s at 8x8, 1.4 s at 16x16 (``K`` dominates: ``D_hat``
-applied to ``n`` unit vectors).  Larger lattices need a conditional
+per evaluation, exact to rounding; building the dense matrix (``D_hat`` applied to ``n`` unit
+vectors) dominates (timings in benchmarks/README.md).  Larger lattices need a conditional
 with a determinant that is tractable without a dense matrix (the paper's pseudofermion coupling
 layers), which this module does not provide.
 """

@@ -28,10 +28,9 @@ prior, ``u`` is minus the wrapped sum of ``n = V - 1`` independent von Mises ang
 density ``g_n(u) = (1 / 2 pi) [1 + 2 sum_k rho_k^n cos(k u)]``, ``rho_k = I_k(beta) / I_0(beta)``
 (nearly uniform on large lattices); under the target it has ``g_n(u) exp(beta cos u) / Z``.
 The start minimises the KL between the spline's image of ``g_n`` and that density, a
-one-dimensional problem solved on a quadrature grid when the layer is built: at 16x16, beta 6
-this start's KL is 0.0015 nats where the quantile spline of the von Mises transport
-(:func:`von_mises_transport`, the start before) left 0.12, and an untrained model accepts 0.89
-instead of 0.78 (``benchmarks/plaquette_prior_benchmark.py``).
+one-dimensional problem solved on a quadrature grid when the layer is built, starting from
+the quantile spline of the von Mises transport (:func:`von_mises_transport`); what an untrained
+model accepts from there is measured by ``benchmarks/plaquette_prior_benchmark.py``.
 """
 
 from __future__ import annotations

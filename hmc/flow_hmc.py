@@ -14,7 +14,7 @@ flows Foreman et al., arXiv:2112.01582, and Jin, arXiv:2201.01862).  The chains'
 ``z``; the stored configurations are ``x = f(z)``.
 
 The integrators' ``dH ~ dt^2`` needs a smooth ``S_z``: with NCP kernels (C-infinity) halving
-the step size quarters the energy error (3.996, 3.999 measured); rational-quadratic splines
+the step size quarters the energy error (tested); rational-quadratic splines
 are only C^1, so the pulled-back force jumps at their knots and the error there is O(dt).
 The chain stays exact either way (every kick and drift still preserves volume and is
 reversible); only the acceptance at a given step size suffers.
