@@ -2,7 +2,8 @@
 
 Primary observables (one number per configuration) get the Gamma method
 (:func:`gaugeflow.hmc.autocorrelation.gamma_method`) with every Markov chain as a replica.
-Derived quantities use the binned jackknife:
+Derived quantities are :class:`DerivedQuantity` objects (:func:`register_derived` adds one),
+each with its own error propagation; built in:
 
 * ``chi_2pt`` (phi^4) ``= V (<m^2> - <m>^2)`` with ``m`` the magnetisation per site, i.e. the
   sum over separations of the connected two-point function (Albergo et al., arXiv:2101.08176);
@@ -26,6 +27,8 @@ Numbers are written as papers write them (:func:`format_value_error`): ``0.7004(
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -72,19 +75,9 @@ def analyze_ensemble(path, S: float = 1.5) -> dict[str, dict]:
     results = {}
     for name, chains in per_chain.items():
         results[name] = _gamma_result(gamma_method(chains, S=S))
-    if "magnetization" in per_chain:
-        m = per_chain["magnetization"]
-        m2 = [c * c for c in m]
-        results["chi_2pt"] = _result(*jackknife(lambda a, b: volume * (b - a * a), m, m2))
-    if "topological_charge" in per_chain:
-        q2 = [c * c for c in per_chain["topological_charge"]]
-        g = gamma_method(q2, S=S)
-        results["topological_charge_squared"] = _gamma_result(g)
-        results["topological_susceptibility"] = _gamma_result(g, 1 / volume)
-    correlator = [per_chain[f"pion_correlator_t{t}"] for t in range(len(per_chain)) if f"pion_correlator_t{t}" in per_chain]
-    for t in range(len(correlator) // 2):
-        results[f"pion_effective_mass_t{t}"] = _result(*jackknife(lambda a, b: math.log(a / b), correlator[t],
-                                                                   correlator[t + 1]))
+    for derived in _DERIVED:
+        if all(name in per_chain for name in derived.needs):
+            results.update(derived.estimate(per_chain, volume, S))
     results["acceptance"] = _result(*_mean_and_naive_error(accepted))
     finite = [np.exp(-np.nan_to_num(c, nan=np.inf)) for c in delta_h]
     results["exp_minus_delta_h"] = _result(*_mean_and_naive_error(finite))
@@ -92,6 +85,53 @@ def analyze_ensemble(path, S: float = 1.5) -> dict[str, dict]:
     if sampler == "hmc":  # an area-preserving, reversible integrator (Creutz, Phys. Rev. D 38 (1988) 1228)
         exact["exp_minus_delta_h"] = 1.0
     return with_exact_values(results, exact)
+
+
+@dataclass(frozen=True)
+class DerivedQuantity:
+    """Quantities computed from primary observables, with their errors propagated:
+    ``estimate(per_chain, volume, S) -> {name: {"mean", "error", ...}}`` where ``per_chain``
+    maps every observable to one array per chain.  Applied to every ensemble that has all the
+    observables ``needs``; register one with :func:`register_derived`."""
+
+    needs: tuple[str, ...]
+    estimate: Callable[[dict, int, float], dict]
+    description: str = ""
+
+
+_DERIVED: list[DerivedQuantity] = []
+
+
+def register_derived(derived: DerivedQuantity) -> DerivedQuantity:
+    """Add a derived quantity to what :func:`analyze_ensemble` (``gaugeflow analyze``) reports."""
+    if derived not in _DERIVED:
+        _DERIVED.append(derived)
+    return derived
+
+
+def _chi_2pt(per_chain, volume, S):
+    m = per_chain["magnetization"]
+    return {"chi_2pt": _result(*jackknife(lambda a, b: volume * (b - a * a), m, [c * c for c in m]))}
+
+
+def _topological(per_chain, volume, S):
+    g = gamma_method([c * c for c in per_chain["topological_charge"]], S=S)
+    return {"topological_charge_squared": _gamma_result(g), "topological_susceptibility": _gamma_result(g, 1 / volume)}
+
+
+def _effective_masses(per_chain, volume, S):
+    correlator = []
+    while f"pion_correlator_t{len(correlator)}" in per_chain:
+        correlator.append(per_chain[f"pion_correlator_t{len(correlator)}"])
+    return {f"pion_effective_mass_t{t}": _result(*jackknife(lambda a, b: math.log(a / b), correlator[t],
+                                                             correlator[t + 1])) for t in range(len(correlator) // 2)}
+
+
+register_derived(DerivedQuantity(("magnetization",), _chi_2pt, "chi_2pt = V (<m^2> - <m>^2), jackknife"))
+register_derived(DerivedQuantity(("topological_charge",), _topological,
+                                 "<Q^2> and chi_t = <Q^2>/V, Gamma method of Q^2"))
+register_derived(DerivedQuantity(("pion_correlator_t0",), _effective_masses,
+                                 "pion effective masses log(C(t)/C(t+1)) for t < T/2, jackknife"))
 
 
 def _mean_and_naive_error(chains):

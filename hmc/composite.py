@@ -131,6 +131,15 @@ def describe_run(postfix: dict, acceptance: float, chosen: bool = True) -> str:
     return f"the composite sampler ran {describe_steps(use_flow, k)}, {how}: {numbers}"
 
 
+def _slowest_mode(theory, field):
+    """What HMC's autocorrelation time is read from: the topological charge where the theory
+    has one (it freezes first), else the action density -- taken from the theory itself, so
+    any theory works, whatever observables it stores."""
+    if getattr(theory, "has_topological_charge", False):
+        return theory.topological_charge(field)
+    return theory.action(field) / theory.volume
+
+
 class CompositeSampler:
     """Flow independence Metropolis, then ``hmc_per_step`` HMC trajectories (``None``: chosen
     by the fallback policy during thermalisation)."""
@@ -174,8 +183,7 @@ class CompositeSampler:
         series, began = [], time.perf_counter()
         for _ in range(measure):
             field = self.hmc.update(field, generator).field
-            observables = self.hmc.theory.observables(field)
-            series.append(observables.get("topological_charge", observables["action_density"]).cpu().numpy())
+            series.append(_slowest_mode(self.hmc.theory, field).cpu().numpy())
         hmc_seconds = (time.perf_counter() - began) / measure
         tau, how = hmc_tau_for_policy(series)
         accepted, began = [], time.perf_counter()

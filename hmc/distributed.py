@@ -31,6 +31,7 @@ from gaugeflow.lattice.ensemble import (EnsembleError, create_distributed_ensemb
                                         refresh_distributed_manifest, stream_path)
 from gaugeflow.lattice.errors import GaugeflowError, InputError
 from gaugeflow.lattice.jobcontrol import Interrupted, stop_on_signals
+from gaugeflow.lattice.observables import production_names
 
 from .run import RunSummary, _check_resumable, run_chains
 from .sampler import Sampler
@@ -42,10 +43,10 @@ def _check_quota(n_configs: int, n_streams: int, n_chains: int) -> int:
     return n_configs // n_streams
 
 
-def _open_or_create(theory, path, sampler_name: str, *, n_streams: int, resume: bool, fixed: dict) -> int:
+def _open_or_create(theory, path, sampler_name: str, *, n_streams: int, resume: bool, fixed: dict, observables=None) -> int:
     """The number of streams of ``path``, created now with ``n_streams`` unless it exists."""
     if not os.path.exists(path):
-        create_distributed_ensemble(path, theory=theory, observable_names=theory.observable_names(),
+        create_distributed_ensemble(path, theory=theory, observable_names=production_names(theory, observables),
                                     sampler=sampler_name, seed=fixed["seed"], n_streams=n_streams, parameters=fixed)
         return n_streams
     if not resume:
@@ -87,7 +88,8 @@ def generate_distributed(theory, path, make_sampler: Callable[[], Sampler], comm
     fixed = {"n_chains": n_chains, "seed": seed, "save_every": save_every, "n_therm": n_therm, "start": start}
     sampler_name = make_sampler().name
     n_streams = _collectively(communicator, lambda: _open_or_create(
-        theory, path, sampler_name, n_streams=communicator.size, resume=resume, fixed=fixed))
+        theory, path, sampler_name, n_streams=communicator.size, resume=resume, fixed=fixed,
+        observables=options.get("observables")))
     quota = _check_quota(n_configs, n_streams, n_chains)
     mine = list(range(communicator.rank, n_streams, communicator.size))
     summaries, failure = [], None

@@ -33,6 +33,8 @@ from tqdm.auto import tqdm
 from gaugeflow.lattice.backend import check_memory, check_seed, make_generator, resolve_device
 from gaugeflow.lattice.ensemble import EnsembleError, create_ensemble, open_ensemble
 from gaugeflow.lattice.errors import InputError
+from gaugeflow.lattice.observables import compute as compute_observables
+from gaugeflow.lattice.observables import production_names
 from gaugeflow.lattice.jobcontrol import EXIT_INTERRUPTED, Interrupted, stop_on_signals  # noqa: F401 (re-exported)
 
 from .hmc import HMCParameters, HMCSampler, thermalise  # noqa: F401 (thermalise re-exported)
@@ -171,7 +173,7 @@ def _refuse_nonfinite(theory, values: torch.Tensor, what: str) -> None:
                          f"{theory.name} at {couplings}: a coupling is out of range (float64 overflows)")
 
 
-def _rows(theory, step, result, first_chain) -> dict:
+def _rows(theory, step, result, first_chain, columns) -> dict:
     field = result.field if result.configs is None else result.configs  # what is stored: the physical fields
     n = field.shape[0]
     return dict(
@@ -180,7 +182,7 @@ def _rows(theory, step, result, first_chain) -> dict:
         step=np.full(n, step, dtype=np.int64),
         accepted=result.accepted.cpu().numpy(),
         delta_h=result.delta_h.cpu().numpy(),
-        observables={k: v.detach().cpu().numpy() for k, v in theory.observables(field).items()},
+        observables={k: v.detach().cpu().numpy() for k, v in compute_observables(theory, field, columns).items()},
     )
 
 
@@ -213,6 +215,7 @@ def run_chains(
     commit_every: float = 30.0,
     stream: int | None = None,
     n_streams: int = 1,
+    observables=None,
 ) -> RunSummary:
     """Run ``n_chains`` Markov chains with ``sampler`` and store ``n_configs`` configurations in
     total in ``path``, committing at least every ``commit_every`` seconds (0: after every update).
@@ -221,6 +224,9 @@ def run_chains(
     ``path`` does not exist yet); without it an existing ``path`` is an error and is never
     touched.  ``stream`` of ``n_streams`` (a part of a distributed ensemble, see
     :mod:`gaugeflow.hmc.distributed`) numbers the chains from ``stream * n_chains``.
+    ``observables``: what a new file stores with every configuration (names of the theory's
+    standard columns and of registered observables, :mod:`gaugeflow.lattice.observables`;
+    default: the theory's standard ones); a resumed file keeps its own.
     """
     _check_options(n_configs, n_therm, n_chains, save_every, start)
     check_seed(seed)
@@ -254,10 +260,14 @@ def run_chains(
                                        device=device, precision=precision, progress=progress, received=received), 0
             if ensemble is None:  # created now, so that what thermalisation chose is in its attributes
                 ensemble = cleanup.enter_context(create_ensemble(
-                    path, theory=theory, observable_names=theory.observable_names(), sampler=sampler.name,
+                    path, theory=theory, observable_names=production_names(theory, observables), sampler=sampler.name,
                     seed=seed, parameters={**fixed, **sampler.run_parameters()}))
             _commit(ensemble, theory, sampler, field, generator, step)  # a crash never thermalises again
         _check_resumable(ensemble, theory, {**fixed, **sampler.run_parameters()})
+        stored = list(ensemble.metadata["observable_names"])
+        if observables is not None and production_names(theory, observables) != stored:
+            raise EnsembleError(f"{path} stores the observables {', '.join(stored)} with every configuration; resume "
+                                f"it with those (or without observables) and add others with 'gaugeflow measure'")
         return _production(ensemble, theory, sampler, field, step, generator, n_configs=n_configs, n_chains=n_chains,
                            first_chain=(stream or 0) * n_chains, save_every=save_every, commit_every=commit_every,
                            progress=progress, received=received, began=began)
@@ -278,7 +288,7 @@ def _production(ensemble, theory, sampler: Sampler, field, step, generator, *, n
             field, step = result.field, step + 1
             accepted.append(result.accepted.double().mean().item())
             if step % save_every == 0:
-                ensemble.append(**_rows(theory, step, result, first_chain))
+                ensemble.append(**_rows(theory, step, result, first_chain, ensemble.metadata["observable_names"]))
                 bar.update(n_chains)
                 bar.set_postfix(acc=f"{np.mean(accepted):.2f}", **sampler.postfix())
             done = len(ensemble) + ensemble.n_pending >= n_configs

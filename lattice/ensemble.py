@@ -26,6 +26,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import h5py
@@ -35,6 +36,7 @@ from .errors import InputError
 from .storage import StorageError, WriterLock, digest, hdf5_image, write_atomically
 
 FORMAT_NAME = "gaugeflow-ensemble"
+MEASUREMENT_FORMAT = "gaugeflow-measurement"
 FORMAT_VERSION = 2
 ROW_DATASETS = ("chain", "step", "accepted", "delta_h")
 _SEGMENT = re.compile(r"segment-(\d{6})\.h5")
@@ -231,7 +233,94 @@ class Ensemble:
 
     @property
     def observable_names(self) -> list[str]:
-        return sorted(self.metadata.get("observable_names", []))
+        """Every observable column: those stored with the rows and those measured later on every
+        segment (:meth:`measure`)."""
+        return sorted([*self.metadata.get("observable_names", []), *self.measured_columns()])
+
+    # -- measurements (observables computed after production) -----------------------------
+    def _measurement_path(self, segment: _Segment, name: str) -> str:
+        """Where measurement ``name`` of ``segment`` is stored: beside the file that owns the
+        segment, ``<owner>.measurements/<name>/segment-NNNNNN.h5``."""
+        directory, base = os.path.split(segment.path)
+        if directory.endswith(".segments"):
+            owner = directory[: -len(".segments")]
+        else:  # a single (compacted) file is its own segment 0
+            owner, base = segment.path, segment_name(0)
+        return os.path.join(owner + ".measurements", name, base)
+
+    def measurements(self) -> dict[str, list[str]]:
+        """``{measurement: its columns}`` for every measurement stored for *every* segment."""
+        if not self.segments or self.layout == "v1":
+            return {}
+        found = {}
+        first = self._measurement_path(self.segments[0], "x")
+        directory = os.path.dirname(os.path.dirname(first))
+        for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+            paths = [self._measurement_path(segment, name) for segment in self.segments]
+            if all(os.path.exists(p) for p in paths):
+                with _open_h5(paths[0]) as h5file:
+                    found[name] = [str(c) for c in _plain(h5file.attrs.get("columns", []))]
+        return found
+
+    def measured_columns(self) -> list[str]:
+        return [column for columns in self.measurements().values() for column in columns]
+
+    def _measured_column(self, name: str) -> np.ndarray:
+        for measurement, columns in self.measurements().items():
+            if name in columns:
+                return np.concatenate([self._read_measurement(segment, measurement)[name]
+                                       for segment in self.segments]) if self.segments else np.zeros(0)
+        raise EnsembleError(f"{self.path} has no column {name!r}")
+
+    def _read_measurement(self, segment: _Segment, name: str) -> dict[str, np.ndarray]:
+        """The columns of measurement ``name`` for ``segment``, checked: its checksums, and that
+        it was computed on this segment's configurations."""
+        path = self._measurement_path(segment, name)
+        with _open_h5(path) as h5file:
+            attrs = {key: _plain(value) for key, value in h5file.attrs.items()}
+            if attrs.get("format") != MEASUREMENT_FORMAT:
+                raise EnsembleError(f"{path} is not a gaugeflow measurement")
+            if digest({k: v for k, v in attrs.items() if k != "sha256"}) != attrs.get("sha256"):
+                raise EnsembleError(f"{path}: attributes: checksum mismatch")
+            if attrs.get("configs_sha256") != self._configs_digest(segment) or attrs.get("n_rows") != segment.n_rows:
+                raise EnsembleError(f"{path} was measured on other configurations than {segment.path}")
+            return {column: _read_verified(path, h5file, f"observables/{column}", shape=(segment.n_rows,))
+                    for column in attrs["columns"]}
+
+    def _configs_digest(self, segment: _Segment):
+        with _open_h5(segment.path) as h5file:
+            return _plain(h5file["configs"].attrs.get("sha256")) if "configs" in h5file else None
+
+    def measure(self, name: str, columns_of: Callable[[np.ndarray], dict[str, np.ndarray]], progress=None) -> int:
+        """Store measurement ``name`` -- ``columns_of(configs)`` gives ``{column: [n] float64}``
+        for a segment's configurations -- for every segment that lacks it; returns how many were
+        measured now.  Each segment's measurement is one file written atomically, so an
+        interrupted measurement resumes where it stopped; the manifest then shows the columns."""
+        if self.mode != "a":
+            raise EnsembleError(f"{self.path} is open for reading only")
+        taken = set(self.metadata["observable_names"]) | {c for m, cs in self.measurements().items() if m != name
+                                                          for c in cs}
+        done = 0
+        for segment in self.segments:
+            path = self._measurement_path(segment, name)
+            if os.path.exists(path):
+                self._read_measurement(segment, name)  # a damaged one is refused, never built upon
+                continue
+            with _open_h5(segment.path) as h5file:
+                configs = _read_verified(segment.path, h5file, "configs", shape=self._shape(segment, "configs"))
+            columns = {column: np.asarray(values, dtype=np.float64) for column, values in columns_of(configs).items()}
+            clash = sorted(taken & set(columns))
+            if clash:
+                raise EnsembleError(f"measurement {name!r} gives column(s) {', '.join(clash)}, which {self.path} "
+                                    f"already has")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            write_atomically(path, hdf5_image(lambda h5file: _write_measurement(
+                h5file, name, columns, self._configs_digest(segment), segment.n_rows)))
+            done += 1
+            if progress is not None:
+                progress(done)
+        self._write_manifest()
+        return done
 
     def __len__(self) -> int:
         return sum(s.n_rows for s in self.segments)
@@ -346,7 +435,7 @@ class Ensemble:
         elif name in self.metadata.get("observable_names", []):
             key = f"observables/{name}"
         else:
-            raise EnsembleError(f"{self.path} has no column {name!r}")
+            return self._measured_column(name)
         parts = []
         for segment in self._segments_for_reading():
             with _open_h5(segment.path) as h5file:
@@ -409,11 +498,22 @@ class Ensemble:
         h5py sees: fewer than ``rows`` when a writer stopped before updating the manifest);
         raises :class:`EnsembleError` naming the first damaged file and dataset."""
         checked = sum(self._verify_segment(segment) for segment in self.segments)
+        checked += self._verify_measurements()
         for part in self.streams() if self.layout == "streams" else [self]:
             part._verify_chains(part.resume_state())
         manifest_rows = self._verify_manifest() if self.layout in ("manifest", "streams") else len(self)
         return {"segments": len(self.segments), "rows": len(self), "checked_datasets": checked,
                 "manifest_rows": manifest_rows}
+
+    def _verify_measurements(self) -> int:
+        """Check every stored measurement file, also of measurements not yet complete."""
+        checked = 0
+        for segment in self.segments if self.layout != "v1" else []:
+            directory = os.path.dirname(os.path.dirname(self._measurement_path(segment, "x")))
+            for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+                if os.path.exists(self._measurement_path(segment, name)):
+                    checked += len(self._read_measurement(segment, name))
+        return checked
 
     def _verify_chains(self, state: dict | None) -> None:
         """Every ``(chain, step)`` once; with ``save_every`` recorded (every run records it),
@@ -468,7 +568,7 @@ class Ensemble:
         per_file = dict(layout=self.layout, n_configs=covered, n_segments=listed)
         if self.layout == "manifest":
             per_file["segments"] = [os.path.basename(s.path) for s in sources]
-        if image == _manifest_image(self.path, self.metadata, sources, **per_file):
+        if image == _manifest_image(self.path, self.metadata, sources, self._measured_sources(sources), **per_file):
             return covered
         child = _read_manifest_elsewhere(self.path)
         if child is None:
@@ -533,9 +633,15 @@ class Ensemble:
         rows.update({f"observables/{n}": np.zeros(0, np.float64) for n in self.metadata["observable_names"]})
         return rows
 
+    def _measured_sources(self, segments) -> dict[str, list[str]]:
+        """``{column: the measurement file of each of ``segments``}`` for the manifest."""
+        return {column: [self._measurement_path(s, name) for s in segments]
+                for name, columns in self.measurements().items() for column in columns}
+
     def _write_manifest(self) -> None:
         self._manifest_written = time.monotonic()
-        _write_manifest_file(self.path, self.metadata, self.segments, layout="manifest", n_configs=len(self),
+        _write_manifest_file(self.path, self.metadata, self.segments, self._measured_sources(self.segments),
+                             layout="manifest", n_configs=len(self),
                              n_segments=len(self.segments), segments=[os.path.basename(s.path) for s in self.segments])
 
     def _manifest_lags(self) -> bool:
@@ -626,17 +732,19 @@ def _describe_gap(steps: np.ndarray, every: int) -> str:
     return f"{int(steps[where])} where {int(expected[where])} was expected (row {where} of the chain)"
 
 
-def _write_manifest_file(path, metadata: dict, sources: list[_Segment], **per_file) -> None:
+def _write_manifest_file(path, metadata: dict, sources: list[_Segment], measured: dict, **per_file) -> None:
     """Write the manifest ``path``: the attributes, and virtual datasets that join the rows of
-    the segments ``sources`` (paths relative to the manifest, so a moved ensemble stays readable)."""
-    write_atomically(path, _manifest_image(path, metadata, sources, **per_file))
+    the segments ``sources`` and the ``measured`` columns (``{column: file per segment}``), by
+    paths relative to the manifest, so a moved ensemble stays readable."""
+    write_atomically(path, _manifest_image(path, metadata, sources, measured, **per_file))
 
 
-def _manifest_image(path, metadata: dict, sources: list[_Segment], **per_file) -> bytes:
+def _manifest_image(path, metadata: dict, sources: list[_Segment], measured: dict, **per_file) -> bytes:
     """The bytes of the manifest, the same for the same segments (no timestamps), so that
     :meth:`Ensemble.verify` can check a manifest by rebuilding it, never parsing a damaged one."""
     n_rows = sum(s.n_rows for s in sources)
-    names = ["configs", *ROW_DATASETS, *(f"observables/{n}" for n in metadata["observable_names"])]
+    names = ["configs", *ROW_DATASETS, *(f"observables/{n}" for n in metadata["observable_names"]),
+             *(f"observables/{n}" for n in measured)]
     shapes = {"configs": tuple(metadata["config_shape"])}
     dtypes = {"configs": metadata["config_dtype"], "chain": "i8", "step": "i8", "accepted": "?"}
     home = os.path.dirname(os.path.abspath(path))
@@ -646,9 +754,11 @@ def _manifest_image(path, metadata: dict, sources: list[_Segment], **per_file) -
         for name in names:
             shape, dtype = shapes.get(name, ()), np.dtype(dtypes.get(name, "f8"))
             layout = h5py.VirtualLayout(shape=(n_rows, *shape), dtype=dtype, maxshape=(None, *shape))
-            for s in sources:
+            files = measured.get(name.split("/")[-1], [s.path for s in sources]) if name.startswith("observables/") \
+                else [s.path for s in sources]
+            for s, file in zip(sources, files):
                 if s.n_rows:
-                    source = os.path.relpath(os.path.abspath(s.path), home).replace(os.sep, "/")
+                    source = os.path.relpath(os.path.abspath(file), home).replace(os.sep, "/")
                     layout[s.first_row : s.first_row + s.n_rows] = h5py.VirtualSource(source, name, shape=(s.n_rows, *shape))
             with contextlib.suppress(AttributeError):  # h5py keeps the creation properties here
                 layout.dcpl.set_obj_track_times(False)
@@ -677,6 +787,17 @@ def _write_rows(h5file, rows: dict, row_bytes: int) -> None:
             options.update(compression="gzip", compression_opts=1, shuffle=True)
         dataset = h5file.create_dataset(name, data=values, maxshape=(None, *values.shape[1:]), **options)
         dataset.attrs["sha256"] = digest(values)
+
+
+def _write_measurement(h5file, name: str, columns: dict, configs_sha256, n_rows: int) -> None:
+    """A measurement file: the columns (``observables/<column>``, with SHA-256 and fletcher32)
+    and attributes binding it to the configurations it was computed on."""
+    attrs = {"format": MEASUREMENT_FORMAT, "format_version": 1, "measurement": name, "columns": list(columns),
+             "configs_sha256": configs_sha256, "n_rows": int(n_rows), "software_version": software_version()}
+    for key, value in attrs.items():
+        h5file.attrs[key] = value
+    h5file.attrs["sha256"] = digest(attrs)
+    _write_rows(h5file, {f"observables/{column}": values for column, values in columns.items()}, 8)
 
 
 def _write_resume(h5file, arrays: dict, attributes: dict) -> None:
@@ -770,7 +891,8 @@ def refresh_distributed_manifest(path) -> int:
         with open_ensemble(path) as ensemble:
             if ensemble.layout != "streams":
                 raise EnsembleError(f"{path} is not a distributed ensemble")
-            _write_manifest_file(path, ensemble.metadata, ensemble.segments, layout="streams",
+            _write_manifest_file(path, ensemble.metadata, ensemble.segments,
+                                 ensemble._measured_sources(ensemble.segments), layout="streams",
                                  n_configs=len(ensemble), n_segments=len(ensemble.segments))
             return len(ensemble)
     finally:

@@ -6,7 +6,7 @@ Thin wrappers: every subcommand parses its options, calls the library
 What the program guarantees, whatever the subcommand (:func:`main`):
 
 * **Stop signals** (SIGTERM, SIGUSR1, Ctrl-C) reaching a long job (``hmc``, ``train``,
-  ``sample``) at any moment -- while Python still imports PyTorch, during the run, after the
+  ``sample``, ``measure``) at any moment -- while Python still imports PyTorch, during the run, after the
   final commit -- end it with status 0 (it had finished) or 3 (stopped after saving; rerun with
   ``--resume``), 4 if it stopped before anything could be saved; never with death by the
   signal.  A second Ctrl-C aborts at once with status 130; the atomic writes leave every
@@ -20,7 +20,7 @@ import os
 import signal
 import sys
 
-LONG_JOBS = ("hmc", "train", "sample")  # the subcommands that stop cleanly on a signal
+LONG_JOBS = ("hmc", "train", "sample", "measure")  # the subcommands that stop cleanly on a signal
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 EXIT_ABORTED = 130  # gaugeflow.lattice.jobcontrol.EXIT_ABORTED, without importing torch
 early_signal = {"signal": None}

@@ -76,7 +76,15 @@ def _add_hmc_options(group):
                             "(fermion force) where the theory splits its action (schwinger) (default: 1: one time scale)")
 
 
+def _observable_list(text):
+    return [name.strip() for name in text.split(",") if name.strip()] if text else None
+
+
 def _add_commit_option(group):
+    group.add_argument("--observables", metavar="NAME[,NAME]",
+                       help="what to store with every configuration: the theory's standard observables (default: all "
+                            "of them) and registered ones (gaugeflow measure --help lists them); leave expensive ones "
+                            "out and measure them later with gaugeflow measure")
     group.add_argument("--commit-every", type=float, default=30.0, metavar="S",
                        help="commit stored rows and the chain state to disk at least every S seconds; a crash redoes at most "
                             "that much work (default: 30; 0: after every update)")
@@ -158,6 +166,25 @@ def build_parser() -> argparse.ArgumentParser:
                                          "self-contained HDF5 file (also converts format-1 files).")
     compact.add_argument("ensemble", help="HDF5 ensemble file")
     compact.add_argument("--out", required=True, help="the compacted file; never overwritten")
+
+    from gaugeflow.lattice.observables import _REGISTRY as observables_registered
+
+    measure = sub.add_parser(
+        "measure", help="compute observables on the stored configurations of an ensemble",
+        description="Compute registered observables on every stored configuration and store them in the ensemble, "
+                    "beside its segments (checksummed, bound to the configurations they were computed on).  "
+                    "Resumable: rerun after an interruption and only what is missing is computed; rerun after "
+                    "'hmc --resume' and the new configurations are measured.  analyze, plot and plain h5py (through "
+                    "the manifest) then see the new columns.  Registered observables: "
+                    + "; ".join(f"{o.name}: {o.description}" for o in observables_registered.values()) + ".",
+        epilog="examples:\n  gaugeflow measure ens.h5 --observables wilson_loops\n"
+               "  gaugeflow hmc ... --observables plaquette,topological_charge --out ens.h5   # cheap ones only\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    measure.add_argument("ensemble", help="HDF5 ensemble file")
+    measure.add_argument("--observables", required=True, metavar="NAME[,NAME]",
+                         help=f"registered observables ({', '.join(observables_registered)})")
+    measure.add_argument("--batch-size", type=int, default=64, help="configurations per batch (default: 64)")
+    _add_run_options(measure)
 
     analyze = sub.add_parser("analyze", help="observable means, errors and autocorrelation times",
                              description="Gamma-method analysis of every observable in an ensemble.")
@@ -416,7 +443,8 @@ def _generate(args, theory, *, sampler: str, model=None, hmc_per_step=None, sour
         return make_sampler(theory, sampler, model=model, hmc_per_step=hmc_per_step, source=source, **hmc)
 
     common = dict(n_configs=args.n_configs, n_therm=args.therm, n_chains=args.chains, seed=args.seed,
-                  resume=args.resume, progress=not args.quiet, commit_every=args.commit_every, device=device, **options)
+                  resume=args.resume, progress=not args.quiet, commit_every=args.commit_every, device=device,
+                  observables=_observable_list(args.observables), **options)
     if communicator is None:
         return run_chains(theory, args.out, new_sampler(), **common)
     summary = generate_distributed(theory, args.out, new_sampler, communicator, **common)
@@ -620,8 +648,20 @@ def run_compact(args) -> int:
     return 0
 
 
+def run_measure(args) -> int:
+    from gaugeflow.lattice.observables import measure_ensemble
+
+    _set_threads(args)
+    done = measure_ensemble(args.ensemble, _observable_list(args.observables), device=args.device,
+                            batch_size=args.batch_size, progress=not args.quiet)
+    if not args.quiet:
+        print(f"{args.ensemble}: " + ", ".join(f"{name} measured on {n} new segment(s)" for name, n in done.items()),
+              file=sys.stderr)
+    return 0
+
+
 COMMANDS = {"hmc": run_hmc, "analyze": run_analyze, "train": run_train, "sample": run_sample, "plot": run_plot,
-            "verify": run_verify, "compact": run_compact, "reweight": run_reweight}
+            "verify": run_verify, "compact": run_compact, "reweight": run_reweight, "measure": run_measure}
 
 
 def main(argv=None) -> int:

@@ -93,9 +93,11 @@ def python_pages() -> list[Path]:
 def registries(monkeypatch):
     """Registries a page may add to, restored after it."""
     from gaugeflow.flows import model, priors
-    from gaugeflow.lattice import theories
+    from gaugeflow.hmc import analysis
+    from gaugeflow.lattice import observables, theories
 
-    for module, name in ((theories, "_REGISTRY"), (model, "_FAMILIES"), (priors, "_PRIORS")):
+    for module, name in ((theories, "_REGISTRY"), (model, "_FAMILIES"), (priors, "_PRIORS"),
+                         (observables, "_REGISTRY"), (analysis, "_DERIVED")):
         monkeypatch.setattr(module, name, copy.deepcopy(getattr(module, name)))
 
 
