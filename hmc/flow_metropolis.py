@@ -12,12 +12,16 @@ import json
 
 import torch
 
+from gaugeflow.lattice.storage import digest
+
 from .sampler import TrajectoryResult
 
 
 def flow_run_parameters(model, source: str) -> dict:
-    """What identifies the flow a chain runs on (stored as ensemble attributes, checked on resume)."""
-    return {"flow_architecture": json.dumps(model.architecture, sort_keys=True), "flow_checkpoint": str(source)}
+    """What identifies the flow a chain runs on (stored as ensemble attributes, checked on resume):
+    its architecture, checkpoint and the SHA-256 of its weights."""
+    return {"flow_architecture": json.dumps(model.architecture, sort_keys=True), "flow_checkpoint": str(source),
+            "flow_weights_sha256": digest(model.state_dict())}
 
 
 class FlowMetropolisSampler:

@@ -35,6 +35,7 @@ from gaugeflow.lattice.ensemble import EnsembleError, create_ensemble, open_ense
 from gaugeflow.lattice.errors import InputError
 from gaugeflow.lattice.observables import compute as compute_observables
 from gaugeflow.lattice.observables import production_names
+from gaugeflow.lattice.provenance import run_provenance
 from gaugeflow.lattice.jobcontrol import EXIT_INTERRUPTED, Interrupted, stop_on_signals  # noqa: F401 (re-exported)
 
 from .hmc import HMCParameters, HMCSampler, thermalise  # noqa: F401 (thermalise re-exported)
@@ -241,6 +242,7 @@ def run_chains(
         fixed.update(stream=stream, n_streams=n_streams)
     began = time.perf_counter()
     generator = make_generator(seed, device)
+    record = run_provenance(device)
     with stop_on_signals() as received, contextlib.ExitStack() as cleanup:
         ensemble, state = None, None
         if resume and os.path.exists(path):
@@ -262,8 +264,10 @@ def run_chains(
                 ensemble = cleanup.enter_context(create_ensemble(
                     path, theory=theory, observable_names=production_names(theory, observables), sampler=sampler.name,
                     seed=seed, parameters={**fixed, **sampler.run_parameters()}))
+            ensemble.provenance = record
             _commit(ensemble, theory, sampler, field, generator, step)  # a crash never thermalises again
         _check_resumable(ensemble, theory, {**fixed, **sampler.run_parameters()})
+        ensemble.provenance = record
         stored = list(ensemble.metadata["observable_names"])
         if observables is not None and production_names(theory, observables) != stored:
             raise EnsembleError(f"{path} stores the observables {', '.join(stored)} with every configuration; resume "

@@ -33,6 +33,7 @@ import h5py
 import numpy as np
 
 from .errors import InputError
+from .provenance import committed
 from .storage import StorageError, WriterLock, digest, hdf5_image, write_atomically
 
 FORMAT_NAME = "gaugeflow-ensemble"
@@ -195,7 +196,9 @@ class Ensemble:
             self.close()
             raise
         self._pending: list[dict] = []
-        self._pending_rows = 0  # kept, not summed: the production loop asks after every update
+        self._pending_rows = 0
+        # the record of the run writing (gaugeflow.lattice.provenance), stored with every segment
+        self.provenance: dict | None = None  # kept, not summed: the production loop asks after every update
 
     # -- metadata ---------------------------------------------------------------------
     def _read_metadata(self):
@@ -499,11 +502,27 @@ class Ensemble:
         raises :class:`EnsembleError` naming the first damaged file and dataset."""
         checked = sum(self._verify_segment(segment) for segment in self.segments)
         checked += self._verify_measurements()
+        self.run_records()
         for part in self.streams() if self.layout == "streams" else [self]:
             part._verify_chains(part.resume_state())
         manifest_rows = self._verify_manifest() if self.layout in ("manifest", "streams") else len(self)
         return {"segments": len(self.segments), "rows": len(self), "checked_datasets": checked,
                 "manifest_rows": manifest_rows}
+
+    def run_records(self) -> list[tuple[int, dict | None]]:
+        """``(segment, run record)`` for every segment (``None`` where none was stored), checked."""
+        records = []
+        for segment in self.segments if self.layout != "v1" else []:
+            with _open_h5(segment.path) as h5file:
+                group = h5file.get("provenance")
+                if group is None:
+                    records.append((segment.index, None))
+                    continue
+                record = json.loads(_plain(group.attrs.get("record", "{}")))
+                if digest(record) != _plain(group.attrs.get("sha256")):
+                    raise EnsembleError(f"{segment.path}: provenance: checksum mismatch")
+            records.append((segment.index, record))
+        return records
 
     def _verify_measurements(self) -> int:
         """Check every stored measurement file, also of measurements not yet complete."""
@@ -613,10 +632,14 @@ class Ensemble:
         n_rows = len(rows["chain"])
         metadata = self.metadata
 
+        record = None if self.provenance is None else committed(self.provenance)
+
         def build(h5file):
             _write_attrs(h5file, metadata, layout="segment", segment=index, first_row=first_row, n_rows=n_rows)
             _write_rows(h5file, rows, int(metadata["config_row_bytes"]))
             _write_resume(h5file, resume_arrays, resume_attributes)
+            if record is not None:
+                _write_provenance(h5file, record)
 
         path = os.path.join(segment_directory(self.path), segment_name(index))
         write_atomically(path, hdf5_image(build))
@@ -787,6 +810,12 @@ def _write_rows(h5file, rows: dict, row_bytes: int) -> None:
             options.update(compression="gzip", compression_opts=1, shuffle=True)
         dataset = h5file.create_dataset(name, data=values, maxshape=(None, *values.shape[1:]), **options)
         dataset.attrs["sha256"] = digest(values)
+
+
+def _write_provenance(h5file, record: dict) -> None:
+    group = h5file.create_group("provenance")
+    group.attrs["record"] = json.dumps(record, sort_keys=True)
+    group.attrs["sha256"] = digest(record)
 
 
 def _write_measurement(h5file, name: str, columns: dict, configs_sha256, n_rows: int) -> None:

@@ -144,7 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--chains", type=int, default=4, help="independent chains run as one batch (default: 4)")
     _add_hmc_options(group)
     group.add_argument("--save-every", type=int, default=1, help="store every k-th trajectory (default: 1)")
-    group.add_argument("--start", default="hot", choices=("hot", "cold"), help="initial configuration (default: hot)")
+    group.add_argument("--start", default="hot", metavar="{hot,cold,PATH}",
+                       help="initial configuration: hot (random), cold (unit links), or the ILDG file PATH, from which "
+                            "every chain starts (checksum, lattice and group checked against --theory and --lattice) "
+                            "(default: hot)")
     group.add_argument("--out", required=True, help="output HDF5 file; never overwritten")
     group.add_argument("--resume", action="store_true",
                        help="continue the chains stored in --out and top it up to --n-configs (starts anew if --out is absent)")
@@ -166,6 +169,21 @@ def build_parser() -> argparse.ArgumentParser:
                                          "self-contained HDF5 file (also converts format-1 files).")
     compact.add_argument("ensemble", help="HDF5 ensemble file")
     compact.add_argument("--out", required=True, help="the compacted file; never overwritten")
+    export = sub.add_parser("export", help="write configurations as ILDG files for other lattice codes",
+                            description="Write configurations of a gauge ensemble (U(1), SU(2), SU(3)) as ILDG files, "
+                                        "one per configuration, DIR/<ensemble name>.<row>.ildg: LIME records "
+                                        "ildg-format, ildg-binary-data (big-endian, x fastest, links mu = 0..D-1 per "
+                                        "site), scidac-checksum and ildg-data-lfn, as Chroma, Grid, openQCD and MILC "
+                                        "tools read them (field names su3gauge, su2gauge, u1gauge).  Existing files are "
+                                        "never overwritten.  'gaugeflow hmc --start FILE' continues from one.")
+    export.add_argument("ensemble", help="HDF5 ensemble file")
+    export.add_argument("--format", default="ildg", choices=("ildg",), help="(default: ildg)")
+    export.add_argument("--out", required=True, metavar="DIR", help="directory for the files (created if needed)")
+    export.add_argument("--configs", metavar="SELECTION",
+                        help="rows to export: start:stop:step (e.g. 0:100:10) or a list (e.g. 5,7,9) (default: all)")
+    export.add_argument("--precision", type=int, default=64, choices=(64, 32), help="bits per real number (default: 64)")
+    export.add_argument("--lfn", metavar="PREFIX",
+                        help="logical file names PREFIX/<file name> (default: lfn://gaugeflow/<ensemble name>)")
 
     from gaugeflow.lattice.observables import _REGISTRY as observables_registered
 
@@ -192,6 +210,15 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--json", action="store_true", help="print {name: {mean, error, tau_int, tau_int_error, exact, pull}} as JSON, "
                                                                "full precision")
     analyze.add_argument("--stau", type=float, default=1.5, help="Wolff's S_tau for automatic windowing (default: 1.5)")
+    analyze.add_argument("--pyerrors", metavar="OUT.json.gz",
+                         help="also write every primary observable as a pyerrors Obs (one replica per chain) in "
+                              "pyerrors' JSON format, to continue the analysis there")
+    info = sub.add_parser("info", help="what an ensemble holds and what produced it",
+                          description="Print an ensemble's theory, couplings, sampler and its parameters, observables, "
+                                      "and every run that wrote it: command line, host, device, versions (gaugeflow "
+                                      "and its git commit, Python, PyTorch), start and last commit times.",
+                          epilog="example:\n  gaugeflow info ens.h5\n", formatter_class=argparse.RawDescriptionHelpFormatter)
+    info.add_argument("ensemble", help="HDF5 ensemble file")
     train = sub.add_parser("train", help="train a flow model by reverse-KL self-training",
                            description="Train a (gauge-equivariant) normalizing flow for a lattice theory "
                                        "by minimising the reverse Kullback-Leibler divergence to exp(-S).")
@@ -365,6 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "mpiexec -n 4 gaugeflow hmc --mpi --theory u1 --lattice 16x16 --beta 4.0 --out big.h5"],
         "verify": ["gaugeflow verify ens.h5", "gaugeflow verify ens.h5 --repair"],
         "compact": ["gaugeflow compact ens.h5 --out ens-single.h5"],
+        "export": ["gaugeflow export su3.h5 --format ildg --out ildg/ --configs 0:100:10",
+                   "gaugeflow export su3.h5 --format ildg --out ildg/ --configs 5,7,9 --precision 32"],
         "analyze": ["gaugeflow analyze ens.h5", "gaugeflow analyze ens.h5 --json",
                     "gaugeflow analyze ens.h5 --stau 2"],
         "train": ["gaugeflow train --theory u1 --lattice 8x8 --beta 2.0 --steps 2000 --out u1.pt --plot",
@@ -618,7 +647,20 @@ def run_analyze(args) -> int:
     from gaugeflow.hmc.analysis import analyze_ensemble, format_table
 
     results = analyze_ensemble(args.ensemble, S=args.stau)
+    if args.pyerrors:
+        from gaugeflow.hmc.pyerrors_export import export_pyerrors
+
+        names = export_pyerrors(args.ensemble, args.pyerrors)
+        print(f"{args.pyerrors}: {len(names)} observables as pyerrors Obs (one replica per chain); "
+              f"pyerrors.input.json.load_json_dict reads them", file=sys.stderr)
     print(json.dumps(results, indent=2) if args.json else format_table(results))
+    return 0
+
+
+def run_info(args) -> int:
+    from gaugeflow.lattice.provenance import describe_ensemble
+
+    print(describe_ensemble(args.ensemble))
     return 0
 
 
@@ -660,8 +702,19 @@ def run_measure(args) -> int:
     return 0
 
 
+def run_export(args) -> int:
+    from gaugeflow.lattice.ildg import export_ensemble
+
+    paths = export_ensemble(args.ensemble, args.out, selection=args.configs, precision=args.precision,
+                            lfn_prefix=args.lfn)
+    print(f"{args.out}: {len(paths)} ILDG file(s), {os.path.basename(paths[0])} ... {os.path.basename(paths[-1])}"
+          if len(paths) > 1 else f"{paths[0]}: 1 ILDG file")
+    return 0
+
+
 COMMANDS = {"hmc": run_hmc, "analyze": run_analyze, "train": run_train, "sample": run_sample, "plot": run_plot,
-            "verify": run_verify, "compact": run_compact, "reweight": run_reweight, "measure": run_measure}
+            "verify": run_verify, "compact": run_compact, "reweight": run_reweight, "measure": run_measure,
+            "info": run_info, "export": run_export}
 
 
 def main(argv=None) -> int:
