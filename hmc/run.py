@@ -108,8 +108,10 @@ def _check_options(n_configs, n_therm, n_chains, save_every, start) -> None:
         raise InputError(f"save_every must be at least 1, got {save_every}")
     if n_therm < 0:
         raise InputError(f"n_therm must be non-negative, got {n_therm}")
-    if start not in ("hot", "cold"):
-        raise InputError(f"start must be 'hot' or 'cold', got {start!r}")
+    if not isinstance(start, str) or (start not in ("hot", "cold") and not os.path.isfile(start)):
+        problem = "not a file" if isinstance(start, str) and os.path.exists(start) else "no such file"
+        raise InputError(f"start must be 'hot', 'cold' or the path of an ILDG file (str), got {start!r}"
+                         f"{f': {problem}' if isinstance(start, str) else ''}")
 
 
 def _check_new_output(path) -> None:
@@ -151,8 +153,12 @@ def _thermalised(theory, sampler: Sampler, generator, *, n_chains, n_therm, star
     """New chains, after ``n_therm`` unstored updates (in which the sampler may tune itself)."""
     if start == "hot":
         field = theory.hot_start(n_chains, generator=generator, device=device, precision=precision)
-    else:
+    elif start == "cold":
         field = theory.cold_start(n_chains, device=device, precision=precision)
+    else:  # an ILDG file (gaugeflow export, or another lattice code): every chain starts from it
+        from gaugeflow.lattice.ildg import start_configuration
+
+        field = start_configuration(theory, start, n_chains, device=device, precision=precision)
     _refuse_nonfinite(theory, theory.action(field), "the action of the start configuration")
     field = sampler.thermalise(field, n_therm, generator, progress, received)
     if received["signal"]:

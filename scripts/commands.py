@@ -195,9 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "'hmc --resume' and the new configurations are measured.  analyze, plot and plain h5py (through "
                     "the manifest) then see the new columns.  Registered observables: "
                     + "; ".join(f"{o.name}: {o.description}" for o in observables_registered.values()) + ".",
-        epilog="examples:\n  gaugeflow measure ens.h5 --observables wilson_loops\n"
-               "  gaugeflow hmc ... --observables plaquette,topological_charge --out ens.h5   # cheap ones only\n",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    )
     measure.add_argument("ensemble", help="HDF5 ensemble file")
     measure.add_argument("--observables", required=True, metavar="NAME[,NAME]",
                          help=f"registered observables ({', '.join(observables_registered)})")
@@ -216,8 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="what an ensemble holds and what produced it",
                           description="Print an ensemble's theory, couplings, sampler and its parameters, observables, "
                                       "and every run that wrote it: command line, host, device, versions (gaugeflow "
-                                      "and its git commit, Python, PyTorch), start and last commit times.",
-                          epilog="example:\n  gaugeflow info ens.h5\n", formatter_class=argparse.RawDescriptionHelpFormatter)
+                                      "and its git commit, Python, PyTorch), start and last commit times.")
     info.add_argument("ensemble", help="HDF5 ensemble file")
     train = sub.add_parser("train", help="train a flow model by reverse-KL self-training",
                            description="Train a (gauge-equivariant) normalizing flow for a lattice theory "
@@ -395,7 +392,12 @@ def build_parser() -> argparse.ArgumentParser:
         "export": ["gaugeflow export su3.h5 --format ildg --out ildg/ --configs 0:100:10",
                    "gaugeflow export su3.h5 --format ildg --out ildg/ --configs 5,7,9 --precision 32"],
         "analyze": ["gaugeflow analyze ens.h5", "gaugeflow analyze ens.h5 --json",
-                    "gaugeflow analyze ens.h5 --stau 2"],
+                    "gaugeflow analyze ens.h5 --stau 2",
+                    "gaugeflow analyze ens.h5 --pyerrors ens.json.gz   # continue in pyerrors"],
+        "measure": ["gaugeflow measure ens.h5 --observables wilson_loops",
+                    "gaugeflow hmc --theory u1 --lattice 8x8 --beta 2.0 --observables plaquette,topological_charge "
+                    "--out ens.h5   # cheap ones in production, the rest measured later"],
+        "info": ["gaugeflow info ens.h5"],
         "train": ["gaugeflow train --theory u1 --lattice 8x8 --beta 2.0 --steps 2000 --out u1.pt --plot",
                   "gaugeflow train --theory u1 --lattice 8x8 --beta 2.0 --steps 4000 --out u1.pt --resume",
                   "gaugeflow train --theory phi4 --lattice 8x8 --m2 -4 --lam 8 --minutes 10 --out phi4.pt",
@@ -703,6 +705,8 @@ def run_measure(args) -> int:
 
 
 def run_export(args) -> int:
+    import os
+
     from gaugeflow.lattice.ildg import export_ensemble
 
     paths = export_ensemble(args.ensemble, args.out, selection=args.configs, precision=args.precision,
