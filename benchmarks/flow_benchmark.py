@@ -46,6 +46,7 @@ import torch
 
 from gaugeflow.flows import TrainConfig, architecture, build_flow, train_flow
 from gaugeflow.flows.diagnostics import acceptance_rate, effective_sample_size
+from gaugeflow.flows.estimators import estimator_names
 from gaugeflow.flows.train import default_estimator, reverse_kl_step_terms
 from gaugeflow.lattice.theories import make_theory
 
@@ -297,7 +298,7 @@ def main(argv=None):
     budget.add_argument("--minutes", type=float, help="training wall-clock budget per case; sets --steps from probe steps")
     parser.add_argument("--batch", type=int, default=256, help="training batch size (default: 256)")
     parser.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (default: 2e-3)")
-    parser.add_argument("--estimator", choices=("path", "reparam", "reinforce"),
+    parser.add_argument("--estimator", choices=estimator_names(),
                         help="default: train.default_estimator (path; reparam for 2D U(1) plaquette-prior models conditioned on beta)")
     parser.add_argument("--warmup", type=float, default=0.1, help="fraction of training with a linear learning-rate rise (default: 0.1)")
     parser.add_argument("--layers", type=int, help="coupling layers (default: the theory's default)")

@@ -13,12 +13,14 @@ Public API::
 Extension points: a coupling layer subclasses :class:`MaskedCoupling` (or
 :class:`GaugeCoupling`; single-link gauge maps in the staple sum: :class:`StapleCoupling`); an
 element-wise map subclasses :class:`ElementwiseTransform` and is offered as a kernel with
-:func:`register_kernel`; layers for a new field type are registered with :func:`register_layers`.
+:func:`register_kernel`; layers for a new field type are registered with :func:`register_layers`;
+a gradient estimator of the training loss with :func:`register_estimator`.
 """
 
 from .checkpoint import load_checkpoint, load_flow
 from .coupling import GaugeCoupling, MaskedCoupling
 from .diagnostics import acceptance_rate, effective_sample_size
+from .estimators import register_estimator
 from .model import LatticeFlow, LayerFamily, architecture, build_flow, register_kernel, register_layers, transfer_weights
 from .plotting import plot_training
 from .staple_coupling import StapleCoupling, SUNStapleCoupling, U1StapleCoupling
@@ -43,6 +45,7 @@ __all__ = [
     "load_checkpoint",
     "load_flow",
     "plot_training",
+    "register_estimator",
     "register_kernel",
     "register_layers",
     "train_flow",

@@ -41,7 +41,8 @@ second inverse pass.  Flow HMC runs on the bijection itself.
 
 ``prior`` names the base distribution (:mod:`gaugeflow.flows.priors`): ``plaquette`` for 2D U(1)
 gauge fields (independent von Mises plaquettes, the default there), ``haar`` for U(1) and SU(N)
-links, ``normal`` for real fields.
+links, ``normal`` for real fields.  A prior may put layers of its own first (the plaquette
+prior's constraint layer, :func:`gaugeflow.flows.priors.prior_first_layers`).
 
 All conditioners are periodic CNNs or per-site MLPs, so weights trained on one lattice run on
 another of the same dimension (:func:`transfer_weights`).
@@ -65,14 +66,13 @@ from gaugeflow.lattice.theories import make_theory
 from .kernels import CircularSplineKernel, NCPKernel
 from .masks import gauge_layer_schedule, staple_layer_schedule
 from .momentum_scaling import MomentumScaling
-from .priors import default_prior, plain_prior, prior_for
+from .priors import default_prior, plain_prior, prior_first_layers, prior_for
 from .scalar_coupling import ScalarCoupling
 from .staple_coupling import SUNStapleCoupling, U1StapleCoupling
 from .sun_coupling import SpectralTransform, SUNSpectralCoupling
 from .target import LatticeTarget
 from .transforms import AffineTransform, SplineTransform
 from .u1_coupling import U1PlaquetteCoupling, rectangle_loop
-from .u1_global import PlaquetteConstraintLayer
 
 # 2: U(1) conditioners may see rectangles (``rectangles``); 3: ``prior``; 4: ``symmetrise``;
 # 5: real fields may start with a learned propagator (``momentum_scaling``); 6: gauge fields
@@ -129,9 +129,6 @@ def _checkerboard_layers(theory, arch, transform, context_channels):
     ]
 
 
-CONSTRAINT_BINS = 16  # the constrained plaquette's spline: one scalar per sample, so bins are cheap
-
-
 LAYER_KINDS = ("plaquette", "staple", "both")
 # staple couplings where the architecture names no width or depth: 2 sweeps of the 2 D layers
 # that update every link once (benchmarks/README.md, "Four dimensions")
@@ -166,15 +163,7 @@ def _gauge_layers(theory, arch, plaquette_layer, staple_layer):
 def _u1_layers(theory, arch, transform, context_channels):
     if not theory.is_gauge_theory:
         raise InputError(f"the U(1) flow layers are gauge-equivariant couplings; {theory.name} is no gauge theory")
-    # on the plaquette prior the one plaquette the prior leaves near uniform is mapped first,
-    # starting from the transport to its large-volume target marginal, von Mises at beta
-    first = []
-    if arch["prior"] == "plaquette":
-        condition = arch.get("condition")
-        beta = ((condition["low"], condition["high"]) if condition and condition["coupling"] == "beta"
-                else theory.couplings["beta"])
-        first = [PlaquetteConstraintLayer(theory.lattice_shape, CONSTRAINT_BINS, context_channels, beta=beta)]
-    return first + _gauge_layers(
+    return _gauge_layers(
         theory, arch,
         lambda mu, nu, offset: U1PlaquetteCoupling(theory.lattice_shape, mu, nu, offset, transform, arch["hidden_channels"],
                                                    arch["kernel_size"], context_channels,
@@ -435,7 +424,11 @@ class LatticeFlow(NormalizingFlow):
 
     def _bijection_log_prob(self, x, context=None):
         z, log_det = self.inverse_and_log_det(x, context)
-        return self.q0.log_prob(z, **self._prior_couplings(context, len(x), x.device)).to(torch.float64) + log_det
+        return self.prior_log_prob(z, context) + log_det
+
+    def prior_log_prob(self, z, context=None):
+        """``log q_0(z)`` of the prior, float64 (at the given coupling values, as :meth:`sample`)."""
+        return self.q0.log_prob(z, **self._prior_couplings(context, len(z), z.device)).to(torch.float64)
 
     def target_log_prob(self, x, context=None):
         """``-S(x)`` at the given coupling values (the architecture's couplings by default)."""
@@ -468,7 +461,10 @@ def build_flow(arch: dict) -> LatticeFlow:
                  f"the masks of {arch['n_layers']} layers on {'x'.join(map(str, theory.lattice_shape))}")
     transform = kernel_class(theory, arch["kernel"]).from_architecture(theory, arch)
     condition = arch.get("condition")
-    layers = layer_family(theory).build(theory, arch, transform, 1 if condition else 0)
+    context_channels = 1 if condition else 0
+    layers = layer_family(theory).build(theory, arch, transform, context_channels)
+    # the prior's own first layers (the plaquette prior's constraint layer; no random numbers drawn)
+    layers = prior_first_layers(theory, arch["prior"], condition, context_channels) + layers
     target = LatticeTarget(theory, condition["coupling"] if condition else None)
     return LatticeFlow(prior_for(theory, arch["prior"], condition), layers, target, arch)
 

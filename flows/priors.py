@@ -13,6 +13,9 @@
 A model's architecture names its prior (``"prior"``); :func:`prior_for` builds it from the
 theory's field type (:mod:`gaugeflow.lattice.fields`), :func:`default_prior` says which one a
 theory gets when none is named, and a new field type or prior is one :func:`register_prior`.
+A prior also declares what it asks of the model built on it, so that no other module tests
+its name: the layers that go first (:func:`prior_first_layers`; the plaquette prior's
+constraint layer) and the gradient estimator it prefers (:func:`preferred_estimator`).
 
 normflows' own ``Uniform`` keeps its bounds as plain tensors that do not follow
 ``.to(device)`` / ``.double()``; these priors carry an empty buffer instead, so a model moved
@@ -22,6 +25,7 @@ with ``.to(device, dtype)`` samples on that device and in that precision.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -31,6 +35,10 @@ from gaugeflow.lattice.errors import InputError
 from gaugeflow.lattice.fields import AngleField, RealField, SUNField
 from gaugeflow.lattice.groups import complex_dtype, haar_random_sun
 from gaugeflow.lattice.u1 import gauge_transform_angles, links_from_plaquettes, plaquette_angles
+
+from .u1_global import PlaquetteConstraintLayer
+
+CONSTRAINT_BINS = 16  # the constrained plaquette's spline: one scalar per sample, so bins are cheap
 
 
 class _FollowsModule(BaseDistribution):
@@ -124,6 +132,23 @@ class PlaquettePrior(_FollowsModule):
         log_i0 = torch.log(torch.special.i0e(kappa)) + kappa
         return kappa * free - n_free * log_i0 - 2 * cosines[0].numel() * math.log(2 * math.pi)
 
+    @staticmethod
+    def first_layers(theory, condition, context_channels: int) -> list:
+        """The one plaquette this prior leaves near uniform is mapped first
+        (:class:`gaugeflow.flows.u1_global.PlaquetteConstraintLayer`), starting from the transport
+        to its large-volume target marginal, von Mises at beta (over the range of a model
+        conditioned on beta)."""
+        beta = ((condition["low"], condition["high"]) if condition and condition["coupling"] == "beta"
+                else theory.couplings["beta"])
+        return [PlaquetteConstraintLayer(theory.lattice_shape, CONSTRAINT_BINS, context_channels, beta=beta)]
+
+    @staticmethod
+    def preferred_estimator(condition) -> str | None:
+        """``reparam`` for models conditioned on beta: the constraint layer's steep spline makes the
+        path gradient of its rotation far noisier there (measured: benchmarks/README.md); no
+        preference otherwise."""
+        return "reparam" if (condition or {}).get("coupling") == "beta" else None
+
 
 def _check_concentration(beta):
     if not (math.isfinite(float(beta)) and float(beta) > 0):
@@ -148,14 +173,38 @@ class HaarSUN(_FollowsModule):
         return torch.zeros(z.shape[0], device=z.device, dtype=torch.float64)
 
 
-_PRIORS: dict[type, dict[str, Callable]] = {}
+def _no_layers(theory, condition, context_channels: int) -> list:
+    return []
 
 
-def register_prior(field_type: type, name: str, build: Callable) -> None:
+def _no_preference(condition) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class PriorEntry:
+    """A registered prior: ``build(theory, condition) -> BaseDistribution``, and what it asks of
+    the models built on it: ``first_layers(theory, condition, context_channels)``, the layers
+    that go first (none by default), and ``estimator(condition)``, the gradient estimator it
+    prefers (``None``: no preference, the training default)."""
+
+    build: Callable
+    first_layers: Callable[..., list] = _no_layers
+    estimator: Callable[..., str | None] = _no_preference
+
+
+_PRIORS: dict[type, dict[str, PriorEntry]] = {}
+
+
+def register_prior(field_type: type, name: str, build: Callable, *, first_layers: Callable | None = None,
+                   estimator: Callable | None = None) -> None:
     """Offer ``build(theory, condition) -> BaseDistribution`` as ``prior=name`` for flows on
     ``field_type`` fields (``condition``: the architecture's conditioning dict or ``None``).
-    The first prior registered for a field type is its :func:`plain_prior`."""
-    _PRIORS.setdefault(field_type, {})[name] = build
+    The first prior registered for a field type is its :func:`plain_prior`.  A prior that
+    needs its own first layers or prefers a gradient estimator declares them here
+    (:class:`PriorEntry`)."""
+    _PRIORS.setdefault(field_type, {})[name] = PriorEntry(build, first_layers or _no_layers,
+                                                          estimator or _no_preference)
 
 
 def _priors_of(theory) -> dict:
@@ -183,13 +232,27 @@ def default_prior(theory) -> str:
     return "plaquette" if plaquette_prior_applies(theory) else plain_prior(theory)
 
 
-def prior_for(theory, name: str | None = None, condition: dict | None = None) -> BaseDistribution:
-    """The prior ``name`` (``None``: :func:`default_prior`) for flows of ``theory``."""
+def _entry(theory, name: str) -> PriorEntry:
     priors = _priors_of(theory)
-    name = default_prior(theory) if name is None else name
     if name not in priors:
         raise InputError(f"prior {name!r} is not available for {theory.name}; choose {', '.join(priors)}")
-    return priors[name](theory, condition)
+    return priors[name]
+
+
+def prior_for(theory, name: str | None = None, condition: dict | None = None) -> BaseDistribution:
+    """The prior ``name`` (``None``: :func:`default_prior`) for flows of ``theory``."""
+    return _entry(theory, default_prior(theory) if name is None else name).build(theory, condition)
+
+
+def prior_first_layers(theory, name: str, condition: dict | None, context_channels: int) -> list:
+    """The layers that the prior ``name`` puts first in a model of ``theory`` (usually none)."""
+    return list(_entry(theory, name).first_layers(theory, condition, context_channels))
+
+
+def preferred_estimator(theory, name: str, condition: dict | None) -> str | None:
+    """The gradient estimator that the prior ``name`` prefers for a model of ``theory`` with this
+    ``condition`` (``None``: no preference)."""
+    return _entry(theory, name).estimator(condition)
 
 
 def _plaquette_prior(theory, condition):
@@ -205,6 +268,7 @@ def _plaquette_prior(theory, condition):
 
 register_prior(RealField, "normal", lambda theory, condition: DiagGaussian(theory.config_shape, trainable=False))
 register_prior(AngleField, "haar", lambda theory, condition: UniformAngles(theory.config_shape))
-register_prior(AngleField, "plaquette", _plaquette_prior)
+register_prior(AngleField, "plaquette", _plaquette_prior, first_layers=PlaquettePrior.first_layers,
+               estimator=PlaquettePrior.preferred_estimator)
 register_prior(SUNField, "haar",
                lambda theory, condition: HaarSUN((theory.dimension, *theory.lattice_shape), theory.field.n_colors))

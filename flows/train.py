@@ -2,21 +2,12 @@
 
 Loss: ``L = E_{x~q}[log q(x) - log p(x)] = KL(q||p) - log Z`` with ``log p = -S``, so ``-L``
 is a lower bound on ``log Z`` and, where ``log Z`` is known exactly, ``KL = L + log Z``.
-Gradient estimators (``estimator``):
+Gradient estimators (``estimator``) are registered by name in :mod:`gaugeflow.flows.estimators`:
+``path`` (path gradient), ``reparam`` (reparameterisation) and ``reinforce`` (score function).
 
-* ``reparam`` -- reparameterisation: differentiate ``log q(x_theta(z)) - log p(x_theta(z))``
-  through the sample and the log-determinant (Albergo et al. arXiv:1904.12072);
-* ``path`` -- path gradient (Vaitl, Nicoli, Nakajima, Kessel, arXiv:2207.08219): the explicit
-  parameter dependence of ``log q`` is dropped (its expectation vanishes) and only the
-  dependence through the sample is kept, which removes the noise of the score term and
-  makes the gradient vanish exactly at ``q = p``; costs one extra inverse pass;
-* ``reinforce`` -- score function: ``E[(f - <f>) grad log q(x)]`` with ``f = log q - log p``
-  at fixed samples; needs no differentiable sampler.
-
-The default (``estimator=None``, :func:`default_estimator`) is ``path``, except for a model
-on the 2D U(1) plaquette prior conditioned on beta, which uses ``reparam``: its constraint
-layer's steep spline makes the path gradient of its rotation far noisier there (the
-measurements are in benchmarks/README.md).
+The default (``estimator=None``, :func:`default_estimator`) is the one the model's prior
+prefers (:func:`gaugeflow.flows.priors.preferred_estimator`), else ``path``: the 2D U(1)
+plaquette prior asks for ``reparam`` in models conditioned on beta.
 
 Training uses Adam with a cosine learning-rate schedule after a linear warm-up over the first
 10% (at large beta the full rate from the first step can throw a U(1) flow into a far worse
@@ -35,7 +26,6 @@ scheduler, RNG, log), then the loop of :func:`training_step`, metrics and checkp
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import csv
 import io
@@ -56,11 +46,12 @@ from gaugeflow.lattice.storage import StorageError, WriterLock, _fault_point, de
 from .checkpoint import check_architecture, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .diagnostics import acceptance_rate, effective_sample_size
 from .distributed import SingleProcess
+from .estimators import get_estimator
 from .model import bijection_density
+from .priors import preferred_estimator
 
 log = logging.getLogger("gaugeflow")
 
-ESTIMATORS = ("path", "reparam", "reinforce")
 LOG_COLUMNS = (
     "step", "loss", "loss_std", "kl", "ess_batch", "ess", "acceptance",
     "learning_rate", "grad_norm", "skipped", "seconds",
@@ -94,8 +85,8 @@ class TrainConfig:
     compile: bool = False
 
     def __post_init__(self):
-        if self.estimator is not None and self.estimator not in ESTIMATORS:
-            raise InputError(f"unknown estimator {self.estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+        if self.estimator is not None:
+            get_estimator(self.estimator)  # refuses an unknown name, listing the registered ones
         if self.schedule not in ("cosine", "constant"):
             raise InputError(f"unknown learning-rate schedule {self.schedule!r}; choose cosine or constant")
         for name in ("steps", "batch_size", "log_every", "checkpoint_every", "eval_batches", "max_nonfinite"):
@@ -111,24 +102,13 @@ class TrainConfig:
                 raise InputError(f"{name} must be positive and finite, got {value}")
 
 
-@contextlib.contextmanager
-def frozen_parameters(module):
-    flags = [(p, p.requires_grad) for p in module.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-
-
 def default_estimator(model) -> str:
-    """``reparam`` for models on the 2D U(1) plaquette prior conditioned on beta, ``path``
-    otherwise (module docstring)."""
+    """The estimator the model's prior prefers for its conditioning, else ``path`` (module
+    docstring)."""
     arch = getattr(model, "architecture", {})
-    conditioned_on_beta = (arch.get("condition") or {}).get("coupling") == "beta"
-    return "reparam" if arch.get("prior") == "plaquette" and conditioned_on_beta else "path"
+    if not arch.get("prior"):
+        return "path"
+    return preferred_estimator(model.theory, arch["prior"], arch.get("condition")) or "path"
 
 
 def reverse_kl_step_terms(model, batch_size: int, estimator: str):
@@ -145,25 +125,7 @@ def reverse_kl_step_terms(model, batch_size: int, estimator: str):
 def _reverse_kl_step_terms(model, batch_size: int, estimator: str):
     device = next(model.parameters()).device
     context = model.random_coupling_values(batch_size, device)
-    if estimator == "reparam":
-        x, log_q = model.sample(batch_size, context)
-        log_p = model.target_log_prob(x, context)
-        surrogate = (log_q - log_p).mean()
-        return surrogate, surrogate.detach(), log_q.detach(), log_p.detach()
-    if estimator == "path":
-        x, log_q_sampled = model.sample(batch_size, context)
-        with frozen_parameters(model):
-            log_q = model.log_prob(x, context)  # depends on the parameters only through x
-        log_p = model.target_log_prob(x, context)
-        surrogate = (log_q - log_p).mean()
-        return surrogate, surrogate.detach(), log_q_sampled.detach(), log_p.detach()
-    with torch.no_grad():
-        x, log_q_sampled = model.sample(batch_size, context)
-        log_p = model.target_log_prob(x, context)
-    log_q = model.log_prob(x, context)
-    signal = (log_q_sampled - log_p).detach()
-    surrogate = ((signal - signal.mean()) * log_q).mean()
-    return surrogate, signal.mean(), log_q_sampled, log_p
+    return get_estimator(estimator).terms(model, batch_size, context)
 
 
 @torch.no_grad()
@@ -431,8 +393,11 @@ def _train(model, config, checkpoint_path, resume, progress, comm, local_batch) 
         return run.progress["fraction"] >= 1.0
 
     with stop_on_signals() as received:
-        bar = tqdm(total=None if budget else config.steps, initial=run.step, disable=None if show else True, desc="train",
-                   unit="step", leave=False)
+        # with a time budget the bar counts seconds of it, so tqdm's rate and ETA are the budget's
+        bar = tqdm(total=round(budget) if budget else config.steps, initial=round(run.seconds_before) if budget else run.step,
+                   disable=None if show else True, desc="train", unit="s" if budget else "step", leave=False,
+                   bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s of the budget [{elapsed}<{remaining}{postfix}]"
+                   if budget else None)
         try:
             finished = run.step >= config.steps or time_is_up()
             while not finished:
@@ -445,8 +410,12 @@ def _train(model, config, checkpoint_path, resume, progress, comm, local_batch) 
                             f"training diverged: non-finite loss or gradient in {run.nonfinite_in_a_row} consecutive "
                             f"steps (last good checkpoint: {checkpoint_path}); lower learning_rate or use float64"
                         )
-                bar.update(1)
                 finished = run.step >= config.steps or time_is_up()
+                if budget:
+                    bar.update(min(budget, run.progress["fraction"] * budget) - bar.n)
+                    bar.set_postfix(step=run.step, refresh=False)
+                else:
+                    bar.update(1)
                 if run.step % config.log_every == 0 or finished:
                     run.metrics = _metrics(model, run, config, local_batch, comm, loss, log_q, log_p, grad_norm, log_z,
                                            time.perf_counter() - began)

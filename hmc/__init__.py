@@ -8,6 +8,8 @@ Public API::
     run_chains(theory, path, sampler, n_configs=...)    # any Sampler into an ensemble
     Sampler, TrajectoryResult                           # the interface run_chains drives
     HMCSampler, FlowMetropolisSampler                   # the samplers
+    HMCTarget                                           # what HMC reads of a theory (or a pulled-back action)
+    register_sampler(name, build), sampler_names()      # samplers by name (make_sampler, gaugeflow sample)
     analyze_ensemble(path)                              # Gamma-method means and errors
     gamma_method(chains), jackknife(f, *chains)
 """
@@ -15,23 +17,28 @@ Public API::
 from .analysis import analyze_ensemble
 from .autocorrelation import GammaResult, gamma_method, jackknife
 from .flow_metropolis import FlowMetropolisSampler
-from .hmc import HMCParameters, HMCSampler, hmc_trajectory
+from .hmc import HMCParameters, HMCSampler, HMCTarget, hmc_trajectory
 from .run import Interrupted, RunSummary, generate_ensemble, run_chains
 from .sampler import Sampler, TrajectoryResult
+from .samplers import SamplerOptions, register_sampler, sampler_names
 
 __all__ = [
     "FlowMetropolisSampler",
     "GammaResult",
     "HMCParameters",
     "HMCSampler",
+    "HMCTarget",
     "Interrupted",
     "RunSummary",
     "Sampler",
+    "SamplerOptions",
     "TrajectoryResult",
     "analyze_ensemble",
     "gamma_method",
     "generate_ensemble",
     "hmc_trajectory",
     "jackknife",
+    "register_sampler",
     "run_chains",
+    "sampler_names",
 ]

@@ -18,20 +18,33 @@ the step size quarters the energy error (tested); rational-quadratic splines
 are only C^1, so the pulled-back force jumps at their knots and the error there is O(dt).
 The chain stays exact either way (every kick and drift still preserves volume and is
 reversible); only the acceptance at a given step size suffers.
+
+Multiple time scales (``md_substeps > 1``) split ``S_z`` into the prior's action
+``-log q_0(z)`` -- no pass through the flow, and for a good flow the part of ``S_z`` that
+varies (``q = p`` makes ``S_z = -log q_0 + const``): the finest scale -- then the theory's parts
+at ``f(z)``, the first of them with the flow's remainder ``log q_0(z) - log |det df/dz|``
+(:meth:`PulledBackTheory.action_parts`).  So every target, U(1) included, has at least two
+parts; for the Schwinger model they are prior, gauge and fermions.
 """
 
 from __future__ import annotations
 
 import torch
 
+from gaugeflow.lattice.theory import ActionPart
+
 from .flow_metropolis import flow_run_parameters
 from .hmc import HMCParameters, HMCSampler
 
 
 class PulledBackTheory:
-    """The action ``S_z(z) = S(f(z)) - log|det df/dz|`` of a flow's latent variables, with what
-    :func:`gaugeflow.hmc.hmc.hmc_trajectory` needs of a theory (``field``, ``action``, ``force``,
-    ``refresh_auxiliary_fields``).  The flow's parameters are frozen; float64 throughout."""
+    """The action ``S_z(z) = S(f(z)) - log|det df/dz|`` of a flow's latent variables, an
+    :class:`gaugeflow.hmc.hmc.HMCTarget` like any theory.  The flow's parameters are frozen;
+    float64 throughout; every force is the automatic derivative of its action through the flow.
+
+    It holds no auxiliary fields of its own: with pseudofermions the theory's action without
+    them drawn is the exact determinant, the density the flow was trained on, and so the
+    latent chain samples that (:meth:`refresh_auxiliary_fields` returns the target itself)."""
 
     def __init__(self, model):
         self.model = model.double().eval().requires_grad_(False)
@@ -47,10 +60,39 @@ class PulledBackTheory:
         return self.theory.action(x) - log_det
 
     def force(self, z: torch.Tensor) -> torch.Tensor:
+        return self._force(self.action, z)
+
+    def _force(self, action, z: torch.Tensor) -> torch.Tensor:
         with torch.enable_grad():
             leaf = z.detach().requires_grad_(True)
-            (gradient,) = torch.autograd.grad(self.action(leaf).sum(), leaf)
+            value = action(leaf).sum()
+            # a constant action (the Haar priors') does not depend on z at all
+            gradient = torch.autograd.grad(value, leaf)[0] if value.requires_grad else torch.zeros_like(z)
         return self.field.tangent_force(z, gradient)
+
+    def _part(self, name: str, action) -> ActionPart:
+        return ActionPart(name, action, lambda z: self._force(action, z))
+
+    def prior_action(self, z: torch.Tensor) -> torch.Tensor:
+        """``-log q_0(z)``, the action of the flow's prior."""
+        return -self.model.prior_log_prob(z)
+
+    def action_parts(self) -> tuple[ActionPart, ...]:
+        """``-log q_0(z)`` (``prior``, the finest time scale), then the theory's parts at ``f(z)``
+        in their order, the first with ``log q_0(z) - log|det df/dz|`` added; they add up to
+        :meth:`action` (module docstring)."""
+        first, *rest = self.theory.action_parts()
+
+        def first_with_remainder(z):
+            x, log_det = self.model.forward_and_log_det(z)
+            return first.action(x) - log_det + self.model.prior_log_prob(z)
+
+        parts = [self._part("prior", self.prior_action), self._part(first.name, first_with_remainder)]
+        parts += [self._part(part.name, self._pulled_back(part.action)) for part in rest]
+        return tuple(parts)
+
+    def _pulled_back(self, action):
+        return lambda z: action(self.configurations(z))
 
     def refresh_auxiliary_fields(self, z, generator=None):
         return self

@@ -17,13 +17,17 @@ process): for second-order integrators the acceptance is ``erfc(sqrt(<dH>)/2)``
 acceptance is inverted to an effective ``<dH>`` and the number of steps per trajectory of
 fixed length is rescaled towards the target.
 
-:class:`HMCSampler` is HMC as a :class:`gaugeflow.hmc.sampler.Sampler` for the chain runner.
+What HMC samples is an :class:`HMCTarget`, ``exp(-S)`` with what molecular dynamics needs: every
+:class:`gaugeflow.lattice.theory.Theory` is one, and so is the action of a flow's latent
+variables (:class:`gaugeflow.hmc.flow_hmc.PulledBackTheory`).  :class:`HMCSampler` is HMC as a
+:class:`gaugeflow.hmc.sampler.Sampler` for the chain runner.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -34,6 +38,35 @@ from gaugeflow.lattice.errors import InputError
 
 from .integrators import free_drift, get_integrator, nested_drift
 from .sampler import TrajectoryResult
+
+if TYPE_CHECKING:
+    from gaugeflow.lattice.fields import FieldType
+    from gaugeflow.lattice.theory import ActionPart
+
+
+@runtime_checkable
+class HMCTarget(Protocol):
+    """The distribution ``exp(-S)`` that HMC samples: everything :func:`hmc_trajectory`,
+    :func:`molecular_dynamics` and :class:`HMCSampler` read of it.  Implemented by
+    :class:`gaugeflow.lattice.theory.Theory` and by the pulled-back action of flow HMC
+    (:class:`gaugeflow.hmc.flow_hmc.PulledBackTheory`); all methods are batched over axis 0."""
+
+    name: str  # for messages
+    field: FieldType  # how the state moves: momenta, kinetic energy, drift, tangent force, projection
+
+    def action(self, field: torch.Tensor) -> torch.Tensor:
+        """``S`` per configuration, ``[B]`` float64 (the Hamiltonian's potential)."""
+
+    def force(self, field: torch.Tensor) -> torch.Tensor:
+        """The gradient of ``S`` in the field's tangent space (one time scale)."""
+
+    def action_parts(self) -> tuple[ActionPart, ...]:
+        """``S`` as a sum of parts with their forces, finest time scale first (``md_substeps > 1``
+        nests them; :func:`gaugeflow.hmc.integrators.nested_drift`); at least one."""
+
+    def refresh_auxiliary_fields(self, field: torch.Tensor, generator=None) -> HMCTarget:
+        """The target for one trajectory from ``field``, with any auxiliary fields (pseudofermions)
+        drawn at fixed ``field``; a target without them returns itself."""
 
 
 @dataclass
@@ -86,8 +119,8 @@ def molecular_dynamics(theory, field, momenta, params: HMCParameters, step_size:
     return integrate(drift, force, field, momenta, step_size, params.n_steps)
 
 
-def hmc_trajectory(theory, field: torch.Tensor, params: HMCParameters, generator=None) -> TrajectoryResult:
-    """One HMC update of every chain in the batch.
+def hmc_trajectory(theory: HMCTarget, field: torch.Tensor, params: HMCParameters, generator=None) -> TrajectoryResult:
+    """One HMC update of every chain in the batch (``theory``: any :class:`HMCTarget`).
 
     Auxiliary fields (pseudofermions) are refreshed first, at the current ``field``
     (:meth:`gaugeflow.lattice.theory.Theory.refresh_auxiliary_fields`); the trajectory and its
@@ -147,7 +180,8 @@ class HMCSampler:
 
     name = "hmc"
 
-    def __init__(self, theory, params: HMCParameters | None = None, tune: bool = True, target_acceptance: float = 0.8):
+    def __init__(self, theory: HMCTarget, params: HMCParameters | None = None, tune: bool = True,
+                 target_acceptance: float = 0.8):
         if not 0 < target_acceptance < 1:
             raise InputError(f"target_acceptance must lie strictly between 0 and 1, got {target_acceptance}")
         self.theory, self.params = theory, params or HMCParameters()

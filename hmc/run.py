@@ -38,8 +38,9 @@ from gaugeflow.lattice.observables import production_names
 from gaugeflow.lattice.provenance import run_provenance
 from gaugeflow.lattice.jobcontrol import EXIT_INTERRUPTED, Interrupted, stop_on_signals  # noqa: F401 (re-exported)
 
-from .hmc import HMCParameters, HMCSampler, thermalise  # noqa: F401 (thermalise re-exported)
+from .hmc import HMCParameters, HMCSampler, thermalise  # noqa: F401 (HMCSampler, thermalise re-exported)
 from .sampler import Sampler
+from .samplers import SamplerOptions, sampler_kind
 
 # a field of every chain, its momenta, force, proposal and the action's temporaries
 WORKING_COPIES = 10
@@ -55,33 +56,21 @@ class RunSummary:
     seconds: float
 
 
-SAMPLERS = ("hmc", "flow", "composite", "flow-hmc")
-
-
 def make_sampler(theory, sampler: str = "hmc", *, model=None, hmc_per_step: int | None = None,
                  params: HMCParameters | None = None, tune: bool = True, target_acceptance: float = 0.8,
                  source: str = "") -> Sampler:
-    """The sampler called ``sampler`` for ``theory`` (flow samplers need ``model``, whose theory
-    must be ``theory``); ``hmc_per_step=None`` lets the composite chain choose (fallback policy)."""
-    from .composite import CompositeSampler
-    from .flow_hmc import FlowHMCSampler
-    from .pseudofermion_metropolis import flow_metropolis_sampler
-
-    if sampler not in SAMPLERS:
-        raise InputError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    if sampler == "hmc":
-        return HMCSampler(theory, params, tune, target_acceptance)
-    if model is None:
-        raise InputError(f"sampler {sampler!r} needs a trained flow model")
-    flow_theory = model.theory
-    if (flow_theory.name, flow_theory.lattice_shape, flow_theory.couplings) != (theory.name, theory.lattice_shape,
-                                                                                theory.couplings):
-        raise InputError(f"the model is for {flow_theory!r}, not {theory!r}; load it with that lattice (load_flow)")
-    if sampler == "flow":
-        return flow_metropolis_sampler(model, source)  # joint (U, phi) chain for a pseudofermion flow
-    if sampler == "composite":
-        return CompositeSampler(model, hmc_per_step, params, tune, target_acceptance, source)
-    return FlowHMCSampler(model, params, tune, target_acceptance, source)
+    """The sampler registered as ``sampler`` (:mod:`gaugeflow.hmc.samplers`) for ``theory``;
+    samplers that need a flow take ``model``, whose theory must be ``theory``;
+    ``hmc_per_step=None`` lets the composite chain choose (fallback policy)."""
+    kind = sampler_kind(sampler)
+    if kind.needs_model:
+        if model is None:
+            raise InputError(f"sampler {sampler!r} needs a trained flow model")
+        flow_theory = model.theory
+        if (flow_theory.name, flow_theory.lattice_shape, flow_theory.couplings) != (theory.name, theory.lattice_shape,
+                                                                                    theory.couplings):
+            raise InputError(f"the model is for {flow_theory!r}, not {theory!r}; load it with that lattice (load_flow)")
+    return kind.build(theory, model, SamplerOptions(params, tune, target_acceptance, hmc_per_step, source))
 
 
 def generate_ensemble(theory, path, *, sampler: str = "hmc", model=None, hmc_per_step: int | None = None,

@@ -11,6 +11,10 @@ pseudofermion flow :class:`gaugeflow.hmc.pseudofermion_metropolis.PseudofermionF
 A sampler may adapt itself (tune a step size, choose a policy) only in :meth:`Sampler.thermalise`,
 so the stored chain is a fixed Markov process; whatever it adapted goes into
 :meth:`Sampler.resume_attributes` and comes back through :meth:`Sampler.restore`.
+
+Samplers are found by name in the registry of :mod:`gaugeflow.hmc.samplers`
+(``register_sampler``), which :func:`gaugeflow.hmc.run.make_sampler` and ``gaugeflow sample
+--sampler`` read.
 """
 
 from __future__ import annotations

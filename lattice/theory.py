@@ -26,6 +26,10 @@ A theory is the single place that knows about itself.  It declares
 
 and registers with :func:`gaugeflow.lattice.theories.register_theory`; the command line
 builds ``--theory`` and the coupling options from that registry.
+
+``field``, ``action``, ``force``, :meth:`Theory.action_parts` and
+:meth:`Theory.refresh_auxiliary_fields` are what HMC reads: the protocol
+:class:`gaugeflow.hmc.hmc.HMCTarget`, which flow HMC's pulled-back action implements as well.
 """
 
 from __future__ import annotations

@@ -281,9 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--warmup", type=float, default=0.1, metavar="FRACTION",
                        help="cosine: raise the learning rate linearly over this fraction of the training (default: 0.1)")
     group.add_argument("--grad-clip", type=float, default=1.0, help="gradient-norm clipping (default: 1.0)")
-    group.add_argument("--estimator", choices=("path", "reparam", "reinforce"),
-                       help="gradient estimator: path gradient (default), reparameterisation (default for 2D U(1) "
-                            "plaquette-prior models conditioned on beta) or REINFORCE")
+    from gaugeflow.flows.estimators import estimator_names, get_estimator  # filled by register_estimator
+
+    group.add_argument("--estimator", choices=estimator_names(),
+                       help="gradient estimator: " + "; ".join(f"{name}: {get_estimator(name).description}"
+                                                               for name in estimator_names())
+                            + " (default: the one the model's prior prefers, else path; reparam for plaquette-prior "
+                              "models conditioned on beta)")
     group.add_argument("--log-every", type=int, default=50, help="metrics every N steps (default: 50)")
     group.add_argument("--checkpoint-every", type=int, default=250, help="checkpoint every N steps (default: 250)")
     group.add_argument("--eval-batches", type=int, default=4, help="batches in the evaluation sample for ESS/acceptance (default: 4)")
@@ -311,8 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
                                         "semantics as 'gaugeflow hmc'.")
     sample.add_argument("--model", required=True, help="checkpoint written by 'gaugeflow train'")
     sample.add_argument("--lattice", help="run the model on another lattice of the same dimension (default: its own)")
-    sample.add_argument("--sampler", default="composite", choices=("flow", "composite", "flow-hmc"),
-                        help="(default: composite)")
+    from gaugeflow.hmc.samplers import sampler_kind, sampler_names  # filled by register_sampler
+
+    sample.add_argument("--sampler", default="composite", choices=sampler_names(needs_model=True),
+                        help="; ".join(f"{name}: {sampler_kind(name).description}"
+                                       for name in sampler_names(needs_model=True)) + " (default: composite)")
     policy = sample.add_mutually_exclusive_group()
     def per_step(text: str):
         if text == "auto":
@@ -566,9 +573,12 @@ def run_sample(args) -> int:
         if args.sampler == "composite":
             ran = describe_run(summary.postfix, summary.acceptance, chosen=args.hmc_per_step is None)
         else:
-            what = {"flow": "flow proposals (independence Metropolis)", "flow-hmc": "HMC in the flow's latent variables"}
+            from gaugeflow.hmc.samplers import sampler_kind
+
+            what = {"flow": "flow proposals (independence Metropolis)"}.get(args.sampler) or \
+                sampler_kind(args.sampler).description or args.sampler
             steps = f", {summary.postfix['steps']} steps per trajectory" if "steps" in summary.postfix else ""
-            ran = f"ran {what[args.sampler]}: acceptance {summary.acceptance:.3f}{steps}"
+            ran = f"ran {what}: acceptance {summary.acceptance:.3f}{steps}"
         print(f"{summary.path}: {summary.n_configs} configurations ({summary.n_new} new) in {summary.seconds:.1f} s; "
               f"{ran}", file=sys.stderr)
     return 0

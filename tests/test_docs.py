@@ -5,7 +5,7 @@ Conventions for the Markdown pages (README.md and every ``docs/**/*.md``):
 * Every fenced ```` ```python ```` block runs.  The blocks of one page run in order, in one
   namespace, in a fresh temporary working directory, so a later block may use the names and
   files of an earlier one (a page reads top to bottom, and so do its examples).  Theories,
-  layer families and priors that a page registers are forgotten after the page.
+  layer families, priors, samplers and estimators that a page registers are forgotten after the page.
 * A fenced ```` ```text ```` block that follows a Python block directly (nothing but blank
   lines between) is that block's output: what the block prints to stdout must equal it,
   line for line (trailing spaces ignored).  Pages that show numbers show them this way, so
@@ -92,12 +92,13 @@ def python_pages() -> list[Path]:
 @pytest.fixture
 def registries(monkeypatch):
     """Registries a page may add to, restored after it."""
-    from gaugeflow.flows import model, priors
-    from gaugeflow.hmc import analysis
+    from gaugeflow.flows import estimators, model, priors
+    from gaugeflow.hmc import analysis, samplers
     from gaugeflow.lattice import observables, theories
 
     for module, name in ((theories, "_REGISTRY"), (model, "_FAMILIES"), (priors, "_PRIORS"),
-                         (observables, "_REGISTRY"), (analysis, "_DERIVED")):
+                         (observables, "_REGISTRY"), (analysis, "_DERIVED"), (samplers, "_REGISTRY"),
+                         (estimators, "_REGISTRY")):
         monkeypatch.setattr(module, name, copy.deepcopy(getattr(module, name)))
 
 

@@ -1,6 +1,7 @@
 """The extension points, used from outside the package as a user would: a new theory (one
 class plus one registry line), a new element-wise transform as a coupling layer, auxiliary
-fields refreshed once per HMC trajectory, and the sampler interface."""
+fields refreshed once per HMC trajectory, the sampler interface, and a sampler and a gradient
+estimator registered by name."""
 
 import copy
 import math
@@ -12,11 +13,14 @@ from scipy import integrate, special
 
 from gaugeflow import analyze_ensemble, architecture, build_flow, generate_ensemble, make_theory, register_theory
 from gaugeflow.cli.commands import build_parser, main
-from gaugeflow.flows import ElementwiseTransform, register_kernel
+from gaugeflow.flows import (ElementwiseTransform, TrainConfig, estimators, register_estimator, register_kernel,
+                             train_flow)
 from gaugeflow.flows import model as flow_model
 from gaugeflow.flows.target import LatticeTarget
-from gaugeflow.hmc import FlowMetropolisSampler, HMCParameters, HMCSampler, Sampler, gamma_method, hmc_trajectory
-from gaugeflow.lattice import AngleField, Coupling, InputError, RealField, Theory, theories
+from gaugeflow.hmc import (FlowMetropolisSampler, HMCParameters, HMCSampler, Sampler, TrajectoryResult, gamma_method,
+                           hmc_trajectory, register_sampler, samplers)
+from gaugeflow.hmc.run import make_sampler
+from gaugeflow.lattice import AngleField, Coupling, InputError, RealField, Theory, open_ensemble, theories
 from gaugeflow.lattice.geometry import shift, sum_per_config
 from gaugeflow.lattice.groups import wrap_angle
 from gaugeflow.lattice.phi4 import Phi4
@@ -212,3 +216,124 @@ def test_both_samplers_implement_the_protocol():
     theory = make_theory("u1", "4x4", beta=1.0)
     assert isinstance(HMCSampler(theory), Sampler)
     assert isinstance(FlowMetropolisSampler(build_flow(architecture(theory, n_layers=2))), Sampler)
+
+
+class RandomWalk:
+    """Metropolis with a uniform random shift of every variable: a sampler written outside the package."""
+
+    name = "random-walk"
+
+    def __init__(self, theory, width=0.2):
+        self.theory, self.width = theory, width
+
+    def run_parameters(self):
+        return {"width": self.width}
+
+    def thermalise(self, field, n_therm, generator, progress=False, received=None):
+        for _ in range(n_therm):
+            field = self.update(field, generator).field
+        return field
+
+    def update(self, field, generator):
+        step = self.width * (2 * torch.rand(field.shape, generator=generator, dtype=field.dtype) - 1)
+        proposal = self.theory.field.project(field + step)
+        delta_s = self.theory.action(proposal) - self.theory.action(field)
+        accepted = torch.rand(len(field), generator=generator, dtype=torch.float64) < torch.exp(-delta_s)
+        return TrajectoryResult(torch.where(accepted.view(-1, *[1] * (field.dim() - 1)), proposal, field), accepted,
+                                delta_s)
+
+    def resume_attributes(self):
+        return {}
+
+    def restore(self, state):
+        pass
+
+    def postfix(self):
+        return {}
+
+
+class TwoFlowSteps(FlowMetropolisSampler):
+    """Two independence-Metropolis steps per update: a sampler that needs the trained flow."""
+
+    name = "flow-twice"
+
+    def update(self, field, generator):
+        first = super().update(field, generator)
+        second = super().update(first.field, generator)
+        return TrajectoryResult(second.field, first.accepted | second.accepted, second.delta_h)
+
+
+@pytest.fixture
+def samplers_registered(monkeypatch):
+    monkeypatch.setattr(samplers, "_REGISTRY", dict(samplers._REGISTRY))  # undone after the test
+    register_sampler("random-walk", lambda theory, model, options: RandomWalk(theory))
+    register_sampler("flow-twice", lambda theory, model, options: TwoFlowSteps(model, options.source), needs_model=True,
+                     description="two flow proposals per update")
+
+
+def test_a_sampler_registered_outside_the_package_runs_by_name(samplers_registered, tmp_path):
+    theory = make_theory("u1", "4x4", beta=1.0)
+    assert isinstance(make_sampler(theory, "random-walk"), Sampler)
+    path = tmp_path / "walk.h5"
+    summary = generate_ensemble(theory, path, sampler="random-walk", n_configs=8, n_chains=2, n_therm=4, seed=2,
+                                progress=False)
+    assert 0 < summary.acceptance < 1
+    generate_ensemble(theory, path, sampler="random-walk", n_configs=12, n_chains=2, n_therm=4, seed=2, progress=False,
+                      resume=True)
+    with open_ensemble(path) as ensemble:
+        assert ensemble.attrs["sampler"] == "random-walk" and float(ensemble.attrs["width"]) == 0.2 and len(ensemble) == 12
+    with pytest.raises(InputError, match="unknown sampler 'random-walks'; choose one of hmc, .*, random-walk, flow-twice"):
+        make_sampler(theory, "random-walks")
+
+
+def test_the_command_line_offers_a_registered_flow_sampler(samplers_registered, tmp_path):
+    sample = ["sample", "--model", "m.pt", "--out", "e.h5", "--sampler"]
+    assert build_parser().parse_args(sample + ["flow-twice"]).sampler == "flow-twice"
+    with pytest.raises(SystemExit):  # a sampler without a flow is no choice of 'gaugeflow sample'
+        build_parser().parse_args(sample + ["random-walk"])
+    theory = make_theory("u1", "4x4", beta=1.0)
+    torch.manual_seed(0)
+    model, checkpoint = build_flow(architecture(theory, n_layers=2, hidden_channels=[4])), tmp_path / "m.pt"
+    train_flow(model, TrainConfig(steps=1, batch_size=4, log_every=1, checkpoint_every=1, eval_batches=1), checkpoint,
+               progress=False)
+    out = tmp_path / "twice.h5"
+    assert main(["sample", "--model", str(checkpoint), "--sampler", "flow-twice", "--n-configs", "4", "--chains", "2",
+                 "--therm", "1", "--quiet", "--out", str(out)]) == 0
+    with open_ensemble(out) as ensemble:
+        assert ensemble.attrs["sampler"] == "flow-twice" and len(ensemble) == 4
+
+
+def leave_one_out(model, batch_size, context):
+    """REINFORCE with a leave-one-out baseline: an estimator written outside the package."""
+    leave_one_out.calls += 1
+    with torch.no_grad():
+        x, log_q = model.sample(batch_size, context)
+        log_p = model.target_log_prob(x, context)
+    signal = log_q - log_p
+    baseline = (signal.sum() - signal) / (batch_size - 1)
+    surrogate = ((signal - baseline) * model.log_prob(x, context)).mean()
+    return surrogate, signal.mean(), log_q, log_p
+
+
+@pytest.fixture
+def estimator_registered(monkeypatch):
+    monkeypatch.setattr(estimators, "_REGISTRY", dict(estimators._REGISTRY))  # undone after the test
+    register_estimator("leave-one-out", leave_one_out, "REINFORCE with a leave-one-out baseline")
+
+
+def test_an_estimator_registered_outside_the_package_trains_by_name(estimator_registered, tmp_path):
+    theory = make_theory("u1", "4x4", beta=1.0)
+    torch.manual_seed(0)
+    model = build_flow(architecture(theory, n_layers=2, hidden_channels=[4], prior="haar"))
+    leave_one_out.calls = 0
+    train_flow(model, TrainConfig(steps=3, batch_size=8, estimator="leave-one-out", log_every=3, checkpoint_every=3,
+                                  eval_batches=1), tmp_path / "m.pt", progress=False)
+    assert leave_one_out.calls == 3
+    # its gradient at fixed samples: the score-function one, with each sample's baseline the others' mean
+    surrogate, loss, log_q, log_p = leave_one_out(model.double(), 4, None)
+    surrogate.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    assert build_parser().parse_args(["train", "--theory", "u1", "--lattice", "4x4", "--beta", "1", "--estimator",
+                                      "leave-one-out", "--out", "m.pt"]).estimator == "leave-one-out"
+    with pytest.raises(InputError, match="unknown estimator 'loo'; choose one of path, reparam, reinforce, leave-one-out"):
+        TrainConfig(estimator="loo")

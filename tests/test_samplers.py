@@ -12,6 +12,7 @@ from gaugeflow.flows.reweighting import reweighted_estimates
 from gaugeflow.hmc import HMCParameters, analyze_ensemble, generate_ensemble, hmc_trajectory
 from gaugeflow.hmc.composite import choose_policy, hmc_tau_for_policy
 from gaugeflow.hmc.flow_hmc import PulledBackTheory
+from gaugeflow.hmc.hmc import HMCTarget, hamiltonian, molecular_dynamics
 from gaugeflow.lattice import exact, open_ensemble
 from gaugeflow.lattice.theories import make_theory
 
@@ -102,6 +103,56 @@ def test_flow_hmc_is_reversible_and_its_energy_error_scales_as_dt_squared():
     print("flow HMC rms dH at 8/16/32 steps:", errors)
     result = hmc_trajectory(theory, z, HMCParameters(0.5, 8, "leapfrog", 0.0), generator)  # and one full update runs
     assert result.field.shape == z.shape and result.delta_h.dtype == torch.float64
+
+
+def smooth_plaquette_prior_flow(theory):
+    """An NCP flow on the plaquette prior with its C^1 constraint layer taken out (so that
+    dH ~ dt^2 holds), its weights moved off the identity."""
+    torch.manual_seed(0)
+    model = build_flow(architecture(theory, n_layers=2, hidden_channels=[8], kernel="ncp", prior="plaquette"))
+    model.flows = model.flows[1:]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+@pytest.mark.parametrize("name, couplings, parts", [
+    ("u1", {"beta": 1.0}, ["prior", "u1"]),
+    ("schwinger", {"beta": 1.0, "kappa": 0.2}, ["prior", "gauge", "fermions"]),
+])
+def test_flow_hmc_runs_on_multiple_time_scales(name, couplings, parts):
+    """The pulled-back action is an HMC target like a theory: its parts (the prior's action on the
+    finest scale) add up to it, and nested leapfrog is reversible and second order."""
+    theory = make_theory(name, "4x4", **couplings)
+    target = PulledBackTheory(smooth_plaquette_prior_flow(theory))
+    assert isinstance(target, HMCTarget) and isinstance(theory, HMCTarget)
+    generator = torch.Generator().manual_seed(3)
+    z = theory.hot_start(4, generator=generator)
+    assert [part.name for part in target.action_parts()] == parts
+    assert (sum(part.action(z) for part in target.action_parts()) - target.action(z)).abs().max() < 1e-10
+    assert (sum(part.force(z) for part in target.action_parts()) - target.force(z)).abs().max() < 1e-10
+    errors = check_reversible_and_second_order(target, z, generator, md_substeps=2)
+    momenta = theory.field.random_momenta(z, generator)
+    end, end_momenta = molecular_dynamics(target, z, momenta, HMCParameters(0.5, 8, "leapfrog", 0.0))
+    single = (hamiltonian(target, end, end_momenta) - hamiltonian(target, z, momenta)).pow(2).mean().sqrt().item()
+    print(f"{name}: rms dH at 8 steps {single:.2e} on one time scale, {errors[0]:.2e} with the prior on a finer one")
+    assert errors[0] < single  # the prior's force is the stiff part
+
+
+@pytest.mark.parametrize("name, couplings", [("u1", {"beta": 1.0}), ("schwinger", {"beta": 1.0, "kappa": 0.2})])
+def test_flow_hmc_with_md_substeps_end_to_end(tmp_path, name, couplings):
+    """``gaugeflow sample --sampler flow-hmc --md-substeps 2`` stores its chains (it used to end in
+    an AttributeError)."""
+    from gaugeflow.cli import main
+
+    theory = make_theory(name, "4x4", **couplings)
+    barely_trained(theory, tmp_path, steps=1, layers=2)
+    out = tmp_path / "mts.h5"
+    assert main(["sample", "--model", str(tmp_path / f"{name}-0.pt"), "--sampler", "flow-hmc", "--md-substeps", "2",
+                 "--steps", "3", "--n-configs", "4", "--chains", "2", "--therm", "2", "--quiet", "--out", str(out)]) == 0
+    with open_ensemble(out) as ensemble:
+        assert ensemble.attrs["md_substeps"] == 2 and ensemble.attrs["sampler"] == "flow-hmc" and len(ensemble) == 4
 
 
 @pytest.mark.parametrize("theory, log_z", [
