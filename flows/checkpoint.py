@@ -139,11 +139,8 @@ def warm_start(model, path) -> dict:
     if differing:
         details = "; ".join(f"{k}: {stored.get(k)!r} there, {arch.get(k)!r} here" for k in differing)
         raise TrainingError(f"cannot start from {path}: its model ({describe(stored)}) differs in {details}")
-    # a joint pseudofermion model grows its gauge flow (``gauge.flows.*``); its conditional
-    # starts as the exact one at the new couplings
-    layers = getattr(model, "gauge", model)
-    transfer_weights(layers, {k.removeprefix("gauge."): v.to(next(model.parameters()).dtype) if v.is_floating_point() else v
-                              for k, v in payload["model"].items()})
+    dtype = next(model.parameters()).dtype
+    model.transfer_weights({k: v.to(dtype) if v.is_floating_point() else v for k, v in payload["model"].items()})
     return stored
 
 
@@ -153,7 +150,7 @@ def load_flow(path, lattice=None, device=None):
     ``lattice`` (e.g. ``"16x16"``) runs the model on another volume of the same dimension:
     the conditioners are translation equivariant, so the same weights apply.
     """
-    from .pseudofermion_flow import is_pseudofermion_architecture, load_pseudofermion_flow
+    from .contract import model_from_weights
 
     payload = load_checkpoint(path, map_location=device or "cpu")
     arch = dict(payload["architecture"])
@@ -162,11 +159,9 @@ def load_flow(path, lattice=None, device=None):
         if len(shape) != len(arch["lattice"]):
             raise TrainingError(f"the model in {path} is {len(arch['lattice'])}-dimensional; lattice {lattice} is not")
         arch["lattice"] = shape
-    if is_pseudofermion_architecture(arch):  # a joint model of gauge field and pseudofermions
-        model = load_pseudofermion_flow(payload["model"], arch)
-        if not all(torch.isfinite(v).all() for v in model.parameters()):
-            raise TrainingError(f"{path} holds non-finite parameters; it cannot sample")
-        return model.to(device or "cpu").eval()
+    if not all(torch.isfinite(v).all() for v in payload["model"].values() if v.is_floating_point()):
+        raise TrainingError(f"{path} holds non-finite parameters; it cannot sample")
+    return model_from_weights(payload["model"], arch).to(device or "cpu").eval()
     model = build_flow(arch)
     weights = [v for k, v in payload["model"].items() if k.startswith("flows.") and v.is_floating_point()]
     if not all(torch.isfinite(w).all() for w in weights):

@@ -63,6 +63,7 @@ from gaugeflow.lattice.errors import InputError
 from gaugeflow.lattice.fields import AngleField, RealField, SUNField
 from gaugeflow.lattice.theories import make_theory
 
+from .contract import FlowModel, register_model_kind
 from .kernels import CircularSplineKernel, NCPKernel
 from .masks import gauge_layer_schedule, staple_layer_schedule
 from .momentum_scaling import MomentumScaling
@@ -298,6 +299,8 @@ def upgrade_architecture(arch: dict) -> dict:
         arch["symmetrise"] = False
     if version < 5 and "momentum_scaling" in default_architecture(theory):
         arch["momentum_scaling"] = False
+    if "pseudofermion_kappa" in arch:  # joint models before the model_kind field
+        arch.setdefault("model_kind", "pseudofermion")
     if version < 6 and "layer_kind" in default_architecture(theory):
         # the two orders are the same sequence of layers in 2D
         arch["layer_kind"], arch["plaquette_order"] = "plaquette", "planes" if theory.dimension > 2 else "offsets"
@@ -312,7 +315,7 @@ def upgrade_state_dict(state_dict: dict, architecture_version: int) -> dict:
     return {key.replace(".net.", ".conditioner."): value for key, value in state_dict.items()}
 
 
-class LatticeFlow(NormalizingFlow):
+class LatticeFlow(NormalizingFlow, FlowModel):
     """``normflows.NormalizingFlow`` whose log-densities are accumulated in float64.
 
     normflows starts its sums from ``torch.zeros(len(x))`` (float32, or complex for SU(N)
@@ -336,6 +339,23 @@ class LatticeFlow(NormalizingFlow):
     @property
     def theory(self):
         return self.p.theory
+
+    # the model contract (gaugeflow.flows.contract) beyond sample/log_prob/target_log_prob
+    @classmethod
+    def build(cls, arch: dict) -> LatticeFlow:
+        return build_flow(arch, cls)
+
+    @classmethod
+    def from_weights(cls, state_dict: dict, arch: dict) -> LatticeFlow:
+        model = build_flow(arch, cls)
+        weights = [v for k, v in state_dict.items() if k.startswith("flows.") and v.is_floating_point()]
+        if weights:
+            model = model.to(weights[0].dtype)
+        transfer_weights(model, state_dict)
+        return model
+
+    def transfer_weights(self, state_dict: dict) -> None:
+        transfer_weights(self, state_dict)
 
     def coupling_values(self, context, n: int, device=None):
         """Per-sample values of the conditioned coupling (``None`` for unconditioned models)."""
@@ -450,8 +470,9 @@ def bijection_density(model):
         model.symmetrise = True
 
 
-def build_flow(arch: dict) -> LatticeFlow:
-    """Construct an untrained model (exactly its prior) from an architecture dict."""
+def build_flow(arch: dict, model_class: type | None = None) -> LatticeFlow:
+    """Construct an untrained model (exactly its prior) from an architecture dict, as a
+    :class:`LatticeFlow` or the subclass ``model_class`` (a registered model kind)."""
     arch = upgrade_architecture(arch)
     theory = make_theory(arch["theory"], arch["lattice"], **arch["couplings"])
     # every layer keeps boolean masks of the lattice (and plaquette planes) and an index of its
@@ -466,7 +487,7 @@ def build_flow(arch: dict) -> LatticeFlow:
     # the prior's own first layers (the plaquette prior's constraint layer; no random numbers drawn)
     layers = prior_first_layers(theory, arch["prior"], condition, context_channels) + layers
     target = LatticeTarget(theory, condition["coupling"] if condition else None)
-    return LatticeFlow(prior_for(theory, arch["prior"], condition), layers, target, arch)
+    return (model_class or LatticeFlow)(prior_for(theory, arch["prior"], condition), layers, target, arch)
 
 
 def transfer_weights(model: LatticeFlow, state_dict: dict) -> None:
@@ -479,3 +500,6 @@ def transfer_weights(model: LatticeFlow, state_dict: dict) -> None:
     missing = [k for k in result.missing_keys if k.startswith("flows.")]
     if missing or result.unexpected_keys:
         raise InputError(f"weights do not fit this architecture (missing {missing[:3]}, unexpected {result.unexpected_keys[:3]})")
+
+
+register_model_kind("flow", LatticeFlow)

@@ -50,7 +50,8 @@ from gaugeflow.lattice.errors import InputError
 from gaugeflow.lattice.fermions import checkerboard, schur_matrix
 from gaugeflow.lattice.geometry import sum_per_config
 
-from .model import build_flow
+from .contract import MODEL_KIND_KEY, FlowModel, build_model, model_architecture, register_model_kind  # noqa: F401
+from .model import build_flow, transfer_weights
 
 __all__ = ["JointField", "PseudofermionFlow", "build_model", "build_pseudofermion_flow", "hopping_matrix",
            "load_pseudofermion_flow", "model_architecture", "pseudofermion_architecture"]
@@ -90,14 +91,11 @@ def pseudofermion_architecture(gauge_architecture: dict, kappa_q: float | None =
     if not gauge_architecture["theory"].startswith("schwinger-pseudofermion"):
         raise InputError(f"pseudofermion flows model schwinger-pseudofermion, not {gauge_architecture['theory']}")
     kappa = gauge_architecture["couplings"]["kappa"]
-    return {**gauge_architecture, ARCHITECTURE_KEY: float(kappa if kappa_q is None else kappa_q)}
+    return {**gauge_architecture, MODEL_KIND_KEY: "pseudofermion",
+            ARCHITECTURE_KEY: float(kappa if kappa_q is None else kappa_q)}
 
 
-def is_pseudofermion_architecture(arch: dict) -> bool:
-    return ARCHITECTURE_KEY in arch
-
-
-class PseudofermionFlow(torch.nn.Module):
+class PseudofermionFlow(torch.nn.Module, FlowModel):
     """``q(U, phi) = q(U) q(phi | U)`` (module docstring).  Samples and densities are
     :class:`JointField` s; the interface is that of :class:`gaugeflow.flows.model.LatticeFlow`
     (``sample``, ``log_prob``, ``target_log_prob``, ``theory``, ``architecture``), so training
@@ -117,6 +115,28 @@ class PseudofermionFlow(torch.nn.Module):
     @property
     def theory(self):
         return self.gauge.theory
+
+    # the model contract (gaugeflow.flows.contract)
+    @classmethod
+    def build(cls, arch: dict) -> PseudofermionFlow:
+        return build_pseudofermion_flow(arch)
+
+    @classmethod
+    def from_weights(cls, state_dict: dict, arch: dict) -> PseudofermionFlow:
+        return load_pseudofermion_flow(state_dict, arch)
+
+    def transfer_weights(self, state_dict: dict) -> None:
+        """Grow the gauge flow (``gauge.flows.*``); the conditional starts as the exact one at
+        the new couplings."""
+        transfer_weights(self.gauge, {k.removeprefix("gauge."): v for k, v in state_dict.items()})
+
+    def physical_field(self, x: JointField):
+        return x.gauge
+
+    def metropolis_sampler(self, source: str = ""):
+        from gaugeflow.hmc.pseudofermion_metropolis import PseudofermionFlowMetropolisSampler
+
+        return PseudofermionFlowMetropolisSampler(self, source)
 
     def random_coupling_values(self, n: int, device=None):
         return None  # kappa cannot be conditioned on
@@ -202,23 +222,14 @@ class PseudofermionFlow(torch.nn.Module):
 
 def build_pseudofermion_flow(arch: dict) -> PseudofermionFlow:
     """An untrained joint model: the gauge flow's prior and the conditional at ``kappa_q``."""
-    gauge_arch = {k: v for k, v in arch.items() if k != ARCHITECTURE_KEY}
+    gauge_arch = {k: v for k, v in arch.items() if k not in (ARCHITECTURE_KEY, MODEL_KIND_KEY)}
     return PseudofermionFlow(build_flow(gauge_arch), arch)
 
 
-def model_architecture(theory, gauge_architecture: dict) -> dict:
-    """The architecture ``gaugeflow train`` builds for ``theory``: a joint model where the theory
-    treats the fermions with pseudofermions, the gauge flow otherwise."""
+def _for_theory(theory) -> bool:
     from gaugeflow.lattice.schwinger import Pseudofermions
 
-    if isinstance(getattr(theory, "fermions", None), Pseudofermions):
-        return pseudofermion_architecture(gauge_architecture)
-    return gauge_architecture
-
-
-def build_model(arch: dict):
-    """An untrained model of either kind, as its architecture says."""
-    return build_pseudofermion_flow(arch) if is_pseudofermion_architecture(arch) else build_flow(arch)
+    return isinstance(getattr(theory, "fermions", None), Pseudofermions)
 
 
 def load_pseudofermion_flow(state_dict: dict, arch: dict) -> PseudofermionFlow:
@@ -234,3 +245,7 @@ def load_pseudofermion_flow(state_dict: dict, arch: dict) -> PseudofermionFlow:
     if missing or result.unexpected_keys:
         raise InputError(f"weights do not fit this architecture (missing {missing[:3]}, unexpected {result.unexpected_keys[:3]})")
     return model
+
+
+register_model_kind("pseudofermion", PseudofermionFlow, for_theory=_for_theory,
+                    architecture=lambda arch: pseudofermion_architecture(arch))

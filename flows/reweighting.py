@@ -38,7 +38,7 @@ def reweighted_estimates(model, n_samples: int, batch_size: int = 256) -> dict[s
     for start in range(0, n_samples, batch_size):
         x, log_q = model.sample(min(batch_size, n_samples - start))
         log_weights.append(model.target_log_prob(x) - log_q)
-        values = theory.observables(getattr(x, "gauge", x))  # a pseudofermion flow samples (gauge, pseudofermions)
+        values = theory.observables(model.physical_field(x))
         if "topological_charge" in values:
             values["topological_charge_squared"] = values["topological_charge"] ** 2
         for name, value in values.items():

@@ -77,9 +77,7 @@ class PseudofermionFlowMetropolisSampler(FlowMetropolisSampler):
 
 
 def flow_metropolis_sampler(model, source: str = "") -> FlowMetropolisSampler:
-    """The independence-Metropolis sampler for ``model``: on the joint density for a
-    pseudofermion flow, on the field's density otherwise."""
-    from gaugeflow.flows.pseudofermion_flow import PseudofermionFlow
-
-    cls = PseudofermionFlowMetropolisSampler if isinstance(model, PseudofermionFlow) else FlowMetropolisSampler
-    return cls(model, source)
+    """The independence-Metropolis sampler for ``model``, as its kind says (on the joint density
+    for a pseudofermion flow, on the field's density otherwise;
+    :meth:`gaugeflow.flows.contract.FlowModel.metropolis_sampler`)."""
+    return model.metropolis_sampler(source)

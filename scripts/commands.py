@@ -495,7 +495,7 @@ def run_train(args) -> int:
     import torch
 
     from gaugeflow.flows import TrainConfig, architecture, plot_training, train_flow
-    from gaugeflow.flows.pseudofermion_flow import build_model, model_architecture
+    from gaugeflow.flows.contract import build_model, model_architecture
     from gaugeflow.flows.checkpoint import load_checkpoint, warm_start
     from gaugeflow.flows.distributed import local_device
     from gaugeflow.lattice.backend import resolve_device, resolve_precision
