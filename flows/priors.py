@@ -85,9 +85,8 @@ class PlaquettePrior(_FollowsModule):
 
     gauge invariant, and at ``kappa = beta`` the importance weight is ``p/q ∝ exp(beta cos P(x*))``:
     one plaquette, whatever the volume, so the prior alone has the ESS ``I_0(beta)^2 / I_0(2 beta)``
-    (0.46 / 0.30 / 0.24 at beta = 2 / 4 / 6) and an independence-Metropolis acceptance of about
-    0.43 / 0.26 / 0.22 on any lattice from 8x8 (measured: benchmarks/README.md), with the
-    topological sectors already right (``Q`` is the winding of the sum of the other plaquettes).
+    (0.46 / 0.30 / 0.24 at beta = 2 / 4 / 6; measured acceptances are in benchmarks/README.md),
+    with the topological sectors already right (``Q`` is the winding of the sum of the other plaquettes).
     The layers on top learn what is left: first the one plaquette
     (:class:`gaugeflow.flows.u1_global.PlaquetteConstraintLayer`), then the local corrections
     and, for the Schwinger model, the fermions.  Only 2D: in more dimensions the plaquettes obey
@@ -145,8 +144,8 @@ class PlaquettePrior(_FollowsModule):
     @staticmethod
     def preferred_estimator(condition) -> str | None:
         """``reparam`` for models conditioned on beta: the constraint layer's steep spline makes the
-        path gradient of its rotation far noisier there (measured: benchmarks/README.md); no
-        preference otherwise."""
+        path gradient of its rotation far noisier there (benchmarks/README.md); no preference
+        otherwise."""
         return "reparam" if (condition or {}).get("coupling") == "beta" else None
 
 

@@ -81,8 +81,8 @@ class FlowMetropolisSampler:
     def thermalise(self, field, n_therm, generator, progress=False, received=None):
         """Start every chain from a flow sample, then ``n_therm`` steps.  A hot start can have a
         weight ``p/q`` so large that no proposal is ever accepted (phi^4: the flow density of a
-        standard-normal field is tiny where the target's is not -- measured: acceptance 0 on
-        the E1-E5 ladder); any initial state keeps the chain exact, and a proposal is typical."""
+        standard-normal field is tiny where the target's is not); any initial state keeps the
+        chain exact, and a proposal is typical."""
         proposal, _ = self._proposals(field.shape[0], field.device, generator)
         field, self.log_weight = proposal.to(field.dtype), None
         for _ in range(n_therm):
