@@ -11,6 +11,7 @@ Public API::
     open_ensemble(path), create_ensemble(...)  # HDF5 ensembles (see gaugeflow.lattice.ensemble)
     exact                                      # exact finite-volume results for validation
     GaugeflowError, InputError                 # the project's error types
+    wilson_flow(links, theory, t_max, eps)     # gradient flow + E(t), Q(t); scale_t0, scale_w0 (gradient_flow)
 """
 
 from . import exact
@@ -18,6 +19,17 @@ from .ensemble import EnsembleError, create_ensemble, open_ensemble
 from .errors import GaugeflowError, InputError
 from .fields import AngleField, FieldType, RealField, SUNField
 from .geometry import parse_lattice_shape
+from .gradient_flow import (
+    FlowMeasurements,
+    FlowScale,
+    flow_observables,
+    scale_t0,
+    scale_w0,
+    t2_energy,
+    t_derivative_t2_energy,
+    wilson_flow,
+    wilson_flow_steps,
+)
 from .phi4 import two_point_function
 from .theories import make_theory, register_theory, theory_class, theory_names
 from .theory import ActionPart, Coupling, GaugeTheory, Option, Theory
@@ -28,6 +40,8 @@ __all__ = [
     "Coupling",
     "EnsembleError",
     "FieldType",
+    "FlowMeasurements",
+    "FlowScale",
     "GaugeTheory",
     "GaugeflowError",
     "InputError",
@@ -37,11 +51,18 @@ __all__ = [
     "Theory",
     "create_ensemble",
     "exact",
+    "flow_observables",
     "make_theory",
     "open_ensemble",
     "parse_lattice_shape",
     "register_theory",
+    "scale_t0",
+    "scale_w0",
+    "t2_energy",
+    "t_derivative_t2_energy",
     "theory_class",
     "theory_names",
     "two_point_function",
+    "wilson_flow",
+    "wilson_flow_steps",
 ]
