@@ -35,6 +35,7 @@ import numpy as np
 from gaugeflow.lattice.ensemble import open_ensemble
 from gaugeflow.lattice.errors import InputError
 from gaugeflow.lattice.exact import expectation_values
+from gaugeflow.lattice.gradient_flow import FLOW_COLUMN, flow_columns, scale_t0, scale_w0
 
 from .autocorrelation import gamma_method, jackknife
 
@@ -74,7 +75,8 @@ def analyze_ensemble(path, S: float = 1.5) -> dict[str, dict]:
 
     results = {}
     for name, chains in per_chain.items():
-        results[name] = _gamma_result(gamma_method(chains, S=S))
+        if not FLOW_COLUMN.match(name):  # a flow curve is summarised by its scales (_flow_scales)
+            results[name] = _gamma_result(gamma_method(chains, S=S))
     for derived in _DERIVED:
         if all(name in per_chain for name in derived.needs):
             results.update(derived.estimate(per_chain, volume, S))
@@ -127,11 +129,51 @@ def _effective_masses(per_chain, volume, S):
                                                              correlator[t + 1])) for t in range(len(correlator) // 2)}
 
 
+def _flow_curve(per_chain, names) -> list[np.ndarray]:
+    """One ``[n_r, T]`` array per chain from the columns ``names`` (one per flow time)."""
+    return [np.stack(columns, axis=1) for columns in zip(*(per_chain[n] for n in names))]
+
+
+def _flow_scales(per_chain, volume, S):
+    """``t0``, ``w0`` (clover), ``t0_plaquette``, ``w0_plaquette`` from a stored ``wilson_flow``
+    measurement, interpolation inside the Gamma-method propagation
+    (:func:`gaugeflow.lattice.gradient_flow.scale_t0`), reference 0.3; a scale the flow did not
+    reach is left out.  Also the charge at the largest flow time and its susceptibility."""
+    found = flow_columns(per_chain)
+    out = {}
+    for definition, suffix in (("clover", ""), ("plaquette", "_plaquette")):
+        if f"E_{definition}" not in found:
+            continue
+        times, names = found[f"E_{definition}"]
+        energy = _flow_curve(per_chain, names)
+        if definition == "plaquette" and "dE_plaquette" in found:
+            derivative = _flow_curve(per_chain, found["dE_plaquette"][1])  # exact along the flow
+        else:
+            derivative = [np.gradient(e, times, axis=1) for e in energy]
+        t2e = [times**2 * e for e in energy]
+        t_d_t2e = [2 * times**2 * e + times**3 * d for e, d in zip(energy, derivative)]
+        for name, data, scale in (("t0", t2e, scale_t0), ("w0", t_d_t2e, scale_w0)):
+            try:
+                value = scale(times, data, S=S)
+            except InputError:  # not reached within the measured flow time
+                continue
+            out[name + suffix] = _result(value.value, value.error, value.tau_int, value.tau_int_error)
+    if "Q" in found:
+        times, names = found["Q"]
+        charge = per_chain[names[-1]]
+        out[f"flowed_topological_charge_t{times[-1]:.4f}"] = _gamma_result(gamma_method(charge, S=S))
+        g = gamma_method([c * c for c in charge], S=S)
+        out[f"flowed_topological_susceptibility_t{times[-1]:.4f}"] = _gamma_result(g, 1 / volume)
+    return out
+
+
 register_derived(DerivedQuantity(("magnetization",), _chi_2pt, "chi_2pt = V (<m^2> - <m>^2), jackknife"))
 register_derived(DerivedQuantity(("topological_charge",), _topological,
                                  "<Q^2> and chi_t = <Q^2>/V, Gamma method of Q^2"))
 register_derived(DerivedQuantity(("pion_correlator_t0",), _effective_masses,
                                  "pion effective masses log(C(t)/C(t+1)) for t < T/2, jackknife"))
+register_derived(DerivedQuantity((), _flow_scales, "t0, w0 (clover and plaquette) and the flowed charge from a "
+                                                   "wilson_flow measurement"))
 
 
 def _mean_and_naive_error(chains):

@@ -30,7 +30,7 @@ from gaugeflow.lattice.storage import save_figure
 from .analysis import format_value_error
 from .autocorrelation import gamma_method, normalized_autocorrelation
 
-SERIES = re.compile(r"_t\d+$")  # one observable per time slice: a correlator, not a history to look at
+SERIES = re.compile(r"_t\d+(\.\d+)?$")  # per time slice or flow time: a curve, not a history to look at
 CHARGE = "topological_charge"
 
 __all__ = ["ensemble_figure", "ensemble_plot_path", "plot_ensemble"]

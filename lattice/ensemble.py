@@ -142,6 +142,11 @@ class Ensemble:
             return {column: _read_verified(path, h5file, f"observables/{column}", shape=(segment.n_rows,))
                     for column in attrs["columns"]}
 
+    def measurement_options(self, segment: _Segment, name: str) -> dict:
+        """The options measurement ``name`` of ``segment`` was made with (``{}`` for none)."""
+        with _open_h5(self._measurement_path(segment, name)) as h5file:
+            return json.loads(_plain(h5file.attrs.get("options", "{}")))
+
     def _configs_digest(self, segment: _Segment):
         with _open_h5(segment.path) as h5file:
             return _plain(h5file["configs"].attrs.get("sha256")) if "configs" in h5file else None

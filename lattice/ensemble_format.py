@@ -199,11 +199,13 @@ def _write_provenance(h5file, record: dict) -> None:
     group.attrs["sha256"] = digest(record)
 
 
-def _write_measurement(h5file, name: str, columns: dict, configs_sha256, n_rows: int) -> None:
+def _write_measurement(h5file, name: str, columns: dict, configs_sha256, n_rows: int, options: dict) -> None:
     """A measurement file: the columns (``observables/<column>``, with SHA-256 and fletcher32)
-    and attributes binding it to the configurations it was computed on."""
+    and attributes binding it to the configurations it was computed on, with the options it was
+    made with (JSON)."""
     attrs = {"format": MEASUREMENT_FORMAT, "format_version": 1, "measurement": name, "columns": list(columns),
-             "configs_sha256": configs_sha256, "n_rows": int(n_rows), "software_version": software_version()}
+             "configs_sha256": configs_sha256, "n_rows": int(n_rows), "software_version": software_version(),
+             "options": json.dumps(options, sort_keys=True)}
     for key, value in attrs.items():
         h5file.attrs[key] = value
     h5file.attrs["sha256"] = digest(attrs)

@@ -9,6 +9,7 @@ the layout is :mod:`gaugeflow.lattice.ensemble_format`'s and is specified in
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -63,11 +64,14 @@ class EnsembleWriter(Ensemble):
         # the record of the run writing (gaugeflow.lattice.provenance), stored with every segment
         self.provenance: dict | None = None
 
-    def measure(self, name: str, columns_of: Callable[[np.ndarray], dict[str, np.ndarray]], progress=None) -> int:
+    def measure(self, name: str, columns_of: Callable[[np.ndarray], dict[str, np.ndarray]], progress=None,
+                options: dict | None = None) -> int:
         """Store measurement ``name`` -- ``columns_of(configs)`` gives ``{column: [n] float64}``
-        for a segment's configurations -- for every segment that lacks it; returns how many were
-        measured now.  Each segment's measurement is one file written atomically, so an
-        interrupted measurement resumes where it stopped; the manifest then shows the columns."""
+        for a segment's configurations, made with ``options`` -- for every segment that lacks it;
+        returns how many were measured now.  Each segment's measurement is one file written
+        atomically, so an interrupted measurement resumes where it stopped (with the same options
+        only); the manifest then shows the columns."""
+        options = dict(options or {})
         taken = set(self.metadata["observable_names"]) | {c for m, cs in self.measurements().items() if m != name
                                                           for c in cs}
         done = 0
@@ -75,6 +79,10 @@ class EnsembleWriter(Ensemble):
             path = self._measurement_path(segment, name)
             if os.path.exists(path):
                 self._read_measurement(segment, name)  # a damaged one is refused, never built upon
+                stored = self.measurement_options(segment, name)
+                if stored != json.loads(json.dumps(options)):
+                    raise EnsembleError(f"{path} was measured with {stored}, not {options}; continue {name!r} with "
+                                        f"those options (or move {os.path.dirname(path)} away to measure anew)")
                 continue
             with _open_h5(segment.path) as h5file:
                 configs = _read_verified(segment.path, h5file, "configs", shape=self._shape(segment, "configs"))
@@ -85,7 +93,7 @@ class EnsembleWriter(Ensemble):
                                     f"already has")
             os.makedirs(os.path.dirname(path), exist_ok=True)
             write_atomically(path, hdf5_image(lambda h5file: _write_measurement(
-                h5file, name, columns, self._configs_digest(segment), segment.n_rows)))
+                h5file, name, columns, self._configs_digest(segment), segment.n_rows, options)))
             done += 1
             if progress is not None:
                 progress(done)

@@ -80,6 +80,7 @@ References: M. Lüscher, JHEP 08 (2010) 071, arXiv:1006.4518; S. Borsanyi et al.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -89,6 +90,7 @@ import torch
 from . import gauge
 from .errors import InputError
 from .geometry import sum_per_config
+from .observables import Observable, register_observable
 from .sun import SUN
 from .theories import make_theory, theory_class
 from .theory import GaugeTheory
@@ -486,3 +488,57 @@ def scale_w0(times, t_d_t2e, reference: float = 0.3, *, S: float = 1.5, bin_size
     """``w0 / a`` from ``t d/dt [t^2 <E(t)>] = reference`` at ``t = w0^2`` (Borsanyi et al.,
     arXiv:1203.4469).  ``t_d_t2e`` as in :func:`scale_t0`, e.g. from :func:`t_derivative_t2_energy`."""
     return _flow_scale(times, t_d_t2e, reference, math.sqrt, S, bin_size)
+
+
+# -- as a measurement: `gaugeflow measure ENSEMBLE --observables wilson_flow` ----------------
+
+FLOW_COLUMN = re.compile(r"flow_(E_plaquette|E_clover|dE_plaquette|Q)_t(\d+\.\d+)$")
+
+
+def flow_column(quantity: str, t: float) -> str:
+    """The stored column of ``quantity`` (``E_plaquette``, ``E_clover``, ``dE_plaquette``, ``Q``)
+    at flow time ``t``: ``flow_E_clover_t0.2500``."""
+    return f"flow_{quantity}_t{t:.4f}"
+
+
+def flow_columns(columns) -> dict[str, tuple[np.ndarray, list[str]]]:
+    """``{quantity: (times, column names)}`` of the flow columns among ``columns``, by time."""
+    found: dict[str, list[tuple[float, str]]] = {}
+    for column in columns:
+        match = FLOW_COLUMN.match(column)
+        if match:
+            found.setdefault(match.group(1), []).append((float(match.group(2)), column))
+    return {q: (np.array([t for t, _ in sorted(v)]), [c for _, c in sorted(v)]) for q, v in found.items()}
+
+
+def _default_flow_time(theory) -> float:
+    # the flow radius sqrt(8 t) reaches half the smallest extent: beyond, finite-volume effects rule
+    return min(theory.lattice_shape) ** 2 / 32
+
+
+def _measured_flow(theory, field, flow_time: float, flow_step: float, n_times: int) -> dict[str, torch.Tensor]:
+    measured = wilson_flow(field, theory, flow_time, flow_step, measure_interval=flow_time / n_times)
+    columns = {}
+    for k, t in enumerate(measured.times):
+        columns[flow_column("E_plaquette", t)] = measured.energy["plaquette"][:, k]
+        columns[flow_column("E_clover", t)] = measured.energy["clover"][:, k]
+        columns[flow_column("dE_plaquette", t)] = measured.energy_derivative["plaquette"][:, k]
+        if measured.topological_charge is not None:
+            columns[flow_column("Q", t)] = measured.topological_charge[:, k]
+    return {name: torch.as_tensor(np.asarray(values), dtype=torch.float64) for name, values in columns.items()}
+
+
+def _flows(theory) -> bool:
+    try:
+        _resolve(theory, theory.cold_start(1))
+    except (InputError, NotImplementedError, KeyError, AttributeError, TypeError):
+        return False
+    return True
+
+
+register_observable(Observable(
+    "wilson_flow", _measured_flow, _flows,
+    "the Wilson flow to --flow-time (default L^2/32) in steps --flow-step (0.01), measured at 20 equal "
+    "intervals and the start: E(t) from the plaquette and the clover, the exact dE/dt of the plaquette one and the "
+    "flowed charge, columns flow_<quantity>_t<time>; analyze then gives t0 and w0",
+    options={"flow_time": _default_flow_time, "flow_step": 0.01, "n_times": 20}))

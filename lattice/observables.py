@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -33,13 +33,25 @@ from .errors import InputError
 
 @dataclass(frozen=True)
 class Observable:
-    """A measurement: ``compute(theory, field) -> {column: [B] float64}`` for the theories where
-    ``applies_to(theory)`` holds."""
+    """A measurement: ``compute(theory, field, **options) -> {column: [B] float64}`` for the
+    theories where ``applies_to(theory)`` holds.  ``options`` names the measurement's parameters
+    and their defaults (a value, or a function of the theory); a stored measurement records the
+    values it was made with."""
 
     name: str
     compute: Callable[..., dict[str, torch.Tensor]]
     applies_to: Callable[..., bool] = lambda theory: True
     description: str = ""
+    options: dict = field(default_factory=dict)
+
+    def resolve(self, theory, given: dict | None = None) -> dict:
+        """The option values for ``theory``: the defaults, overridden by ``given``."""
+        given = {k: v for k, v in (given or {}).items() if v is not None}
+        unknown = sorted(set(given) - set(self.options))
+        if unknown:
+            raise InputError(f"observable {self.name!r} takes no option(s) {', '.join(unknown)}; its options: "
+                             f"{', '.join(self.options) or 'none'}")
+        return {k: given[k] if k in given else (v(theory) if callable(v) else v) for k, v in self.options.items()}
 
 
 _REGISTRY: dict[str, Observable] = {}
@@ -93,15 +105,16 @@ def compute(theory, field: torch.Tensor, columns) -> dict[str, torch.Tensor]:
     if standard & set(columns):
         result.update({k: v for k, v in theory.observables(field).items() if k in columns})
     for observable in _registered_for(theory, [c for c in columns if c not in result]):
-        result.update({k: v for k, v in observable.compute(theory, field).items() if k in columns})
+        result.update({k: v for k, v in observable.compute(theory, field, **observable.resolve(theory)).items()
+                       if k in columns})
     missing = [c for c in columns if c not in result]
     if missing:
         raise InputError(f"no observable of {theory.name} gives the column(s) {', '.join(missing)}")
     return {c: result[c].to(torch.float64) for c in columns}
 
 
-def _probe(theory, observable: Observable) -> dict[str, torch.Tensor]:
-    return observable.compute(theory, theory.cold_start(1))
+def _probe(theory, observable: Observable, options: dict | None = None) -> dict[str, torch.Tensor]:
+    return observable.compute(theory, theory.cold_start(1), **observable.resolve(theory, options))
 
 
 def _registered_for(theory, columns: list[str]) -> list[Observable]:
@@ -128,11 +141,13 @@ register_observable(Observable(
     "orientations; columns wilson_loop_RxT"))
 
 
-def measure_ensemble(path, names, *, device="cpu", batch_size: int = 64, progress: bool = False) -> dict[str, int]:
+def measure_ensemble(path, names, *, device="cpu", batch_size: int = 64, progress: bool = False,
+                     options: dict | None = None) -> dict[str, int]:
     """Compute the registered observables ``names`` on every stored configuration of the
     ensemble at ``path`` and store them in it (:meth:`~gaugeflow.lattice.ensemble.Ensemble.measure`;
     a distributed ensemble stream by stream).  Resumable: what is stored is never computed
-    again.  A stop signal (SIGTERM, SIGUSR1, Ctrl-C) stops after the segment in progress
+    again.  ``options`` (e.g. ``{"flow_time": 2.0}``) go to the observables that take them; a
+    measurement is continued only with the options it was begun with.  A stop signal (SIGTERM, SIGUSR1, Ctrl-C) stops after the segment in progress
     (:class:`~gaugeflow.lattice.jobcontrol.Interrupted`).  Returns ``{name: segments measured now}``."""
     from .backend import resolve_device
     from .ensemble import open_ensemble, refresh_distributed_manifest, stream_path
@@ -147,6 +162,12 @@ def measure_ensemble(path, names, *, device="cpu", batch_size: int = 64, progres
         parts = [stream_path(path, s) for s in range(ensemble.n_streams) if os.path.exists(stream_path(path, s))] \
             if ensemble.layout == "streams" else [path]
     observables = [get_observable(name, theory) for name in names]
+    options = options or {}
+    known = {k for o in observables for k in o.options}
+    unused = sorted(k for k, v in options.items() if v is not None and k not in known)
+    if unused:
+        raise InputError(f"option(s) {', '.join(unused)} apply to none of the observables {', '.join(names)}")
+    settings = {o.name: o.resolve(theory, {k: v for k, v in options.items() if k in o.options}) for o in observables}
     done = {o.name: 0 for o in observables}
     with stop_on_signals() as received:
         def columns_of(observable):
@@ -155,16 +176,18 @@ def measure_ensemble(path, names, *, device="cpu", batch_size: int = 64, progres
                     raise Interrupted(f"stopped by {received['signal']} while measuring {observable.name}; what was "
                                       f"measured is stored: rerun to continue")
                 field = torch.as_tensor(configs).to(device=device, dtype=theory.storage_dtype(torch.float64))
-                parts = [observable.compute(theory, field[i:i + batch_size]) for i in range(0, len(field), batch_size)]
+                parts = [observable.compute(theory, field[i:i + batch_size], **settings[observable.name])
+                         for i in range(0, len(field), batch_size)]
                 if not parts:
-                    return {c: torch.zeros(0) for c in _probe(theory, observable)}
+                    return {c: torch.zeros(0) for c in _probe(theory, observable, settings[observable.name])}
                 return {c: torch.cat([p[c] for p in parts]).to(torch.float64).cpu().numpy() for c in parts[0]}
             return on
 
         for part in parts:
             with open_ensemble(part, "a") as writer:
                 for observable in observables:
-                    done[observable.name] += writer.measure(observable.name, columns_of(observable))
+                    done[observable.name] += writer.measure(observable.name, columns_of(observable),
+                                                            options=settings[observable.name])
     if len(parts) > 1 or parts[0] != path:
         refresh_distributed_manifest(path)
     return done

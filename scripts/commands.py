@@ -36,6 +36,7 @@ OPTION_FOR_PARAMETER = {
     "n_mixture": "--mixture", "kernel_size": "--kernel-size", "rectangles": "--rectangles", "prior": "--prior",
     "symmetrise": "--symmetrise", "momentum_scaling": "--momentum-scaling", "layer_kind": "--layer-kind",
     "resume=True": "--resume", "commit_every": "--commit-every", "seed": "--seed",
+    "flow_time": "--flow-time", "flow_step": "--flow-step", "n_times": "--flow-times",
 }
 
 
@@ -200,6 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_argument("--observables", required=True, metavar="NAME[,NAME]",
                          help=f"registered observables ({', '.join(observables_registered)})")
     measure.add_argument("--batch-size", type=int, default=64, help="configurations per batch (default: 64)")
+    flow = measure.add_argument_group("wilson_flow")
+    flow.add_argument("--flow-time", type=float, metavar="T",
+                      help="flow to t = T (lattice units; default L^2/32, where sqrt(8t) reaches L/2)")
+    flow.add_argument("--flow-step", type=float, metavar="EPS", help="Runge-Kutta step (default: 0.01)")
+    flow.add_argument("--flow-times", type=int, metavar="N", dest="n_times",
+                      help="measure at N equal intervals of the flow time and at its start (default: 20)")
     _add_run_options(measure)
 
     analyze = sub.add_parser("analyze", help="observable means, errors and autocorrelation times",
@@ -402,6 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "gaugeflow analyze ens.h5 --stau 2",
                     "gaugeflow analyze ens.h5 --pyerrors ens.json.gz   # continue in pyerrors"],
         "measure": ["gaugeflow measure ens.h5 --observables wilson_loops",
+                    "gaugeflow measure su3.h5 --observables wilson_flow --flow-time 2 --flow-step 0.02   # then "
+                    "analyze: t0, w0",
                     "gaugeflow hmc --theory u1 --lattice 8x8 --beta 2.0 --observables plaquette,topological_charge "
                     "--out ens.h5   # cheap ones in production, the rest measured later"],
         "info": ["gaugeflow info ens.h5"],
@@ -706,8 +715,9 @@ def run_measure(args) -> int:
     from gaugeflow.lattice.observables import measure_ensemble
 
     _set_threads(args)
+    options = {"flow_time": args.flow_time, "flow_step": args.flow_step, "n_times": args.n_times}
     done = measure_ensemble(args.ensemble, _observable_list(args.observables), device=args.device,
-                            batch_size=args.batch_size, progress=not args.quiet)
+                            batch_size=args.batch_size, progress=not args.quiet, options=options)
     if not args.quiet:
         print(f"{args.ensemble}: " + ", ".join(f"{name} measured on {n} new segment(s)" for name, n in done.items()),
               file=sys.stderr)

@@ -186,7 +186,7 @@ def test_random_byte_flips_are_refused_or_harmless_never_silent(tmp_path):
     reference = everything(path)
     rng = random.Random(5)
     refused = 0
-    for trial in range(400):
+    for trial in range(240):  # the structural fault campaign is tests/test_integrity.py
         target = segment if trial % 8 else str(path)  # a damaged manifest costs a child process to judge
         offset = rng.randrange(len(originals[target]))
         flip_byte(target, offset)

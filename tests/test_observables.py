@@ -165,3 +165,37 @@ def test_the_composite_policy_takes_the_action_from_the_theory():
     torch.testing.assert_close(_slowest_mode(phi4, field), phi4.action(field) / phi4.volume)
     links = THEORY.hot_start(3, generator=torch.Generator().manual_seed(2))
     torch.testing.assert_close(_slowest_mode(THEORY, links), THEORY.topological_charge(links))
+
+
+def test_the_wilson_flow_is_measured_stored_and_analysed_into_t0_and_w0(tmp_path):
+    from gaugeflow.lattice.gradient_flow import flow_column, scale_t0, scale_w0, wilson_flow
+
+    theory = make_theory("su2", "4x4x4x4", beta=1.5)  # rough enough for t^2 E to reach 0.3 by t = 1
+    path = tmp_path / "ens.h5"
+    run_chains(theory, path, HMCSampler(theory, PARAMS, False), n_configs=12, n_chains=3, n_therm=3, seed=1,
+               progress=False, observables=["plaquette"])
+    options = {"flow_time": 1.0, "n_times": 10, "flow_step": 0.02}
+    measure_ensemble(path, ["wilson_flow"], options=options)
+    with open_ensemble(path) as ensemble:
+        configs, chain = torch.as_tensor(ensemble.configs()), ensemble.column("chain")
+        direct = wilson_flow(configs, theory, 1.0, 0.02, measure_interval=0.1)
+        stored = ensemble.column(flow_column("E_clover", 0.5))
+    np.testing.assert_allclose(stored, direct.energy["clover"][:, 5], rtol=1e-12)
+    results = analyze_ensemble(path)
+    t2e = [direct.times**2 * direct.energy["clover"][chain == c] for c in range(3)]
+    expected = scale_t0(direct.times, t2e)
+    assert results["t0"]["mean"] == pytest.approx(expected.value, rel=1e-10)
+    assert results["t0"]["error"] == pytest.approx(expected.error, rel=1e-6)
+    t_d_t2e = [2 * direct.times**2 * e + direct.times**3 * np.gradient(e, direct.times, axis=1)
+               for e in (direct.energy["clover"][chain == c] for c in range(3))]
+    assert results["w0"]["mean"] == pytest.approx(scale_w0(direct.times, t_d_t2e).value, rel=1e-10)
+    assert "t0_plaquette" in results and "flowed_topological_charge_t1.0000" in results
+    assert not [name for name in results if name.startswith("flow_")]  # curves are summarised, not listed
+    with pytest.raises(InputError, match="apply to none of the observables"):
+        measure_ensemble(path, ["wilson_flow"], options={"flow_tme": 1.0})
+    more = run_chains(theory, path, HMCSampler(theory, PARAMS, False), n_configs=15, n_chains=3, n_therm=3, seed=1,
+                      progress=False, resume=True)
+    assert more.n_configs == 15
+    with pytest.raises(EnsembleError, match="was measured with"):
+        measure_ensemble(path, ["wilson_flow"], options={**options, "flow_time": 0.8})
+    assert measure_ensemble(path, ["wilson_flow"], options=options) == {"wilson_flow": 1}
