@@ -46,6 +46,9 @@ def pyerrors_observables(path, name: str | None = None) -> dict:
         chain, step = ensemble.column("chain"), ensemble.column("step")
         chains = sorted(set(chain.tolist()))
         steps = [sorted(step[chain == c].tolist()) for c in chains]
+        if min(len(s) for s in steps) < 5:  # pyerrors' own minimum for a replica
+            raise InputError(f"{path}: pyerrors needs at least 5 configurations in every chain; the shortest has "
+                             f"{min(len(s) for s in steps)}")
         replicas = [f"{name}|r{c:03d}" for c in chains]
         return {observable: pe.Obs([values for values in ensemble.per_chain(ensemble.column(observable))], replicas,
                                    idl=steps)
