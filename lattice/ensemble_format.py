@@ -101,7 +101,8 @@ def _open_h5(path):
             yield h5file
     except EnsembleError:
         raise
-    except (OSError, RuntimeError, KeyError, ValueError, IndexError, MemoryError) as error:
+    except (OSError, RuntimeError, KeyError, ValueError, IndexError, MemoryError, TypeError, OverflowError,
+            SystemError) as error:  # whatever h5py raises on damaged bytes (TypeError: a flipped string encoding)
         raise EnsembleError(f"{path} cannot be read (corrupt HDF5 structure: {type(error).__name__}: {error})") from None
 
 

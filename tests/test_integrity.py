@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from fault_classes import occurrences, hdf5_position_classes
 from gaugeflow.flows import TrainConfig, architecture, build_flow, train_flow
 from gaugeflow.flows.checkpoint import load_checkpoint
 from gaugeflow.flows.distributed import SingleProcess
@@ -363,51 +364,6 @@ def test_minimal_foreign_files_are_refused_in_one_line(tmp_path, capsys, attribu
 # 6. the fault campaign: byte flips at every structural position class
 
 
-def hdf5_position_classes(path) -> dict[str, list[int]]:
-    """Byte offsets of ``path`` by what HDF5 keeps there."""
-    data = open(path, "rb").read()
-    classes = {"superblock": list(range(0, 96)), "object header": [], "name": [], "heap": [], "attribute": [],
-               "checksum": [], "chunk": []}
-
-    def visit(name, obj):
-        info = h5py.h5o.get_info(obj.id)
-        size = getattr(getattr(getattr(info, "hdr", None), "space", None), "total", 0) or 64
-        classes["object header"] += list(range(info.addr, min(info.addr + size, len(data))))
-        if isinstance(obj, h5py.Dataset) and obj.chunks is not None and not obj.is_virtual:
-            for index in range(obj.id.get_num_chunks()):
-                chunk = obj.id.get_chunk_info(index)
-                classes["chunk"] += list(range(chunk.byte_offset, chunk.byte_offset + chunk.size - 4))
-                classes["checksum"] += list(range(chunk.byte_offset + chunk.size - 4, chunk.byte_offset + chunk.size))
-        for key, value in obj.attrs.items():
-            classes["attribute"] += _occurrences(data, key.encode(), 24)
-            if key.endswith("sha256"):
-                classes["checksum"] += _occurrences(data, str(value).encode() if not isinstance(value, bytes) else value, 0)
-
-    with h5py.File(path, "r") as f:
-        visit("/", f)
-        f.visititems(visit)
-        names = {part for name in _all_names(f) for part in name.split("/")}
-    for name in names:
-        classes["name"] += _occurrences(data, name.encode(), 0)
-    for signature in (b"HEAP", b"GCOL", b"TREE", b"SNOD"):
-        classes["heap"] += _occurrences(data, signature, 40)
-    return {k: sorted(set(v)) for k, v in classes.items() if v}
-
-
-def _all_names(f):
-    names = []
-    f.visit(names.append)
-    return names
-
-
-def _occurrences(data: bytes, needle: bytes, after: int) -> list[int]:
-    out, start = [], data.find(needle)
-    while needle and start >= 0:
-        out += list(range(start, min(start + len(needle) + after, len(data))))
-        start = data.find(needle, start + 1)
-    return out
-
-
 def judge_ensemble(path, reference) -> str:
     """``refused`` (one line) or ``unchanged``; anything else fails the test."""
     try:
@@ -480,10 +436,10 @@ def test_byte_flips_in_a_checkpoint_are_refused_or_harmless(tmp_path):
     train_flow(model, TrainConfig(steps=1, batch_size=4, eval_batches=1), path, progress=False)
     reference = load_checkpoint(path)
     data = open(path, "rb").read()
-    classes = {"local header": _occurrences(data, b"PK\x03\x04", 26),
-               "central directory": _occurrences(data, b"PK\x01\x02", 42),
-               "end record": _occurrences(data, b"PK\x05\x06", 18),
-               "record names": _occurrences(data, b"data.pkl", 0) + _occurrences(data, b"/data/", 4)}
+    classes = {"local header": occurrences(data, b"PK\x03\x04", 26),
+               "central directory": occurrences(data, b"PK\x01\x02", 42),
+               "end record": occurrences(data, b"PK\x05\x06", 18),
+               "record names": occurrences(data, b"data.pkl", 0) + occurrences(data, b"/data/", 4)}
     classes["data"] = sorted(set(range(len(data))) - {i for v in classes.values() for i in v})
     rng, refused = random.Random(28), 0
     for kind, offsets in classes.items():
