@@ -33,7 +33,6 @@ import io
 import os
 import re
 import shlex
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,14 +112,11 @@ def test_python_examples_run_and_print_what_the_page_shows(page, tmp_path, monke
         if block.language != "python" or block.skipped:
             continue
         printed = io.StringIO()
-        started = time.perf_counter()
         with contextlib.redirect_stdout(printed):
             try:
                 exec(compile(block.text, block.where(), "exec"), namespace)
             except Exception as error:
                 raise AssertionError(f"{block.where()}: the example raised {error!r}") from error
-        seconds = time.perf_counter() - started
-        assert seconds < 30, f"{block.where()}: the example took {seconds:.0f} s; keep examples small"
         if block.output is not None:
             got = [line.rstrip() for line in printed.getvalue().rstrip("\n").splitlines()]
             shown = [line.rstrip() for line in block.output.text.rstrip("\n").splitlines()]
