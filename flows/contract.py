@@ -80,8 +80,8 @@ class FlowModel(abc.ABC):
 class ModelKind:
     name: str
     cls: type
-    for_theory: Callable = lambda theory: False  # whether `gaugeflow train` builds this kind for a theory
-    architecture: Callable = lambda gauge_architecture: gauge_architecture  # the kind's architecture from a flow's
+    for_theory: Callable  # whether `gaugeflow train` builds this kind for a theory
+    architecture: Callable  # the kind's architecture from a plain flow's
 
 
 _KINDS: dict[str, ModelKind] = {}

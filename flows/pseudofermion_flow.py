@@ -248,4 +248,4 @@ def load_pseudofermion_flow(state_dict: dict, arch: dict) -> PseudofermionFlow:
 
 
 register_model_kind("pseudofermion", PseudofermionFlow, for_theory=_for_theory,
-                    architecture=lambda arch: pseudofermion_architecture(arch))
+                    architecture=pseudofermion_architecture)

@@ -274,12 +274,11 @@ class Ensemble:
 
     def per_chain(self, values: np.ndarray) -> list[np.ndarray]:
         """Split a per-row array into one array per chain, each ordered by step."""
-        chain, step = self.column("chain"), self.column("step")
-        out = []
-        for c in np.unique(chain):
-            rows = np.flatnonzero(chain == c)
-            out.append(values[rows[np.argsort(step[rows], kind="stable")]])
-        return out
+        if getattr(self, "_chain_rows", (None,))[0] != len(self):  # read and sorted once per size
+            chain, step = self.column("chain"), self.column("step")
+            rows = [np.flatnonzero(chain == c) for c in np.unique(chain)]
+            self._chain_rows = (len(self), [r[np.argsort(step[r], kind="stable")] for r in rows])
+        return [values[rows] for rows in self._chain_rows[1]]
 
     def resume_state(self) -> dict | None:
         """The sampler state after the last committed row (``None`` before the first commit, and

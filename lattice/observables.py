@@ -91,7 +91,7 @@ def production_names(theory, requested=None) -> list[str]:
         if name in standard:
             columns.append(name)
         else:
-            columns += list(_probe(theory, get_observable(name, theory)))
+            columns += list(_columns_of(theory, get_observable(name, theory)))
     if len(set(columns)) != len(columns):
         raise InputError(f"observables {', '.join(requested)} name some columns twice")
     return columns
@@ -117,12 +117,24 @@ def _probe(theory, observable: Observable, options: dict | None = None) -> dict[
     return observable.compute(theory, theory.cold_start(1), **observable.resolve(theory, options))
 
 
+_COLUMNS: dict[tuple, tuple[Observable, tuple[str, ...]]] = {}
+
+
+def _columns_of(theory, observable: Observable) -> tuple[str, ...]:
+    """The columns ``observable`` gives on ``theory`` with its default options: probed once (a
+    probe computes the observable, e.g. a whole Wilson flow, on a cold start), not per update."""
+    key = (observable.name, theory.name, tuple(theory.lattice_shape))
+    if key not in _COLUMNS or _COLUMNS[key][0] is not observable:  # a re-registered observable is probed anew
+        _COLUMNS[key] = (observable, tuple(_probe(theory, observable)))
+    return _COLUMNS[key][1]
+
+
 def _registered_for(theory, columns: list[str]) -> list[Observable]:
     """The registered observables that give ``columns`` (each once)."""
     chosen = []
     for column in columns:
         for observable in _REGISTRY.values():
-            if observable not in chosen and observable.applies_to(theory) and column in _probe(theory, observable):
+            if observable not in chosen and observable.applies_to(theory) and column in _columns_of(theory, observable):
                 chosen.append(observable)
                 break
     return chosen
