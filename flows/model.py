@@ -181,7 +181,8 @@ def _sun_layers(theory, arch, transform, context_channels):
                                                    arch["hidden_channels"], arch["kernel_size"],
                                                    context_channels=context_channels, transform=transform),
         lambda mu, parity: SUNStapleCoupling(theory.lattice_shape, theory.n_colors, mu, parity, transform,
-                                             arch["hidden_channels"], context_channels),
+                                             arch["hidden_channels"], context_channels,
+                                             centres=arch.get("staple_centres", "sum")),
     )
 
 
@@ -199,7 +200,8 @@ register_layers(AngleField, LayerFamily(
 ))
 register_layers(SUNField, LayerFamily(
     _sun_layers, {"spline": SpectralTransform},
-    {"n_layers": 16, "kernel": "spline", "hidden_channels": [16, 16], "layer_kind": None, "plaquette_order": "offsets"},
+    {"n_layers": 16, "kernel": "spline", "hidden_channels": [16, 16], "layer_kind": None, "plaquette_order": "offsets",
+     "staple_centres": "sum"},
 ))
 
 

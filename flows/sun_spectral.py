@@ -46,6 +46,8 @@ import math
 import torch
 from normflows.utils.splines import rational_quadratic_spline
 
+from gaugeflow.lattice.errors import InputError
+
 from .transforms import spline_derivative_shift
 
 TWO_PI = 2 * math.pi
@@ -65,6 +67,26 @@ def identity_spline_params(n_bins: int) -> torch.Tensor:
     return torch.zeros(spline_param_count(n_bins))
 
 
+def _canonical_order(theta: torch.Tensor):
+    """Canonical phases ``[..., N]`` of eigenphases ``theta`` in ``(-pi, pi]`` and the index that
+    reorders per-eigenvalue data like them: sorted descending, then, with ``sum theta = 2 pi s``,
+    the ``s`` largest lowered by ``2 pi`` (the ``-s`` smallest raised for ``s < 0``) and rotated
+    to the other end, so that slot ``j`` takes sorted entry ``(j + s) mod N``."""
+    n = theta.shape[-1]
+    theta, order = torch.sort(theta, dim=-1, descending=True)
+    s = torch.round(theta.detach().sum(-1, keepdim=True) / TWO_PI).to(torch.long)
+    m = torch.arange(n, device=theta.device) + s
+    source = torch.remainder(m, n)
+    wraps = torch.div(m - source, n, rounding_mode="floor")
+    return torch.gather(theta, -1, source) - TWO_PI * wraps.to(theta.dtype), torch.gather(order, -1, source)
+
+
+def _gaps(theta: torch.Tensor) -> torch.Tensor:
+    """Gaps ``[..., N]`` of canonical phases (the last closes the circle)."""
+    gaps = theta[..., :-1] - theta[..., 1:]
+    return torch.cat([gaps, TWO_PI - gaps.sum(-1, keepdim=True)], dim=-1).clamp_min(0.0)
+
+
 def canonical_decomposition(matrices: torch.Tensor):
     """Eigendecompose SU(N) matrices and bring the eigenphases into the canonical cell.
 
@@ -72,22 +94,97 @@ def canonical_decomposition(matrices: torch.Tensor):
     vectors^dagger`` where ``theta`` (the canonical, sorted phases) has gaps ``gaps``; the columns of
     ``vectors`` are ordered like ``theta``.
     """
-    n = matrices.shape[-1]
     values, vectors = torch.linalg.eig(matrices)
-    theta = torch.angle(values)  # (-pi, pi]
-    theta, order = torch.sort(theta, dim=-1, descending=True)
-    vectors = torch.gather(vectors, -1, order[..., None, :].expand(vectors.shape))
-    # sum theta = 2 pi s; lower the s largest phases by 2 pi (raise the -s smallest for s < 0)
-    # and rotate them to the other end: slot j takes sorted entry (j + s) mod N
-    s = torch.round(theta.detach().sum(-1, keepdim=True) / TWO_PI).to(torch.long)
-    m = torch.arange(n, device=matrices.device) + s
-    source = torch.remainder(m, n)
-    wraps = torch.div(m - source, n, rounding_mode="floor")
-    theta = torch.gather(theta, -1, source) - TWO_PI * wraps.to(theta.dtype)
-    vectors = torch.gather(vectors, -1, source[..., None, :].expand(vectors.shape))
-    gaps = theta[..., :-1] - theta[..., 1:]
-    last = TWO_PI - gaps.sum(-1, keepdim=True)
-    return torch.cat([gaps, last], dim=-1).clamp_min(0.0), vectors
+    theta, index = _canonical_order(torch.angle(values))  # angle: (-pi, pi]
+    return _gaps(theta), torch.gather(vectors, -1, index[..., None, :].expand(vectors.shape))
+
+
+# Closed-form spectra of SU(2) and SU(3).  LAPACK's batched eig of 3x3 matrices and its backward
+# were half the cost of an SU(3) training step; the characteristic polynomial of a unitary matrix
+# with unit determinant has the coefficients (1, -t, conj(t), -1), t = tr P (SU(3)), or (1, -t, 1)
+# (SU(2)), so the eigenvalues follow from the trace alone.  Gradients are attached by one Newton
+# step from detached roots: its value moves by rounding only and its derivative is the implicit
+# derivative of the root (exact along the group, where the coefficients are those functions of t).
+
+# eigenvalues closer than this are left to the eigenvector route: interpolating a class function
+# divides by eigenvalue differences, which costs about rounding / SEPARATION^2 in accuracy
+SEPARATION = 1e-2
+
+
+def _su3_roots(t: torch.Tensor) -> torch.Tensor:
+    """Roots ``[..., 3]`` of ``x^3 - t x^2 + conj(t) x - 1`` by Cardano's formula, polished by two
+    Newton steps and put on the unit circle (no autograd)."""
+    a, b = -t, t.conj()
+    p = b - a * a / 3
+    q = 2 * a**3 / 27 - a * b / 3 - 1
+    root = torch.sqrt(q * q / 4 + p**3 / 27)
+    # the larger of -q/2 +- root: no cancellation in the cube root's argument
+    w = torch.where((-q / 2 + root).abs() >= (-q / 2 - root).abs(), -q / 2 + root, -q / 2 - root)
+    c = w ** (1 / 3)
+    omega = torch.polar(torch.ones((), dtype=t.real.dtype, device=t.device), torch.tensor(TWO_PI / 3, dtype=t.real.dtype))
+    c = c[..., None] * torch.stack([torch.ones_like(omega), omega, omega.conj()])
+    x = c - p[..., None] / (3 * c) + t[..., None] / 3
+    for _ in range(2):
+        x = x - _cubic(x, t) / _cubic_slope(x, t)
+    return x / x.abs()
+
+
+def _cubic(x, t):
+    return ((x - t[..., None]) * x + t.conj()[..., None]) * x - 1
+
+
+def _cubic_slope(x, t):
+    return (3 * x - 2 * t[..., None]) * x + t.conj()[..., None]
+
+
+def unitary_eigenvalues(matrices: torch.Tensor, detached: bool = False) -> torch.Tensor:
+    """Eigenvalues ``[..., N]`` of SU(2) or SU(3) matrices in closed form (unordered; NaN where
+    the formula degenerates, a multiple eigenvalue).  With ``detached`` no graph is built."""
+    n = matrices.shape[-1]
+    t = torch.diagonal(matrices, dim1=-2, dim2=-1).sum(-1)
+    if n == 2:
+        # P = c 1 + i a.sigma: cos and sin of the eigenphase from the two parts, so that neither
+        # loses accuracy near phase 0 or pi (sqrt(1 - c^2) would)
+        c = t.real / 2
+        s = torch.linalg.matrix_norm(matrices - matrices.transpose(-1, -2).conj()) / (2 * math.sqrt(2))
+        if detached:
+            s = s.detach()
+        return torch.complex(torch.stack([c, c], -1), torch.stack([s, -s], -1))
+    if n != 3:
+        raise InputError(f"closed-form eigenvalues exist here for SU(2) and SU(3), not SU({n})")
+    roots = _su3_roots(t.detach())
+    if detached:
+        return roots
+    return roots - _cubic(roots, t) / _cubic_slope(roots, t)
+
+
+def separated(values: torch.Tensor) -> torch.Tensor:
+    """``[...]``: whether all eigenvalues ``[..., N]`` are finite and at least ``SEPARATION`` apart."""
+    n = values.shape[-1]
+    gaps = [(values[..., j] - values[..., k]).abs() for j in range(n) for k in range(j + 1, n)]
+    smallest = torch.stack(gaps, -1).min(-1).values
+    return torch.isfinite(smallest) & (smallest >= SEPARATION)
+
+
+def class_function_factor(matrices: torch.Tensor, values: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """``f(P)`` for the class function with ``f(lambda_k) = images_k`` at the eigenvalues ``values``
+    ``[..., N]`` of ``P`` (N = 2, 3), by Lagrange interpolation in powers of ``P`` (Cayley-Hamilton):
+    ``f(P) = sum_k f_k prod_{j != k} (P - lambda_j) / (lambda_k - lambda_j)``, written as
+    ``f_N 1 + sum_{k<N} (f_k - f_N) L_k`` so that equal images cost no accuracy."""
+    n = matrices.shape[-1]
+    eye = torch.eye(n, dtype=matrices.dtype, device=matrices.device)
+    last = images[..., -1, None, None]
+    if n == 2:
+        slope = (images[..., 0] - images[..., 1]) / (values[..., 0] - values[..., 1])
+        return last * eye + slope[..., None, None] * (matrices - values[..., 1, None, None] * eye)
+    square = matrices @ matrices
+    c2 = c1 = c0 = 0
+    for k, (j, l) in enumerate(((1, 2), (0, 2))):
+        weight = (images[..., k] - images[..., 2]) / ((values[..., k] - values[..., j]) * (values[..., k] - values[..., l]))
+        c2 = c2 + weight
+        c1 = c1 - weight * (values[..., j] + values[..., l])
+        c0 = c0 + weight * values[..., j] * values[..., l]
+    return (c2[..., None, None] * square + c1[..., None, None] * matrices + c0[..., None, None] * eye) + last * eye
 
 
 def _remaining(gaps: torch.Tensor) -> torch.Tensor:
@@ -178,6 +275,10 @@ def spectral_map(matrices: torch.Tensor, params: torch.Tensor, inverse: bool = F
 
     With ``inverse=True`` the inverse map is applied (same parameters) and its log-det returned.
 
+    For SU(2) and SU(3) the eigenvalues come in closed form (:func:`unitary_eigenvalues`) and ``X``
+    by interpolation (:func:`class_function_factor`); spectra with eigenvalues closer than
+    ``SEPARATION`` and N > 3 go through eigenvectors.  Both routes give the same map.
+
     The eigendecomposition is always done in complex128: PyTorch's ``linalg.eig`` backward
     checks that the loss does not depend on the (arbitrary) eigenvector phases, and in
     complex64 rounding alone fails that check (path-gradient training of SU(3) stopped with
@@ -186,10 +287,42 @@ def spectral_map(matrices: torch.Tensor, params: torch.Tensor, inverse: bool = F
     input_dtype = matrices.dtype
     matrices = matrices.to(torch.complex128)
     params = params.to(torch.float64)
+    if matrices.shape[-1] > 3:
+        return _spectral_map_by_eigenvectors(matrices, params, inverse, input_dtype)
+    with torch.no_grad():
+        easy = separated(unitary_eigenvalues(matrices, detached=True))
+    if not bool(easy.all()):
+        # nearly degenerate spectra (rare in a flow; every cold-start link) go the eigenvector
+        # route; the closed form runs on a harmless stand-in there, so no NaN reaches the gradient
+        stand_in = torch.diag_embed(torch.polar(torch.ones(matrices.shape[-1], dtype=torch.float64),
+                                                torch.linspace(2.0, -2.0, matrices.shape[-1], dtype=torch.float64)))
+        matrices_closed = torch.where(easy[..., None, None], matrices, stand_in.to(matrices.device))
+    else:
+        matrices_closed = matrices
+    values = unitary_eigenvalues(matrices_closed)
+    theta, index = _canonical_order(torch.angle(values))
+    values = torch.gather(values, -1, index)
+    gaps = _gaps(theta)
+    new_gaps, log_det = cell_transform(gaps, params, inverse=inverse)
+    log_det = log_det + haar_log_density(new_gaps) - haar_log_density(gaps)
+    delta = phase_shifts(gaps, new_gaps)
+    # X = f(P) with f(lambda_k) = exp(i delta_k): interpolating the phases themselves, not P' = X P
+    # (then X = P' P^dagger), keeps X exactly the identity where delta = 0
+    factor = class_function_factor(matrices_closed, values, torch.polar(torch.ones_like(delta), delta))
+    if not bool(easy.all()):
+        hard = (~easy).nonzero(as_tuple=True)
+        hard_factor, hard_log_det = _spectral_map_by_eigenvectors(matrices[hard], params[hard], inverse, torch.complex128)
+        factor = factor.index_put(hard, hard_factor)
+        log_det = log_det.index_put(hard, hard_log_det)
+    return factor.to(input_dtype), log_det
+
+
+def _spectral_map_by_eigenvectors(matrices, params, inverse: bool, output_dtype):
+    """:func:`spectral_map` through ``torch.linalg.eig`` (any N; degenerate spectra)."""
     gaps, vectors = canonical_decomposition(matrices)
     new_gaps, log_det = cell_transform(gaps, params, inverse=inverse)
     log_det = log_det + haar_log_density(new_gaps) - haar_log_density(gaps)
     delta = phase_shifts(gaps, new_gaps)
     phases = torch.polar(torch.ones_like(delta), delta).to(matrices.dtype)
     factor = (vectors * phases[..., None, :]) @ vectors.transpose(-1, -2).conj()
-    return factor.to(input_dtype), log_det
+    return factor.to(output_dtype), log_det

@@ -35,6 +35,7 @@ OPTION_FOR_PARAMETER = {
     "eval_batches": "--eval-batches", "hidden_channels": "--hidden", "n_layers": "--layers", "n_bins": "--bins",
     "n_mixture": "--mixture", "kernel_size": "--kernel-size", "rectangles": "--rectangles", "prior": "--prior",
     "symmetrise": "--symmetrise", "momentum_scaling": "--momentum-scaling", "layer_kind": "--layer-kind",
+    "staple_centres": "--staple-centres",
     "resume=True": "--resume", "commit_every": "--commit-every", "seed": "--seed",
     "flow_time": "--flow-time", "flow_step": "--flow-step", "n_times": "--flow-times",
 }
@@ -234,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="U(1), SU(N): plaquette couplings with CNN conditioners (2D default), staple couplings "
                             "(single-link maps in the staple sum, cheap in any dimension; default in 3D and 4D), "
                             "or both, alternating")
+    group.add_argument("--staple-centres", choices=("sum", "each"),
+                       help="SU(N) staple couplings: map U W once (W the projected staple sum; default), or then "
+                            "U C_k for every staple C_k in turn (the conditional's product form; 7 maps a layer in 4D)")
     from gaugeflow.flows.model import _FAMILIES as layer_families  # filled by register_layers/register_kernel
     from gaugeflow.flows.priors import _PRIORS as prior_registry  # filled by register_prior
 
@@ -529,7 +533,8 @@ def run_train(args) -> int:
             raise CommandError(f"--condition must look like beta:1.5:2.5, got {args.condition!r}")
     given = dict(n_layers=args.layers, kernel=args.kernel, hidden_channels=hidden, kernel_size=args.kernel_size,
                  n_bins=args.bins, n_mixture=args.mixture, rectangles=args.rectangles, prior=args.prior,
-                 symmetrise=args.symmetrise, momentum_scaling=args.momentum_scaling, layer_kind=args.layer_kind)
+                 symmetrise=args.symmetrise, momentum_scaling=args.momentum_scaling, layer_kind=args.layer_kind,
+                 staple_centres=args.staple_centres)
     if args.init_from:  # the model being grown fixes the architecture options not given here
         start = load_checkpoint(args.init_from)["architecture"]
         given = {key: start.get(key) if value is None else value for key, value in given.items()}
@@ -633,11 +638,10 @@ def run_plot(args) -> int:
     """Draw what ``args.file`` holds: an ensemble (HDF5), a training log, or a checkpoint's log."""
     import os
 
-    import h5py
-
     from gaugeflow.flows.plotting import is_training_log, plot_training
     from gaugeflow.flows.train import metrics_log_path
     from gaugeflow.hmc.plotting import plot_ensemble
+    from gaugeflow.lattice.ensemble_format import looks_like_hdf5
 
     _require_matplotlib()
     path = args.file
@@ -645,7 +649,7 @@ def run_plot(args) -> int:
         raise CommandError(f"{path}: {'not a file' if os.path.exists(path) else 'no such file'}")
     with open(path, "rb") as f:
         zipped = f.read(4) == b"PK\x03\x04"  # torch.save writes a zip archive
-    if h5py.is_hdf5(path):
+    if looks_like_hdf5(path):  # not h5py.is_hdf5: libhdf5 parses nothing before its digest is checked
         png = plot_ensemble(path, args.out, S=args.stau)
     elif zipped:  # a checkpoint <model>.pt: the log its training wrote next to it
         png = plot_training(metrics_log_path(path), args.out)

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from gaugeflow.flows.sun_coupling import SUNSpectralCoupling, make_sun_flow_layers
-from gaugeflow.flows.sun_spectral import canonical_decomposition, cell_transform, haar_log_density
+from gaugeflow.flows.sun_spectral import (_spectral_map_by_eigenvectors, canonical_decomposition, cell_transform,
+                                          haar_log_density, separated, spectral_map, unitary_eigenvalues)
 from gaugeflow.lattice.groups import dagger, haar_random_sun, traceless_antihermitian
 from gaugeflow.lattice.sun import SUN
 
@@ -47,6 +48,34 @@ def test_canonical_decomposition_reconstructs_matrix(n_colors):
     theta = torch.cat([first, first - torch.cumsum(gaps[..., :-1], -1)], -1)
     rebuilt = (vectors * torch.polar(torch.ones_like(theta), theta)[..., None, :]) @ dagger(vectors)
     assert (rebuilt - p).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("n_colors", [2, 3])
+def test_closed_form_spectra_give_the_eigenvector_map(n_colors):
+    """The closed-form route (eigenvalues from the trace, X by interpolation) is the same map,
+    log-density and gradient as the eigenvector route, also near phase 0 and pi and where two
+    eigenvalues nearly meet; degenerate spectra (the identity, a cold start) fall back."""
+    gen = torch.Generator().manual_seed(8)
+    haar = haar_random_sun((400,), n_colors, generator=gen, dtype=torch.complex128)
+    generators = haar - dagger(haar)
+    near_identity = torch.linalg.matrix_exp(0.02 * generators)
+    near_centre = near_identity * torch.polar(torch.tensor(1.0, dtype=torch.float64),
+                                              torch.tensor(2 * math.pi / n_colors, dtype=torch.float64))
+    identity = torch.eye(n_colors, dtype=torch.complex128).expand(4, n_colors, n_colors)
+    p = torch.cat([haar, near_identity, near_centre, identity])
+    params = (0.3 * torch.randn(len(p), n_colors - 1, 3 * 4 + 1, generator=gen, dtype=torch.float64)).requires_grad_()
+    values = unitary_eigenvalues(p, detached=True)
+    assert separated(values)[:400].all() and not separated(values)[-4:].any()
+    closed, log_det = spectral_map(p, params)
+    reference, log_det_reference = _spectral_map_by_eigenvectors(p, params, False, torch.complex128)
+    assert (closed - reference).abs().max() < 1e-10
+    assert (log_det - log_det_reference).abs().max() < 1e-9
+    assert (closed[-4:] - identity).abs().max() < 1e-12
+    weights = torch.randn(len(p), generator=gen, dtype=torch.float64)
+    grad, = torch.autograd.grad(((closed @ p).real.sum((-1, -2)) * weights).sum() + log_det.sum(), params)
+    grad_reference, = torch.autograd.grad(((reference @ p).real.sum((-1, -2)) * weights).sum()
+                                          + log_det_reference.sum(), params)
+    assert (grad - grad_reference).abs().max() < 1e-8
 
 
 @pytest.mark.parametrize("n_colors", [2, 3])
