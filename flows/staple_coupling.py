@@ -244,13 +244,29 @@ class U1StapleCoupling(StapleCoupling):
         return self.scatter(theta, moved), log_derivative.sum(0, dtype=torch.float64)
 
 
+def _det_3x3(m: torch.Tensor) -> torch.Tensor:
+    """Determinants of 3x3 matrices by cofactors (LAPACK's batched LU is slower for 3x3)."""
+    return (m[..., 0, 0] * (m[..., 1, 1] * m[..., 2, 2] - m[..., 1, 2] * m[..., 2, 1])
+            - m[..., 0, 1] * (m[..., 1, 0] * m[..., 2, 2] - m[..., 1, 2] * m[..., 2, 0])
+            + m[..., 0, 2] * (m[..., 1, 0] * m[..., 2, 1] - m[..., 1, 1] * m[..., 2, 0]))
+
+
+def _inverse_3x3(m: torch.Tensor) -> torch.Tensor:
+    """Inverses of well-conditioned 3x3 matrices by the adjugate."""
+    rows = [(1, 2), (2, 0), (0, 1)]
+    cofactors = torch.stack([torch.stack([m[..., a, c] * m[..., b, d] - m[..., a, d] * m[..., b, c]
+                                          for (c, d) in rows], -1) for (a, b) in rows], -2)
+    # cofactors[i, j] is the (i, j) cofactor; the inverse is its transpose over the determinant
+    return cofactors.transpose(-1, -2) / _det_3x3(m)[..., None, None]
+
+
 def _hermitian_eigenvalues_3x3(m: torch.Tensor) -> torch.Tensor:
     """Eigenvalues ``[..., 3]`` (descending) of Hermitian 3x3 matrices by the trigonometric
     solution of the characteristic cubic (Smith, Commun. ACM 4 (1961) 168)."""
     q = torch.diagonal(m, dim1=-2, dim2=-1).real.sum(-1) / 3
     shifted = m - q[..., None, None] * torch.eye(3, dtype=m.dtype, device=m.device)
     p = torch.sqrt(((shifted.abs() ** 2).sum((-1, -2)) / 6).clamp_min(1e-300))
-    r = (torch.linalg.det(shifted).real / (2 * p**3)).clamp(-1.0, 1.0)
+    r = (_det_3x3(shifted).real / (2 * p**3)).clamp(-1.0, 1.0)
     angle = torch.acos(r) / 3
     largest, smallest = q + 2 * p * torch.cos(angle), q + 2 * p * torch.cos(angle + 2 * math.pi / 3)
     return torch.stack([largest, 3 * q - largest - smallest, smallest], -1)
@@ -269,8 +285,8 @@ def _unitary_polar_factor_3x3(a: torch.Tensor):
     s1, s123 = root.sum(-1), root.prod(-1)
     s12 = root[..., 0] * root[..., 1] + root[..., 0] * root[..., 2] + root[..., 1] * root[..., 2]
     eye = torch.eye(3, dtype=a.dtype, device=a.device)
-    w = torch.linalg.solve(s1[..., None, None] * m + s123[..., None, None] * eye,
-                           a @ (m + s12[..., None, None] * eye), left=False)
+    # s1 M + s123 1 is Hermitian with eigenvalues >= s123 > 0 for a staple sum of full rank
+    w = a @ (m + s12[..., None, None] * eye) @ _inverse_3x3(s1[..., None, None] * m + s123[..., None, None] * eye)
     return w @ (3 * eye - dagger(w) @ w) / 2, root
 
 
@@ -297,7 +313,7 @@ def project_staple_sum(staple_sum: torch.Tensor):
     else:
         u, singular_values, vh = torch.linalg.svd(staple_sum)
         unitary = u @ vh
-    phase = torch.angle(torch.linalg.det(unitary))
+    phase = torch.angle(_det_3x3(unitary) if n == 3 else torch.linalg.det(unitary))
     projected = unitary * torch.polar(torch.ones_like(phase), -phase / n)[..., None, None]
     return projected.to(dtype), singular_values, phase
 
