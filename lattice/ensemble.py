@@ -29,9 +29,9 @@ import h5py
 import numpy as np
 
 from .ensemble_format import (_SEGMENT, FORMAT_NAME, FORMAT_VERSION, MEASUREMENT_FORMAT, REQUIRED_METADATA,
-                              ROW_DATASETS, EnsembleError, _check_digests, _check_required, _manifest_image, _open_h5,
-                              _plain, _read_verified, _Segment, _v1_metadata, ensemble_metadata, segment_directory,
-                              segment_name, stream_path)
+                              ROW_DATASETS, EnsembleError, _check_digests, _check_image, _check_required,
+                              _manifest_image, _open_h5, _plain, _read_verified, _Segment, _v1_metadata,
+                              ensemble_metadata, segment_directory, segment_name, stream_path)
 from .errors import InputError
 from .storage import StorageError, digest  # noqa: F401 (StorageError re-exported)
 
@@ -41,9 +41,11 @@ class Ensemble:
     distributed).  Use :func:`open_ensemble`; :class:`~gaugeflow.lattice.ensemble_writer.EnsembleWriter`
     adds writing."""
 
-    def __init__(self, path):
+    def __init__(self, path, checked: dict | None = None):
         self.path, self.mode = os.fspath(path), "r"
         self._listed_segments, self.n_streams = 0, 1
+        # the files whose digest this reader has checked (shared with its streams): see _open_h5
+        self._checked = {} if checked is None else checked
         try:
             self.metadata, self.layout = self._read_metadata()
         except EnsembleError as error:
@@ -52,9 +54,13 @@ class Ensemble:
             raise
         self.segments = self._find_segments()
 
+    def _open(self, path):
+        """``path`` opened with h5py after its file digest is checked (once per reader)."""
+        return _open_h5(path, self._checked)
+
     # -- metadata ---------------------------------------------------------------------
     def _read_metadata(self):
-        with _open_h5(self.path) as h5file:
+        with self._open(self.path) as h5file:
             attrs = {key: _plain(value) for key, value in h5file.attrs.items()}
             if attrs.get("format") == FORMAT_NAME and attrs.get("format_version") == 1:
                 return _v1_metadata(self.path, h5file, attrs), "v1"
@@ -113,7 +119,7 @@ class Ensemble:
         for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
             paths = [self._measurement_path(segment, name) for segment in self.segments]
             if all(os.path.exists(p) for p in paths):
-                with _open_h5(paths[0]) as h5file:
+                with self._open(paths[0]) as h5file:
                     found[name] = [str(c) for c in _plain(h5file.attrs.get("columns", []))]
         return found
 
@@ -131,7 +137,7 @@ class Ensemble:
         """The columns of measurement ``name`` for ``segment``, checked: its checksums, and that
         it was computed on this segment's configurations."""
         path = self._measurement_path(segment, name)
-        with _open_h5(path) as h5file:
+        with self._open(path) as h5file:
             attrs = {key: _plain(value) for key, value in h5file.attrs.items()}
             if attrs.get("format") != MEASUREMENT_FORMAT:
                 raise EnsembleError(f"{path} is not a gaugeflow measurement")
@@ -144,11 +150,11 @@ class Ensemble:
 
     def measurement_options(self, segment: _Segment, name: str) -> dict:
         """The options measurement ``name`` of ``segment`` was made with (``{}`` for none)."""
-        with _open_h5(self._measurement_path(segment, name)) as h5file:
+        with self._open(self._measurement_path(segment, name)) as h5file:
             return json.loads(_plain(h5file.attrs.get("options", "{}")))
 
     def _configs_digest(self, segment: _Segment):
-        with _open_h5(segment.path) as h5file:
+        with self._open(segment.path) as h5file:
             return _plain(h5file["configs"].attrs.get("sha256")) if "configs" in h5file else None
 
     def __len__(self) -> int:
@@ -172,7 +178,7 @@ class Ensemble:
         if self.layout == "streams":
             return self._stream_segments()
         if self.layout == "v1":
-            with _open_h5(self.path) as h5file:
+            with self._open(self.path) as h5file:
                 return [_Segment(self.path, 0, 0, int(h5file.attrs["n_configs"]))]
         if self.layout == "single":
             return [self._segment_info(self.path, expected_index=0, first_row=0)]
@@ -193,7 +199,7 @@ class Ensemble:
         parts = []
         for stream in range(self.n_streams if self.layout == "streams" else 0):
             if os.path.exists(stream_path(self.path, stream)):
-                part = Ensemble(stream_path(self.path, stream))
+                part = Ensemble(stream_path(self.path, stream), self._checked)
                 for key in ("theory", "lattice_shape", "coupling_names", "sampler", "config_shape", "config_dtype",
                             *self.metadata["coupling_names"]):
                     if part.metadata.get(key) != self.metadata.get(key):
@@ -213,7 +219,7 @@ class Ensemble:
         return segments
 
     def _segment_info(self, path, expected_index: int, first_row: int) -> _Segment:
-        with _open_h5(path) as h5file:
+        with self._open(path) as h5file:
             attrs = {key: _plain(value) for key, value in h5file.attrs.items()}
         if attrs.get("format") != FORMAT_NAME:
             raise EnsembleError(f"{path} is not a gaugeflow ensemble segment")
@@ -242,14 +248,14 @@ class Ensemble:
         for segment in self._segments_for_reading():
             lo, hi = max(start, segment.first_row), min(stop, segment.first_row + segment.n_rows)
             if lo < hi:
-                with _open_h5(segment.path) as h5file:
+                with self._open(segment.path) as h5file:
                     whole = lo == segment.first_row and hi == segment.first_row + segment.n_rows
                     whole = whole and self.layout != "v1"  # format 1 may hold rows past n_configs
                     selection = None if whole else slice(lo - segment.first_row, hi - segment.first_row)
                     parts.append(_read_verified(segment.path, h5file, "configs", selection, self._shape(segment, "configs")))
         if parts:
             return np.concatenate(parts)
-        with _open_h5(self.path) as h5file:
+        with self._open(self.path) as h5file:
             return h5file["configs"][0:0] if "configs" in h5file else np.zeros((0,))
 
     def column(self, name: str) -> np.ndarray:
@@ -262,7 +268,7 @@ class Ensemble:
             return self._measured_column(name)
         parts = []
         for segment in self._segments_for_reading():
-            with _open_h5(segment.path) as h5file:
+            with self._open(segment.path) as h5file:
                 values = _read_verified(segment.path, h5file, key, None if self.layout != "v1" else slice(0, segment.n_rows),
                                         self._shape(segment, key))
             parts.append(values[: segment.n_rows])
@@ -286,7 +292,7 @@ class Ensemble:
         if not self.segments or self.layout == "streams":
             return None
         last = self.segments[-1]
-        with _open_h5(last.path) as h5file:
+        with self._open(last.path) as h5file:
             if "resume" not in h5file:
                 if self.layout in ("v1", "single"):  # compacted from a stateless file: legitimately none
                     return None
@@ -305,7 +311,7 @@ class Ensemble:
 
     def _verify_segment(self, segment: _Segment) -> int:
         names = ["configs", *ROW_DATASETS, *(f"observables/{n}" for n in self.metadata["observable_names"])]
-        with _open_h5(segment.path) as h5file:
+        with self._open(segment.path) as h5file:
             for name in names:
                 values = _read_verified(segment.path, h5file, name, shape=self._shape(segment, name))
                 if len(values) < segment.n_rows or (self.layout != "v1" and len(values) != segment.n_rows):
@@ -333,7 +339,7 @@ class Ensemble:
         """``(segment, run record)`` for every segment (``None`` where none was stored), checked."""
         records = []
         for segment in self.segments if self.layout != "v1" else []:
-            with _open_h5(segment.path) as h5file:
+            with self._open(segment.path) as h5file:
                 group = h5file.get("provenance")
                 if group is None:
                     records.append((segment.index, None))
@@ -392,6 +398,10 @@ class Ensemble:
         damaged virtual-dataset heap -- and compared with the segments."""
         with open(self.path, "rb") as f:  # one version of it: a writer may replace it meanwhile
             image = f.read()
+        try:
+            _check_image(self.path, image)
+        except EnsembleError as error:
+            raise EnsembleError(f"{error}; {_REPAIR}") from None
         try:
             with h5py.File(io.BytesIO(image), "r") as h5file:
                 attrs = {key: _plain(value) for key, value in h5file.attrs.items()}

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
+import io
 import json
 import os
 import re
@@ -20,7 +22,7 @@ import h5py
 import numpy as np
 
 from .errors import InputError
-from .storage import digest, hdf5_image
+from .storage import describe_os_error, digest, hdf5_image
 
 FORMAT_NAME = "gaugeflow-ensemble"
 MEASUREMENT_FORMAT = "gaugeflow-measurement"
@@ -85,25 +87,124 @@ class _Segment:
     n_rows: int
 
 
+# -- the file digest ------------------------------------------------------------------------
+# Every file written here (segments, manifests, measurements, single files) starts with a
+# 512-byte HDF5 *user block* -- bytes that libhdf5 skips and never interprets -- holding
+#     b"gaugeflow-sha256 " + 64 hex digits + b"\n", then zeros,
+# the hex digits being the SHA-256 of every byte of the file after that line.  _open_h5 checks
+# it before libhdf5 sees a byte of the file: libhdf5 trusts the structures it parses, and one
+# flipped byte in an attribute message made it crash (SIGSEGV), which no handler turns into a
+# refusal.  Why there:
+# - not in an HDF5 attribute: finding one means letting libhdf5 parse the file first;
+# - not in a file of its own beside it: the digest is committed by the same rename as the
+#   bytes it covers (no crash leaves one without the other, no reader meets a file whose
+#   digest is missing or stale), and a file copied or moved alone -- a compacted single
+#   file, a segment -- keeps it;
+# - plain h5py and earlier gaugeflow versions read the files as before.
+# A file that starts with HDF5's own signature has no user block: written before file digests
+# (format 1, and format 2 until 2026-12-06), it is left to HDF5's and the datasets' checksums.
+# The two starts differ in every byte, so a damaged digest line is refused, never taken for
+# an old file.
+_USER_BLOCK = 512
+_DIGEST_TAG = b"gaugeflow-sha256 "
+_DIGEST_LINE = len(_DIGEST_TAG) + 64 + 1
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _file_image(build) -> bytes:
+    """The bytes of a gaugeflow file that ``build(h5file)`` fills: an HDF5 image whose user
+    block holds the digest of the rest (:func:`_with_digest`)."""
+    return _with_digest(hdf5_image(build, user_block=_USER_BLOCK))
+
+
+def _with_digest(image: bytes) -> bytes:
+    """``image`` (a file with a user block) with the digest line written over its first bytes."""
+    rest = memoryview(image)[_DIGEST_LINE:]  # not copied: segments may be hundreds of MB
+    return b"".join((_DIGEST_TAG, hashlib.sha256(rest).hexdigest().encode(), b"\n", rest))
+
+
+def _recorded_digest(path, head: bytes) -> str | None:
+    """The digest that a file's first bytes ``head`` record; ``None`` for a file written before
+    digests (it starts with HDF5's signature)."""
+    if head.startswith(_HDF5_SIGNATURE):
+        return None
+    recorded = head[len(_DIGEST_TAG):-1]
+    if len(head) != _DIGEST_LINE or not head.startswith(_DIGEST_TAG) or not head.endswith(b"\n") \
+            or re.fullmatch(rb"[0-9a-f]{64}", recorded) is None:
+        raise EnsembleError(f"{path} is not an HDF5 file (corrupt or foreign): it starts with neither HDF5's "
+                            f"signature nor a gaugeflow file digest")
+    return recorded.decode()
+
+
+def _check_file_digest(path, stream) -> None:
+    """Check the bytes of ``stream`` (``path``, read from its start) against the digest in
+    their user block, reading 1 MiB at a time; a file without one passes (see above)."""
+    recorded = _recorded_digest(path, stream.read(_DIGEST_LINE))
+    if recorded is None:
+        return
+    hasher = hashlib.sha256()
+    while chunk := stream.read(1 << 20):
+        hasher.update(chunk)
+    if hasher.hexdigest() != recorded:
+        raise EnsembleError(f"{path}: file: checksum mismatch (its bytes do not match the SHA-256 in its user block; "
+                            f"damaged, so not read)")
+
+
+def looks_like_hdf5(path) -> bool:
+    """Whether ``path`` starts like an HDF5 file gaugeflow reads (HDF5's signature, or a file
+    digest), told without libhdf5, which must not parse a file before its digest is checked."""
+    with open(path, "rb") as f:
+        head = f.read(len(_DIGEST_TAG))
+    return head.startswith(_HDF5_SIGNATURE) or head == _DIGEST_TAG
+
+
+def _check_image(path, image: bytes) -> None:
+    """:func:`_check_file_digest` for a file already read into memory."""
+    _check_file_digest(path, io.BytesIO(image))
+
+
+def _identity(raw) -> tuple:
+    """What tells an open file from another, or from itself changed: device, inode, size, times."""
+    stat = os.fstat(raw.fileno())
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
+
+
 @contextlib.contextmanager
-def _open_h5(path):
-    """Read ``path``; whatever a damaged file makes h5py raise becomes one :class:`EnsembleError`."""
+def _open_h5(path, checked: dict | None = None):
+    """Read ``path`` with h5py once its file digest checks out; whatever a damaged file makes
+    h5py raise becomes one :class:`EnsembleError`.
+
+    libhdf5 reads through the very file object whose bytes were checked, so a file replaced
+    meanwhile (a manifest is rewritten by a rename) is never parsed unchecked.  ``checked``, a
+    dict its owner keeps (an :class:`~gaugeflow.lattice.ensemble.Ensemble` has one), remembers
+    the files checked, so that reading ten columns of a segment hashes it once; a file that has
+    changed since (another inode, size or time) is checked again."""
     try:
-        h5file = h5py.File(path, "r")
+        raw = open(path, "rb")
     except FileNotFoundError:
         raise EnsembleError(f"{path}: no such file") from None
-    except (OSError, RuntimeError, ValueError) as error:
-        if os.path.exists(path) and not h5py.is_hdf5(path):
-            raise EnsembleError(f"{path} is not an HDF5 file (corrupt or foreign)") from None
-        raise EnsembleError(f"{path} cannot be read (corrupt HDF5 structure: {error})") from None
-    try:
-        with h5file:
-            yield h5file
-    except EnsembleError:
-        raise
-    except (OSError, RuntimeError, KeyError, ValueError, IndexError, MemoryError, TypeError, OverflowError,
-            SystemError) as error:  # whatever h5py raises on damaged bytes (TypeError: a flipped string encoding)
-        raise EnsembleError(f"{path} cannot be read (corrupt HDF5 structure: {type(error).__name__}: {error})") from None
+    except OSError as error:
+        raise EnsembleError(f"{path} cannot be read: {describe_os_error(error)}") from None
+    with raw:
+        identity, key = _identity(raw), os.fspath(path)
+        if checked is None or checked.get(key) != identity:
+            _check_file_digest(path, raw)
+            raw.seek(0)
+            if checked is not None:
+                checked[key] = identity
+        try:
+            h5file = h5py.File(raw, "r")
+        except (OSError, RuntimeError, ValueError) as error:
+            raise EnsembleError(f"{path} cannot be read (corrupt HDF5 structure: {error})") from None
+        try:
+            with h5file:
+                yield h5file
+        except EnsembleError:
+            raise
+        except (OSError, RuntimeError, KeyError, ValueError, IndexError, MemoryError, TypeError, OverflowError,
+                SystemError) as error:  # whatever h5py raises on damaged bytes (TypeError: a flipped string encoding)
+            raise EnsembleError(f"{path} cannot be read (corrupt HDF5 structure: {type(error).__name__}: "
+                                f"{error})") from None
 
 
 def _check_required(path, metadata: dict, names) -> None:
@@ -169,7 +270,7 @@ def _manifest_image(path, metadata: dict, sources: list[_Segment], measured: dic
                 layout.dcpl.set_obj_track_times(False)
             h5file.create_virtual_dataset(name, layout)
 
-    return hdf5_image(build)
+    return _file_image(build)
 
 
 def _write_attrs(h5file, metadata: dict, **per_file) -> None:

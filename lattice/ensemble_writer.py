@@ -1,8 +1,11 @@
 """Writing gaugeflow ensembles: the one writer of the current layout (segments behind a
 manifest), creating, appending and committing, measuring, and rebuilding manifests.
 
-Every file is built in memory and committed by :func:`~gaugeflow.lattice.storage.write_atomically`
-(the rename is the commit), under the writer lock (:class:`~gaugeflow.lattice.storage.WriterLock`);
+Every file is built in memory, with the SHA-256 of its bytes in its HDF5 user block (readers
+check it before libhdf5 parses the file: :func:`~gaugeflow.lattice.ensemble_format._open_h5`),
+and committed by :func:`~gaugeflow.lattice.storage.write_atomically` (the rename is the commit,
+of the digest and the bytes together), under the writer lock
+(:class:`~gaugeflow.lattice.storage.WriterLock`);
 the layout is :mod:`gaugeflow.lattice.ensemble_format`'s and is specified in
 ``docs/ensemble-format.md``.  Reading any layout is :mod:`gaugeflow.lattice.ensemble`'s job.
 """
@@ -19,11 +22,12 @@ import numpy as np
 
 from .ensemble import Ensemble, open_ensemble
 from .ensemble_format import (_DISTRIBUTED_KEYS, _SEGMENT, FORMAT_NAME, FORMAT_VERSION, ROW_DATASETS,
-                              EnsembleError, _check_digests, _manifest_image, _open_h5, _plain, _read_verified, _Segment,
-                              _write_attrs, _write_measurement, _write_provenance, _write_resume, _write_rows,
-                              ensemble_metadata, segment_directory, segment_name, stream_path)
+                              EnsembleError, _check_digests, _file_image, _manifest_image, _open_h5, _plain,
+                              _read_verified, _Segment, _write_attrs, _write_measurement, _write_provenance,
+                              _write_resume, _write_rows, ensemble_metadata, segment_directory, segment_name,
+                              stream_path)
 from .provenance import committed
-from .storage import StorageError, WriterLock, hdf5_image, write_atomically
+from .storage import StorageError, WriterLock, write_atomically
 
 # seconds between manifest rewrites while commits follow each other faster (commit_every=0):
 # each rewrite lists every segment, so rewriting it at every commit would cost O(segments^2)
@@ -84,7 +88,7 @@ class EnsembleWriter(Ensemble):
                     raise EnsembleError(f"{path} was measured with {stored}, not {options}; continue {name!r} with "
                                         f"those options (or move {os.path.dirname(path)} away to measure anew)")
                 continue
-            with _open_h5(segment.path) as h5file:
+            with self._open(segment.path) as h5file:
                 configs = _read_verified(segment.path, h5file, "configs", shape=self._shape(segment, "configs"))
             columns = {column: np.asarray(values, dtype=np.float64) for column, values in columns_of(configs).items()}
             clash = sorted(taken & set(columns))
@@ -92,7 +96,7 @@ class EnsembleWriter(Ensemble):
                 raise EnsembleError(f"measurement {name!r} gives column(s) {', '.join(clash)}, which {self.path} "
                                     f"already has")
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            write_atomically(path, hdf5_image(lambda h5file: _write_measurement(
+            write_atomically(path, _file_image(lambda h5file: _write_measurement(
                 h5file, name, columns, self._configs_digest(segment), segment.n_rows, options)))
             done += 1
             if progress is not None:
@@ -139,7 +143,7 @@ class EnsembleWriter(Ensemble):
                 _write_provenance(h5file, record)
 
         path = os.path.join(segment_directory(self.path), segment_name(index))
-        write_atomically(path, hdf5_image(build))
+        write_atomically(path, _file_image(build))
         self.segments.append(_Segment(path, index, first_row, n_rows))
         self._pending, self._pending_rows = [], 0
         if time.monotonic() - self._manifest_written >= MANIFEST_INTERVAL:
@@ -160,7 +164,7 @@ class EnsembleWriter(Ensemble):
                              n_segments=len(self.segments), segments=[os.path.basename(s.path) for s in self.segments])
 
     def _manifest_lags(self) -> bool:
-        with _open_h5(self.path) as h5file:
+        with self._open(self.path) as h5file:
             return int(h5file.attrs.get("n_segments", -1)) != len(self.segments)
 
     def _remove_temporary_files(self) -> None:
@@ -171,7 +175,7 @@ class EnsembleWriter(Ensemble):
 
     def _make_segmented(self) -> None:
         """Continue a single (compacted) file: it becomes segment 0 of a new manifest."""
-        with _open_h5(self.path) as h5file:
+        with self._open(self.path) as h5file:
             if "resume" not in h5file and int(h5file.attrs.get("n_rows", 0)):
                 raise EnsembleError(f"{self.path} holds {int(h5file.attrs['n_rows'])} rows but no resume state, so its "
                                     f"chains cannot be continued; start a new ensemble")
@@ -226,7 +230,7 @@ def create_ensemble(path, *, theory, observable_names, sampler: str, seed: int,
             raise EnsembleError(f"{directory} holds segments of another ensemble; move it away first")
         metadata = ensemble_metadata(theory, observable_names, sampler, seed, parameters)
         os.makedirs(directory, exist_ok=True)
-        write_atomically(path, hdf5_image(lambda h5file: _write_attrs(
+        write_atomically(path, _file_image(lambda h5file: _write_attrs(
             h5file, metadata, layout="manifest", n_configs=0, n_segments=0, segments=[])))
     finally:
         lock.release()
@@ -248,7 +252,7 @@ def create_distributed_ensemble(path, *, theory, observable_names, sampler: str,
             raise EnsembleError(f"{path} already exists; refusing to overwrite it")
         os.makedirs(os.path.dirname(stream_path(path, 0)), exist_ok=True)
         metadata = ensemble_metadata(theory, observable_names, sampler, seed, {**(parameters or {}), "n_streams": n_streams})
-        write_atomically(path, hdf5_image(lambda h5file: _write_attrs(
+        write_atomically(path, _file_image(lambda h5file: _write_attrs(
             h5file, metadata, layout="streams", n_configs=0, n_segments=0)))
     finally:
         lock.release()
@@ -285,7 +289,7 @@ def repair_manifest(path) -> dict:
         raise EnsembleError(f"{path} is a single file ({layout}), not an ensemble with a manifest; nothing to repair")
     lock = WriterLock(path).acquire()
     try:  # the metadata of the parts, with an empty list: the writer below fills it in
-        write_atomically(path, hdf5_image(lambda h5file: _write_attrs(
+        write_atomically(path, _file_image(lambda h5file: _write_attrs(
             h5file, metadata, layout=layout, n_configs=0, n_segments=0,
             **({"segments": []} if layout == "manifest" else {}))))
     finally:
@@ -343,7 +347,7 @@ def compact_ensemble(path, out) -> dict:
 
     lock = WriterLock(out).acquire()
     try:
-        write_atomically(out, hdf5_image(build))
+        write_atomically(out, _file_image(build))
     finally:
         lock.release()
     return {"rows": len(rows["chain"]), "path": out}

@@ -120,14 +120,18 @@ def save_figure(figure, path, dpi: int = 110) -> str:
     return os.fspath(path)
 
 
-def hdf5_image(build) -> bytes:
-    """The bytes of an HDF5 file that ``build(h5file)`` fills, built entirely in memory."""
+def hdf5_image(build, user_block: int = 0) -> bytes:
+    """The bytes of an HDF5 file that ``build(h5file)`` fills, built entirely in memory.
+
+    ``user_block`` (0, or a power of two from 512 on) reserves that many bytes, zeros, at the
+    start of the file for the caller: an HDF5 *user block*, which libhdf5 skips when it reads
+    the file (it looks for its superblock at 0, 512, 1024, ...)."""
     import h5py
 
-    with h5py.File(io.BytesIO(), "w", libver=("earliest", "v110")) as h5file:
+    with h5py.File(io.BytesIO(), "w", libver=("earliest", "v110"), userblock_size=user_block) as h5file:
         build(h5file)
         h5file.flush()
-        return h5file.id.get_file_image()
+        return bytes(user_block) + h5file.id.get_file_image()  # the image starts at the superblock
 
 
 def _update(hasher, value) -> None:

@@ -6,6 +6,7 @@ import os
 import h5py
 import pytest
 
+from fault_classes import reseal
 from gaugeflow.cli import main
 from gaugeflow.hmc.analysis import analyze_ensemble
 from gaugeflow.hmc.hmc import HMCParameters, HMCSampler
@@ -59,5 +60,6 @@ def test_every_segment_records_the_run_that_wrote_it(tmp_path, capsys):
     with h5py.File(last, "r+") as f:  # a record changed after the fact is refused
         record = json.loads(f["provenance"].attrs["record"])
         f["provenance"].attrs["record"] = json.dumps({**record, "host": "elsewhere"}, sort_keys=True)
+    reseal(last)  # past the file digest, which refuses any changed byte: the record's own checksum
     with pytest.raises(EnsembleError, match="provenance: checksum mismatch"):
         open_ensemble(path).verify()

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from fault_classes import reseal
 from gaugeflow.hmc.hmc import HMCParameters
 from gaugeflow.hmc.run import Interrupted, generate_ensemble
 from gaugeflow.lattice.ensemble import FORMAT_NAME, EnsembleError, compact_ensemble, open_ensemble, segment_directory
@@ -207,6 +208,7 @@ def test_foreign_files_are_rejected(tmp_path):
     run(future, 2)
     with h5py.File(future, "r+") as f:
         f.attrs["format_version"] = 99
+    reseal(future)  # as a later gaugeflow would write it
     with pytest.raises(EnsembleError, match="format version 99"):
         open_ensemble(future)
     with pytest.raises(EnsembleError, match="no such file"):
