@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-from fault_classes import hdf5_position_classes, occurrences  # noqa: E402
+from fault_classes import flip, hdf5_position_classes, occurrences  # noqa: E402
 
 from gaugeflow.flows import TrainConfig, architecture, build_flow, train_flow  # noqa: E402
 from gaugeflow.flows.checkpoint import load_checkpoint  # noqa: E402
@@ -53,14 +53,6 @@ def ensemble_digest(path) -> str:
 def checkpoint_digest(path) -> str:
     payload = load_checkpoint(path)
     return digest({k: payload[k] for k in ("model", "step", "architecture")})
-
-
-def flip(path, offset, mask):
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        byte = f.read(1)[0]
-        f.seek(offset)
-        f.write(bytes([byte ^ mask]))
 
 
 OUTCOMES = ("unchanged", "refused", "silent change", "other error", "crash")

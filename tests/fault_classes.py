@@ -55,6 +55,15 @@ def occurrences(data: bytes, needle: bytes, after: int) -> list[int]:
     return out
 
 
+def flip(path, offset: int, mask: int) -> None:
+    """XOR the byte at ``offset`` of the file ``path`` with ``mask``, in place."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)[0]
+        f.seek(offset)
+        f.write(bytes([byte ^ mask]))
+
+
 def reseal(path) -> None:
     """Write the digest of ``path``'s present bytes into its user block, as if its writer had
     damaged them before sealing: what a test needs to reach the checks behind the file digest

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from fault_classes import reseal
+from fault_classes import flip, reseal
 from gaugeflow.hmc.hmc import HMCParameters
 from gaugeflow.hmc.run import generate_ensemble
 from gaugeflow.lattice.ensemble import EnsembleError, open_ensemble, segment_directory
@@ -130,14 +130,6 @@ def small_ensemble(path):
     return os.path.join(segment_directory(path), sorted(os.listdir(segment_directory(path)))[-1])  # the rows
 
 
-def flip_byte(path, offset):
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        byte = f.read(1)
-        f.seek(offset)
-        f.write(bytes([byte[0] ^ 0x10]))
-
-
 def everything(path):
     with open_ensemble(path) as ensemble:
         ensemble.verify()
@@ -167,7 +159,7 @@ def test_a_flipped_byte_in_any_dataset_is_a_checksum_mismatch_naming_it(tmp_path
     assert {"configs", "chain", "observables/plaquette", "resume/field", "resume/rng_state"} <= set(offsets)
     for name, offset in offsets.items():
         open(segment, "wb").write(original)
-        flip_byte(segment, offset + 3)
+        flip(segment, offset + 3, 0x10)
         with pytest.raises(EnsembleError, match=f"{os.path.basename(segment)}: file: checksum mismatch"):
             everything(path)
         if name == "configs":  # the command line says the same in one line (once: each run costs a second)
@@ -195,7 +187,7 @@ def test_random_byte_flips_are_refused_or_harmless_never_silent(tmp_path):
     for trial in range(240):  # the structural fault campaign is tests/test_integrity.py
         target = segment if trial % 8 else str(path)  # a damaged manifest costs a child process to judge
         offset = rng.randrange(len(originals[target]))
-        flip_byte(target, offset)
+        flip(target, offset, 0x10)
         try:
             got = everything(path)
         except EnsembleError:

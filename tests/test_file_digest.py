@@ -11,7 +11,7 @@ import shutil
 import h5py
 import pytest
 
-from fault_classes import hdf5_position_classes
+from fault_classes import flip, hdf5_position_classes
 from gaugeflow.flows.distributed import SingleProcess
 from gaugeflow.hmc.distributed import generate_distributed
 from gaugeflow.hmc.hmc import HMCParameters, HMCSampler
@@ -36,14 +36,6 @@ def hmc(path, n_configs=6, resume=False):
 def segments_of(path) -> list[str]:
     directory = segment_directory(path)
     return [os.path.join(directory, name) for name in sorted(os.listdir(directory)) if name.endswith(".h5")]
-
-
-def flip(path, offset, mask=0x04):
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        byte = f.read(1)[0]
-        f.seek(offset)
-        f.write(bytes([byte ^ mask]))
 
 
 @pytest.fixture
@@ -128,7 +120,7 @@ def test_every_reader_path_checks_the_digest_first(tmp_path, opened_by_h5py, rea
         damaged = segments_of(path)[0]
     else:
         damaged = segments_of(path)[-1]
-    flip(damaged, os.path.getsize(damaged) // 2)
+    flip(damaged, os.path.getsize(damaged) // 2, 0x04)
     actions = {"open": lambda: open_ensemble(path), "verify": lambda: open_ensemble(path).verify(),
                "resume": lambda: hmc(path, n_configs=8, resume=True), "repair": lambda: repair_manifest(path),
                "compact": lambda: compact_ensemble(path, tmp_path / "single.h5"),
@@ -144,11 +136,11 @@ def test_a_damaged_manifest_or_measurement_is_refused_unparsed(tmp_path, opened_
     measurement = os.path.join(str(path) + ".measurements", "wilson_loops", "segment-000002.h5")
     for damaged in (measurement, str(path)):
         original = open(damaged, "rb").read()
-        flip(damaged, len(original) - 100)
+        flip(damaged, len(original) - 100, 0x04)
         message = refused_unparsed(damaged, opened_by_h5py, lambda: open_ensemble(path).verify())
         assert "file: checksum mismatch" in message
         open(damaged, "wb").write(original)
-    flip(str(path), 1000)
+    flip(str(path), 1000, 0x04)
     assert repair_manifest(path)["rows"] == 6  # the manifest is rebuilt from the (intact) segments
 
 
@@ -159,7 +151,7 @@ def test_a_distributed_ensemble_checks_its_streams_files(tmp_path, opened_by_h5p
     stream = stream_path(path, 0)
     for damaged in (segments_of(stream)[-1], stream):
         original = open(damaged, "rb").read()
-        flip(damaged, len(original) // 2)
+        flip(damaged, len(original) // 2, 0x04)
         refused_unparsed(damaged, opened_by_h5py, lambda: open_ensemble(path).verify())
         open(damaged, "wb").write(original)
 
@@ -197,6 +189,6 @@ def test_stored_layouts_without_digests_read_and_continue_with_digests(tmp_path,
         assert ensemble.verify()["rows"] == 8
     with h5py.File(old[-1], "r") as f:  # an old segment is left to HDF5's and the datasets' checksums
         chunk = f["configs"].id.get_chunk_info(0)
-    flip(old[-1], chunk.byte_offset + 5)
+    flip(old[-1], chunk.byte_offset + 5, 0x04)
     with pytest.raises(EnsembleError, match="dataset configs: checksum mismatch"):
         open_ensemble(path).verify()
