@@ -291,7 +291,8 @@ def spectral_map(matrices: torch.Tensor, params: torch.Tensor, inverse: bool = F
         return _spectral_map_by_eigenvectors(matrices, params, inverse, input_dtype)
     with torch.no_grad():
         easy = separated(unitary_eigenvalues(matrices, detached=True))
-    if not bool(easy.all()):
+    all_easy = bool(easy.all())
+    if not all_easy:
         # nearly degenerate spectra (rare in a flow; every cold-start link) go the eigenvector
         # route; the closed form runs on a harmless stand-in there, so no NaN reaches the gradient
         stand_in = torch.diag_embed(torch.polar(torch.ones(matrices.shape[-1], dtype=torch.float64),
@@ -309,7 +310,7 @@ def spectral_map(matrices: torch.Tensor, params: torch.Tensor, inverse: bool = F
     # X = f(P) with f(lambda_k) = exp(i delta_k): interpolating the phases themselves, not P' = X P
     # (then X = P' P^dagger), keeps X exactly the identity where delta = 0
     factor = class_function_factor(matrices_closed, values, torch.polar(torch.ones_like(delta), delta))
-    if not bool(easy.all()):
+    if not all_easy:
         hard = (~easy).nonzero(as_tuple=True)
         hard_factor, hard_log_det = _spectral_map_by_eigenvectors(matrices[hard], params[hard], inverse, torch.complex128)
         factor = factor.index_put(hard, hard_factor)
