@@ -57,6 +57,7 @@ from typing import Callable
 
 import torch
 from normflows import NormalizingFlow
+from torch.utils.checkpoint import checkpoint
 
 from gaugeflow.lattice.backend import check_memory
 from gaugeflow.lattice.errors import InputError
@@ -64,6 +65,7 @@ from gaugeflow.lattice.fields import AngleField, RealField, SUNField
 from gaugeflow.lattice.theories import make_theory
 
 from .contract import FlowModel, register_model_kind
+from .estimators import frozen_parameters
 from .kernels import CircularSplineKernel, NCPKernel
 from .masks import gauge_layer_schedule, staple_layer_schedule
 from .momentum_scaling import MomentumScaling
@@ -337,6 +339,7 @@ class LatticeFlow(NormalizingFlow, FlowModel):
         self.condition = architecture.get("condition")
         self.symmetrise = bool(architecture.get("symmetrise"))
         self._passes = {False: self._through_layers, True: self._through_layers_inverse}
+        self.recompute = False
 
     @property
     def theory(self):
@@ -383,16 +386,37 @@ class LatticeFlow(NormalizingFlow, FlowModel):
     def _through_layers(self, z, values):
         log_det = torch.zeros(len(z), device=z.device, dtype=torch.float64)
         for flow in self.flows:
-            z, log_d = flow(z, values) if values is not None else flow(z)
+            z, log_d = self._layer_pass(flow, flow, z, values)
             log_det = log_det + log_d
         return z, log_det
 
     def _through_layers_inverse(self, x, values):
         log_det = torch.zeros(len(x), device=x.device, dtype=torch.float64)
         for flow in reversed(self.flows):
-            x, log_d = flow.inverse(x, values) if values is not None else flow.inverse(x)
+            x, log_d = self._layer_pass(flow, flow.inverse, x, values)
             log_det = log_det + log_d
         return x, log_det
+
+    def _layer_pass(self, layer, run, field, values):
+        arguments = (field,) if values is None else (field, values)
+        if not (self.recompute and torch.is_grad_enabled()):
+            return run(*arguments)
+        # The layer's parameters must require gradients in the recomputation exactly when they
+        # did in the pass itself: path gradients run the inverse pass with them frozen, and a
+        # recomputation that saw them unfrozen would save other tensors than the pass did.
+        frozen = not any(p.requires_grad for p in layer.parameters())
+        return checkpoint(
+            run, *arguments, use_reentrant=False, preserve_rng_state=False,
+            context_fn=lambda: (contextlib.nullcontext(), frozen_parameters(layer) if frozen else contextlib.nullcontext()))
+
+    def recompute_in_backward(self, enabled: bool = True) -> LatticeFlow:
+        """Keep only each layer's input for the backward pass and recompute the layer there
+        (activation checkpointing, Chen et al., arXiv:1604.06174): the autograd graph held
+        during a training step shrinks from all layers' intermediates to one layer's, for about
+        one more forward pass of compute.  Gradients and densities are unchanged to rounding.
+        Not combined with :meth:`compile_layers` (torch.compile does not trace it)."""
+        self.recompute = bool(enabled)
+        return self
 
     def compile_layers(self, mode: str | None = None, **options) -> LatticeFlow:
         """Run the passes through the layers (both directions) as ``torch.compile``d graphs:

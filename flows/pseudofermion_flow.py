@@ -145,6 +145,10 @@ class PseudofermionFlow(torch.nn.Module, FlowModel):
         self.gauge.compile_layers(mode, **options)
         return self
 
+    def recompute_in_backward(self, enabled: bool = True):
+        self.gauge.recompute_in_backward(enabled)
+        return self
+
     # the conditional q(phi | U) and the pseudofermion action, from the dense K = H_oe H_eo
     def _model_operator(self, hopping):
         """``D_hat(U; kappa_q)`` ``[B, n, n]``."""

@@ -154,6 +154,8 @@ def test_train_resume_and_plot(tmp_path):
         (["--theory", "u1", "--beta", 1, "--lattice", "4x4", "--condition", "beta:2:3"], "outside the conditioning range"),
         (["--theory", "phi4", "--m2", 1, "--lam", 1, "--lattice", "4x4", "--rectangles"],
          "unknown architecture option(s) --rectangles"),
+        (["--theory", "u1", "--beta", 1, "--lattice", "4x4", "--compile", "--recompute"],
+         "compile and recompute cannot be combined"),
     ],
 )
 def test_train_bad_input(tmp_path, args, message):
@@ -209,14 +211,16 @@ def test_sample_from_a_trained_flow_and_resume(tmp_path):
 @pytest.mark.parametrize("theory", [["--theory", "u1", "--beta", 0.8], ["--theory", "su2", "--beta", 1.5]])
 def test_4d_staple_model_trains_samples_and_reweights(tmp_path, theory):
     """The 4D default layer kind (staple couplings) end to end: train, a composite chain and
-    reweighting from the checkpoint; ``--layer-kind`` picks the kind, odd extents are refused."""
+    reweighting from the checkpoint; ``--layer-kind`` picks the kind, odd extents are refused;
+    ``--recompute`` trains with layers recomputed in the backward pass."""
     model, out = tmp_path / "model.pt", tmp_path / "flow.h5"
     trained = gaugeflow("train", *theory, "--lattice", "2x2x2x4", "--layer-kind", "staple", "--hidden", "4",
-                        "--steps", 2, "--batch-size", 8, "--quiet", "--out", model)
+                        "--steps", 2, "--batch-size", 8, "--recompute", "--quiet", "--out", model)
     assert trained.returncode == 0, trained.stderr
     from gaugeflow.flows.checkpoint import load_checkpoint
     architecture = load_checkpoint(model)["architecture"]
     assert architecture["layer_kind"] == "staple" and architecture["n_layers"] == 16
+    assert load_checkpoint(model)["train_config"]["recompute"] is True
     sampled = gaugeflow("sample", "--model", model, "--chains", 2, "--therm", 1, "--n-configs", 4, "--hmc-per-step", 1,
                         "--quiet", "--out", out)
     assert sampled.returncode == 0, sampled.stderr

@@ -222,3 +222,32 @@ def test_a_compiled_training_step_gives_the_eager_loss_and_gradients(theory_args
     assert torch.equal(again_loss, compiled_loss)
     for eager, compiled in zip(eager_grads, compiled_grads):
         assert torch.allclose(compiled, eager, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("theory_args, options", [
+    (("u1", "4x4", {"beta": 2.0}), {"n_layers": 2, "hidden_channels": [4], "n_bins": 4, "prior": "haar"}),
+    (("su3", "2x2x2x2", {"beta": 1.0}), {"n_layers": 2, "layer_kind": "staple", "staple_centres": "each"}),
+])
+def test_recomputing_layers_in_the_backward_pass_gives_the_same_step(theory_args, options):
+    """``recompute_in_backward``: the same loss and gradients (path gradients, whose density
+    pass runs with frozen parameters), and every layer's conditioner really runs again in the
+    backward pass (twice per pass instead of once)."""
+    name, lattice, couplings = theory_args
+    torch.manual_seed(0)
+    model = build_flow(architecture(make_theory(name, lattice, **couplings), **options)).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    calls = []
+    for layer in model.flows:
+        layer.conditioner.register_forward_pre_hook(lambda module, args: calls.append(module))
+    plain_loss, plain_grads = step_terms(model, 5)
+    plain_calls, calls[:] = len(calls), []
+    model.recompute_in_backward()
+    loss, grads = step_terms(model, 5)
+    assert plain_calls == 2 * len(model.flows)  # the sampling pass and the density pass
+    assert len(calls) == 2 * plain_calls
+    assert torch.equal(loss, plain_loss)
+    for plain, recomputed in zip(plain_grads, grads):
+        assert torch.allclose(recomputed, plain, rtol=1e-10, atol=1e-12)
+    assert any(g.abs().max() > 0 for g in grads)
