@@ -5,9 +5,10 @@ plaquette couplings with CNN conditioners in the earlier ``planes`` order, the 4
 architecture version 6) and ``staple`` (the 4D default now) -- one path-gradient step at batch 64
 on one torch thread.  Each case runs in its own process, so that the peak resident memory is its
 own.  Cases whose estimated memory exceeds ``--max-gb`` (default 12) are run at a smaller batch
-and say so.
+and say so.  ``--recompute`` recomputes every layer in the backward pass (``train --recompute``);
+``--staple-centres each`` measures SU(3) staple layers centred on every staple.
 
-    python benchmarks/four_d_cost_benchmark.py [--max-gb 16]
+    python benchmarks/four_d_cost_benchmark.py [--max-gb 16] [--recompute] [--staple-centres each] [--kinds staple]
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ GB_PER_SAMPLE_4 = {("u1", "plaquette"): 1.6 / 64, ("su3", "plaquette"): 3.5 / 64
                    ("u1", "staple"): 0.66 / 64, ("su3", "staple"): 3.0 / 64}
 
 
-def measure(theory_name: str, lattice: str, kind: str, batch: int) -> dict:
+def measure(theory_name: str, lattice: str, kind: str, batch: int, recompute: bool = False, centres: str = "sum") -> dict:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -37,9 +38,12 @@ def measure(theory_name: str, lattice: str, kind: str, batch: int) -> dict:
 
     torch.set_num_threads(1)
     theory = make_theory(theory_name, lattice, beta=1.0)
-    arch = architecture(theory, layer_kind=kind, prior="haar", **({"plaquette_order": "planes"} if kind == "plaquette" else {}))
+    options = {"plaquette_order": "planes"} if kind == "plaquette" else {}
+    if kind == "staple" and theory_name.startswith("su"):
+        options["staple_centres"] = centres
+    arch = architecture(theory, layer_kind=kind, prior="haar", **options)
     torch.manual_seed(0)
-    model = build_flow(arch)
+    model = build_flow(arch).recompute_in_backward(recompute)
     optimizer = make_optimizer(model, 1e-3)
 
     def step():
@@ -63,6 +67,7 @@ def measure(theory_name: str, lattice: str, kind: str, batch: int) -> dict:
         covered[layer.mu] |= layer.active
     return {
         "theory": theory_name, "lattice": lattice, "kind": kind, "layers": arch["n_layers"], "batch": batch,
+        "recompute": recompute, "centres": options.get("staple_centres"),
         "cpu_seconds_per_step": statistics.median(times),
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "operator_calls": sum(event.count for event in profiler.key_averages()),
@@ -76,30 +81,39 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-gb", type=float, default=12.0)
     parser.add_argument("--lattices", default="4x4x4x4,8x8x8x8", help="comma-separated subset of the cases' lattices")
+    parser.add_argument("--kinds", default="plaquette,staple", help="comma-separated layer kinds")
+    parser.add_argument("--theories", default="u1,su3", help="comma-separated subset of the cases' theories")
+    parser.add_argument("--recompute", action="store_true", help="recompute every layer in the backward pass")
+    parser.add_argument("--staple-centres", default="sum", choices=("sum", "each"))
+    parser.add_argument("--batch", type=int, default=64, help="batch size before --max-gb lowers it")
     parser.add_argument("--one", nargs=4, metavar=("THEORY", "LATTICE", "KIND", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         theory, lattice, kind, batch = args.one
-        print(json.dumps(measure(theory, lattice, kind, int(batch))))
+        print(json.dumps(measure(theory, lattice, kind, int(batch), args.recompute, args.staple_centres)))
         return 0
     print("| theory | lattice | layers | batch | CPU-s / step | peak RSS | operator calls / step | parameters | "
           "checkpoint | links updated |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for theory, lattice in CASES:
-        if lattice not in args.lattices.split(","):
+        if lattice not in args.lattices.split(",") or theory not in args.theories.split(","):
             continue
-        for kind in ("plaquette", "staple"):
-            batch = 64
+        for kind in args.kinds.split(","):
+            batch = args.batch
             volume_ratio = (int(lattice.split("x")[0]) / 4) ** 4
-            while batch > 1 and GB_PER_SAMPLE_4[theory, kind] * volume_ratio * batch > args.max_gb:
+            # recomputation holds one layer's intermediates instead of all 16 layers'
+            layers_held = 2 if args.recompute else 16
+            while batch > 1 and GB_PER_SAMPLE_4[theory, kind] * volume_ratio * batch * layers_held / 16 > args.max_gb:
                 batch //= 2
-            run = subprocess.run([sys.executable, __file__, "--one", theory, lattice, kind, str(batch)],
+            extra = (["--recompute"] if args.recompute else []) + ["--staple-centres", args.staple_centres]
+            run = subprocess.run([sys.executable, __file__, "--one", theory, lattice, kind, str(batch), *extra],
                                  capture_output=True, text=True)
             if run.returncode:
                 print(f"| {theory} | {lattice} | {kind} | {batch} | failed: {run.stderr.strip().splitlines()[-1]} |")
                 continue
             r = json.loads(run.stdout)
-            print(f"| {theory} | {lattice} | {r['layers']} {kind} | {r['batch']} | {r['cpu_seconds_per_step']:.2f} | "
+            label = f"{r['layers']} {kind}" + (f" ({r['centres']})" if r["centres"] else "") + (", recompute" if r["recompute"] else "")
+            print(f"| {theory} | {lattice} | {label} | {r['batch']} | {r['cpu_seconds_per_step']:.2f} | "
                   f"{r['peak_rss_gb']:.2f} GB | {r['operator_calls']:,} | {r['parameters']:,} | {r['checkpoint_mb']:.2f} MB | "
                   f"{r['links_updated']} |", flush=True)
     return 0

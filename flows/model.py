@@ -21,7 +21,8 @@ Layers are chosen by the theory's field type (never by its name), through the re
   ``plaquette_order`` of :func:`gaugeflow.flows.masks.gauge_layer_schedule`; for U(1)
   ``rectangles`` adds the 1x2 loops through the active links to the conditioners' input),
   ``staple`` (the default in 3D and 4D: single-link maps in the staple sum with per-link
-  MLP conditioners, :mod:`gaugeflow.flows.staple_coupling`) or ``both``, alternating; kernels
+  MLP conditioners, :mod:`gaugeflow.flows.staple_coupling`; for SU(N >= 3) ``staple_centres``
+  ``each`` by default, maps centred on every staple) or ``both``, alternating; kernels
   ``spline``, ``ncp`` (U(1)) and ``spline`` (SU(N)), or any registered for the field type.
 
 With ``"condition": {"coupling": "beta", "low": 1.5, "high": 2.5}`` one model serves a range
@@ -79,8 +80,9 @@ from .u1_coupling import U1PlaquetteCoupling, rectangle_loop
 
 # 2: U(1) conditioners may see rectangles (``rectangles``); 3: ``prior``; 4: ``symmetrise``;
 # 5: real fields may start with a learned propagator (``momentum_scaling``); 6: gauge fields
-# name their ``layer_kind`` (staple couplings) and the plaquette layers' ``plaquette_order``
-ARCHITECTURE_VERSION = 6
+# name their ``layer_kind`` (staple couplings) and the plaquette layers' ``plaquette_order``;
+# 7: SU(N) models name their ``staple_centres`` (the default became ``each`` for N >= 3)
+ARCHITECTURE_VERSION = 7
 # None: priors.default_prior; symmetrise None: on where the theory is sign-flip symmetric
 COMMON_DEFAULTS = {"kernel_size": 3, "n_bins": 8, "n_mixture": 6, "prior": None, "symmetrise": None}
 
@@ -135,7 +137,16 @@ def _checkerboard_layers(theory, arch, transform, context_channels):
 LAYER_KINDS = ("plaquette", "staple", "both")
 # staple couplings where the architecture names no width or depth: 2 sweeps of the 2 D layers
 # that update every link once (benchmarks/README.md, "Four dimensions")
-STAPLE_DEFAULTS = {"hidden_channels": [32, 32], "sweeps": 2}
+# sweeps: each link is updated this many times by the default depth; one sweep of layers
+# centred on every staple (7 maps a link in 4D) beats two of single maps at equal cost
+STAPLE_DEFAULTS = {"hidden_channels": [32, 32], "sweeps": {"sum": 2, "each": 1}}
+
+
+def default_staple_centres(theory) -> str:
+    """``each`` for SU(N >= 3), where one map of ``U W`` misses part of the link's conditional,
+    ``sum`` for SU(2), where it does not (:class:`gaugeflow.flows.staple_coupling.SUNStapleCoupling`;
+    measurements in benchmarks/README.md)."""
+    return "each" if theory.n_colors >= 3 else "sum"
 
 
 def default_layer_kind(theory) -> str:
@@ -184,7 +195,7 @@ def _sun_layers(theory, arch, transform, context_channels):
                                                    context_channels=context_channels, transform=transform),
         lambda mu, parity: SUNStapleCoupling(theory.lattice_shape, theory.n_colors, mu, parity, transform,
                                              arch["hidden_channels"], context_channels,
-                                             centres=arch.get("staple_centres", "sum")),
+                                             centres=arch.get("staple_centres") or "sum"),
     )
 
 
@@ -203,7 +214,7 @@ register_layers(AngleField, LayerFamily(
 register_layers(SUNField, LayerFamily(
     _sun_layers, {"spline": SpectralTransform},
     {"n_layers": 16, "kernel": "spline", "hidden_channels": [16, 16], "layer_kind": None, "plaquette_order": "offsets",
-     "staple_centres": "sum"},
+     "staple_centres": None},
 ))
 
 
@@ -254,8 +265,13 @@ def architecture(theory, condition=None, **overrides) -> dict:
         if arch["layer_kind"] == "staple":
             if "hidden_channels" not in given:
                 arch["hidden_channels"] = STAPLE_DEFAULTS["hidden_channels"]
-            if "n_layers" not in given:
-                arch["n_layers"] = STAPLE_DEFAULTS["sweeps"] * 2 * theory.dimension
+    if "staple_centres" in arch:
+        arch["staple_centres"] = arch["staple_centres"] or default_staple_centres(theory)
+        if arch["staple_centres"] not in SUNStapleCoupling.CENTRES:
+            raise InputError(f"unknown staple centres {arch['staple_centres']!r}; choose {', '.join(SUNStapleCoupling.CENTRES)}")
+    if arch.get("layer_kind") == "staple" and "n_layers" not in given:
+        sweeps = STAPLE_DEFAULTS["sweeps"][arch.get("staple_centres") or "sum"]
+        arch["n_layers"] = sweeps * 2 * theory.dimension
     arch["hidden_channels"] = [int(c) for c in arch["hidden_channels"]]
     kernel_class(theory, arch["kernel"])
     for key in ("n_layers", "kernel_size", "n_bins", "n_mixture"):
@@ -288,12 +304,12 @@ def upgrade_architecture(arch: dict) -> dict:
     plaquettes only; before version 3 every model started from its field type's first prior,
     Haar or normal; before version 4 no model was symmetrised; before version 5 no real-field
     model had a momentum scaling; before version 6 gauge models were plaquette couplings in the
-    ``planes`` order)."""
+    ``planes`` order; before version 7 SU(N) staple couplings were centred on the staple sum)."""
     arch = dict(arch)
     version = arch.setdefault("architecture_version", 0)
     if version > ARCHITECTURE_VERSION:
         raise InputError(f"architecture version {version} is newer than this gaugeflow's {ARCHITECTURE_VERSION}")
-    if version < 6:
+    if version < 7:
         theory = make_theory(arch["theory"], arch["lattice"], **arch["couplings"])
     if version < 3:
         if version < 2 and "rectangles" in default_architecture(theory):
@@ -308,6 +324,8 @@ def upgrade_architecture(arch: dict) -> dict:
     if version < 6 and "layer_kind" in default_architecture(theory):
         # the two orders are the same sequence of layers in 2D
         arch["layer_kind"], arch["plaquette_order"] = "plaquette", "planes" if theory.dimension > 2 else "offsets"
+    if version < 7 and "staple_centres" in default_architecture(theory):
+        arch.setdefault("staple_centres", "sum")
     arch["architecture_version"] = ARCHITECTURE_VERSION
     return arch
 

@@ -236,8 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "(single-link maps in the staple sum, cheap in any dimension; default in 3D and 4D), "
                             "or both, alternating")
     group.add_argument("--staple-centres", choices=("sum", "each"),
-                       help="SU(N) staple couplings: map U W once (W the projected staple sum; default), or then "
-                            "U C_k for every staple C_k in turn (the conditional's product form; 7 maps a layer in 4D)")
+                       help="SU(N) staple couplings: map U W once (W the projected staple sum; the SU(2) default), "
+                            "or then U C_k for every staple C_k in turn (the conditional's product form; 7 maps a layer "
+                            "in 4D; the default for N >= 3, with one sweep of layers)")
     from gaugeflow.flows.model import _FAMILIES as layer_families  # filled by register_layers/register_kernel
     from gaugeflow.flows.priors import _PRIORS as prior_registry  # filled by register_prior
 
@@ -539,8 +540,9 @@ def run_train(args) -> int:
                  n_bins=args.bins, n_mixture=args.mixture, rectangles=args.rectangles, prior=args.prior,
                  symmetrise=args.symmetrise, momentum_scaling=args.momentum_scaling, layer_kind=args.layer_kind,
                  staple_centres=args.staple_centres)
-    if args.init_from:  # the model being grown fixes the architecture options not given here
-        start = load_checkpoint(args.init_from)["architecture"]
+    continued = args.out if args.resume and os.path.exists(args.out) else args.init_from
+    if continued:  # the model being continued or grown fixes the architecture options not given here
+        start = load_checkpoint(continued)["architecture"]
         given = {key: start.get(key) if value is None else value for key, value in given.items()}
         stored = start.get("condition")
         condition = condition or (stored and (stored["coupling"], stored["low"], stored["high"]))

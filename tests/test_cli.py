@@ -127,6 +127,25 @@ def test_sigterm_saves_and_resume_completes(tmp_path):
     assert list(steps[-4:]) == [steps[-5] + 1] * 2 + [steps[-5] + 2] * 2
 
 
+def test_train_resume_keeps_the_stored_architecture_where_no_option_is_given(tmp_path):
+    """Resuming continues the model in the checkpoint: options left out take its values, not
+    today's defaults (a 4D SU(3) staple model trained with ``sum`` centres resumes as one);
+    an option given explicitly must still match."""
+    out = tmp_path / "model.pt"
+    common = ["train", "--theory", "su3", "--lattice", "2x2x2x2", "--beta", 1.0, "--hidden", "4", "--batch-size", 4,
+              "--quiet", "--out", out]
+    first = gaugeflow(*common, "--staple-centres", "sum", "--layers", 2, "--steps", 1)
+    assert first.returncode == 0, first.stderr
+    resumed = gaugeflow(*common, "--steps", 2, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    from gaugeflow.flows.checkpoint import load_checkpoint
+    payload = load_checkpoint(out)
+    assert payload["step"] == 2 and payload["architecture"]["staple_centres"] == "sum"
+    assert payload["architecture"]["n_layers"] == 2
+    other = gaugeflow(*common, "--staple-centres", "each", "--steps", 3, "--resume")
+    assert other.returncode == 2 and "--staple-centres: checkpoint 'sum'" in other.stderr and "Traceback" not in other.stderr
+
+
 def test_train_resume_and_plot(tmp_path):
     out = tmp_path / "model.pt"
     args = ["train", "--theory", "u1", "--lattice", "4x4", "--beta", 1.0, "--layers", 2, "--hidden", "4", "--condition", "beta:0.5:1.5",
