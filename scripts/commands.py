@@ -36,7 +36,7 @@ OPTION_FOR_PARAMETER = {
     "n_mixture": "--mixture", "kernel_size": "--kernel-size", "rectangles": "--rectangles", "prior": "--prior",
     "symmetrise": "--symmetrise", "momentum_scaling": "--momentum-scaling", "layer_kind": "--layer-kind",
     "staple_centres": "--staple-centres",
-    "resume=True": "--resume", "commit_every": "--commit-every", "seed": "--seed",
+    "resume=True": "--resume", "recompute=True": "--recompute", "commit_every": "--commit-every", "seed": "--seed",
     "flow_time": "--flow-time", "flow_step": "--flow-step", "n_times": "--flow-times",
 }
 

@@ -281,6 +281,7 @@ def test_a_bug_is_not_reported_as_bad_input(tmp_path, monkeypatch):
     ("hmc", ["--theory", "u1", "--lattice", "65536x65536", "--beta", 1], "TiB on cpu, but only"),
     ("train", ["--theory", "u1", "--lattice", "65536x65536", "--beta", 1], "the masks of 16 layers"),
     ("train", ["--theory", "u1", "--lattice", "2048x2048", "--beta", 1, "--batch-size", 4096], "at batch 4096 would need"),
+    ("train", ["--theory", "u1", "--lattice", "32x32x32x32", "--beta", 1, "--batch-size", 1024], "or pass --recompute"),
     ("train", ["--theory", "u1", "--lattice", "8x8", "--beta", 1, "--condition", "beta:-inf:inf"], "must be finite"),
 ])
 def test_what_cannot_work_is_refused_before_allocating(tmp_path, command, args, message):
