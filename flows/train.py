@@ -70,7 +70,7 @@ class TrainConfig:
     compilation of minutes at the first steps.  ``recompute=True`` keeps only each layer's input
     for the backward pass and recomputes the layer there
     (:meth:`gaugeflow.flows.model.LatticeFlow.recompute_in_backward`): the same gradients, a
-    fraction of the memory (SU(3) 4^4 staple models: 2.5-3x less), about 20% more CPU time."""
+    fraction of the memory (SU(3) 4^4 staple models: 1.8-2.5x less), 20-60% more CPU time."""
 
     steps: int = 2000
     batch_size: int = 64  # best acceptance per CPU minute (benchmarks/README.md); raise on GPUs

@@ -308,8 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "launches per step, after minutes of compiling")
     group.add_argument("--recompute", action="store_true",
                        help="keep only each layer's input for the backward pass and recompute the layer there: the "
-                            "same training in a fraction of the memory (2.5-3x less for 4D SU(3) staple models), "
-                            "about 20%% more time per step")
+                            "same training in a fraction of the memory (about 2x less for 4D SU(3) staple models), "
+                            "20-60%% more time per step")
     group.add_argument("--out", required=True,
                        help="checkpoint file, e.g. model.pt; the training log goes to <out without its extension>"
                             ".metrics.csv (model.metrics.csv)")
