@@ -94,20 +94,21 @@ def test_ctrl_c_during_training_checkpoints_whatever_checkpoint_every_says(tmp_p
     assert load_checkpoint(out)["step"] == step + 2
 
 
-def _wait_for_sigint_handler(process, timeout=60.0):
-    """Until the interpreter catches SIGINT (``SigCgt`` in /proc): before that no program can
-    answer Ctrl-C, and on a loaded machine start-up alone can outlast a fixed sleep."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            with open(f"/proc/{process.pid}/status") as handle:
-                caught = next(int(line.split()[1], 16) for line in handle if line.startswith("SigCgt:"))
-        except (OSError, StopIteration):
-            caught = 0
-        if caught & (1 << (signal.SIGINT - 1)):
-            time.sleep(0.3)  # past the interpreter's own start-up (site), which no program can guard
-            return
-        time.sleep(0.01)
+def _catches_sigint(process) -> bool:
+    """Whether the interpreter of ``process`` catches SIGINT yet (``SigCgt`` in /proc)."""
+    try:
+        with open(f"/proc/{process.pid}/status") as handle:
+            caught = next(int(line.split()[1], 16) for line in handle if line.startswith("SigCgt:"))
+    except (OSError, StopIteration):
+        return False
+    return bool(caught & (1 << (signal.SIGINT - 1)))
+
+
+def _wait_for_sigint_handler(process):
+    """Until the interpreter catches SIGINT (or has exited): before that no program can answer
+    Ctrl-C, and on a loaded machine start-up alone can outlast a fixed sleep."""
+    wait_for(lambda: process.poll() is not None or _catches_sigint(process), 60)
+    time.sleep(0.3)  # past the interpreter's own start-up (site), which no program can guard
 
 
 def test_ctrl_c_in_a_short_command_is_one_line(tmp_path):
