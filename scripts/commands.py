@@ -540,7 +540,8 @@ def run_train(args) -> int:
                  n_bins=args.bins, n_mixture=args.mixture, rectangles=args.rectangles, prior=args.prior,
                  symmetrise=args.symmetrise, momentum_scaling=args.momentum_scaling, layer_kind=args.layer_kind,
                  staple_centres=args.staple_centres)
-    continued = args.out if args.resume and os.path.exists(args.out) else args.init_from
+    resuming = args.resume and os.path.exists(args.out)
+    continued = args.out if resuming else args.init_from
     if continued:  # the model being continued or grown fixes the architecture options not given here
         start = load_checkpoint(continued)["architecture"]
         given = {key: start.get(key) if value is None else value for key, value in given.items()}
@@ -558,7 +559,7 @@ def run_train(args) -> int:
     device = resolve_device(local_device(communicator, args.device))
     torch.manual_seed(args.seed)  # initial weights
     model = build_model(arch).to(device=device, dtype=resolve_precision(args.dtype))
-    if args.init_from and not (args.resume and os.path.exists(args.out)):
+    if args.init_from and not resuming:
         warm_start(model, args.init_from)
     summary = train_flow(model, config, args.out, resume=args.resume, progress=not args.quiet and root,
                          communicator=communicator)
