@@ -36,6 +36,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+from normflows.flows import Flow
 from tqdm.auto import tqdm
 
 from gaugeflow.lattice.backend import check_memory, check_seed, stream_seed  # one random stream per MPI rank
@@ -277,7 +278,7 @@ def training_memory_estimate(model, batch_size: int, recompute: bool = False) ->
     plain = saved_tensor_bytes(probe, 2)
     saved = plain
     if recompute and hasattr(probe, "recompute_in_backward"):
-        layers = len(getattr(probe, "flows", ())) or 1
+        layers = sum(isinstance(module, Flow) for module in probe.modules()) or 1  # a joint model's too
         saved = saved_tensor_bytes(probe.recompute_in_backward(), 2) + plain / layers
     scale = (batch_size / 2) * (math.prod(shape) / math.prod(probe_shape))
     return int(RESIDENT_OVER_SAVED * saved * scale)
