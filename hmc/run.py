@@ -212,6 +212,7 @@ def run_chains(
     stream: int | None = None,
     n_streams: int = 1,
     observables=None,
+    created: str | None = None,
 ) -> RunSummary:
     """Run ``n_chains`` Markov chains with ``sampler`` and store ``n_configs`` configurations in
     total in ``path``, committing at least every ``commit_every`` seconds (0: after every update).
@@ -222,7 +223,8 @@ def run_chains(
     :mod:`gaugeflow.hmc.distributed`) numbers the chains from ``stream * n_chains``.
     ``observables``: what a new file stores with every configuration (names of the theory's
     standard columns and of registered observables, :mod:`gaugeflow.lattice.observables`;
-    default: the theory's standard ones); a resumed file keeps its own.
+    default: the theory's standard ones); a resumed file keeps its own.  ``created``: the
+    creation time a new file records instead of now (a stream records its distributed ensemble's).
     """
     _check_options(n_configs, n_therm, n_chains, save_every, start)
     check_seed(seed)
@@ -258,7 +260,8 @@ def run_chains(
             if ensemble is None:  # created now, so that what thermalisation chose is in its attributes
                 ensemble = cleanup.enter_context(create_ensemble(
                     path, theory=theory, observable_names=production_names(theory, observables), sampler=sampler.name,
-                    seed=seed, parameters={**fixed, **sampler.run_parameters()}))
+                    seed=seed, parameters={**fixed, **sampler.run_parameters(),
+                                           **({"created": created} if created else {})}))
             ensemble.provenance = record
             _commit(ensemble, theory, sampler, field, generator, step)  # a crash never thermalises again
         _check_resumable(ensemble, theory, {**fixed, **sampler.run_parameters()})

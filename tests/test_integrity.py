@@ -3,6 +3,7 @@ write safe on a full disk; bad input refused by name; and a seeded fault campaig
 at every structural position class of ensembles (segmented and distributed) and checkpoints,
 and ENOSPC at every write step of hmc, sample and train."""
 
+import datetime
 import errno
 import os
 import random
@@ -22,7 +23,7 @@ from gaugeflow.flows.distributed import SingleProcess
 from gaugeflow.hmc.distributed import generate_distributed
 from gaugeflow.hmc.hmc import HMCParameters, HMCSampler
 from gaugeflow.hmc.run import make_sampler, run_chains
-from gaugeflow.lattice import storage
+from gaugeflow.lattice import ensemble_format, storage
 from gaugeflow.lattice.ensemble import (EnsembleError, create_ensemble, open_ensemble, repair_manifest,
                                         segment_directory, stream_path)
 from gaugeflow.lattice.errors import GaugeflowError
@@ -145,7 +146,20 @@ def test_a_damaged_manifest_heap_is_reported_and_repaired_without_touching_segme
     assert {n: open(os.path.join(segment_directory(path), n), "rb").read() for n in segments} == segments
 
 
-def test_a_manifest_with_unreadable_metadata_is_rebuilt_from_the_segments(tmp_path):
+class TickingClock(datetime.datetime):
+    """A clock a minute later at every reading: the manifest of a distributed ensemble and its
+    streams are created at different times, which only sometimes fall in different seconds."""
+
+    minutes = 0
+
+    @classmethod
+    def now(cls, tz=None):
+        cls.minutes += 1
+        return datetime.datetime(2026, 1, 1, tzinfo=tz) + datetime.timedelta(minutes=cls.minutes)
+
+
+def test_a_manifest_with_unreadable_metadata_is_rebuilt_from_the_segments(tmp_path, monkeypatch):
+    monkeypatch.setattr(ensemble_format.datetime, "datetime", TickingClock)
     for layout in ("manifest", "streams"):
         path = tmp_path / f"{layout}.h5"
         if layout == "manifest":
