@@ -9,6 +9,11 @@ machine are compared by what they got), then evaluates ESS and independence-Metr
 acceptance in float64 on 4096 samples.  Writes ``<out>/<theory>-<beta>-<centres>-<layers>.json``
 with the loss curve against CPU seconds, and the trained model as a gaugeflow checkpoint beside it
 (``.pt``; for ``four_d_exactness_benchmark.py``, ``gaugeflow sample``).
+
+``--init-from CHECKPOINT`` starts from the weights of an earlier run of the same architecture
+(another beta allowed, as ``gaugeflow train --init-from``; the optimizer starts anew): a run
+continued, or a schedule annealed in beta.  The JSON then records the CPU seconds the
+checkpoint's own training took (``earlier_cpu_seconds``), so totals compare at equal cost.
 """
 
 from __future__ import annotations
@@ -34,13 +39,14 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--recompute", action="store_true", help="recompute the layers in the backward pass")
+    parser.add_argument("--init-from", metavar="CHECKPOINT", help="start from this run's weights")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", default="centres_results")
     args = parser.parse_args()
 
     from gaugeflow.flows import architecture, build_flow
     from gaugeflow.flows import TrainConfig
-    from gaugeflow.flows.checkpoint import save_checkpoint
+    from gaugeflow.flows.checkpoint import load_checkpoint, save_checkpoint, warm_start
     from gaugeflow.flows.train import evaluate, make_optimizer, reverse_kl_step_terms
     from gaugeflow.lattice.theories import make_theory
 
@@ -49,6 +55,10 @@ def main() -> None:
     arch = architecture(theory, layer_kind="staple", prior="haar", n_layers=args.layers, staple_centres=args.centres)
     torch.manual_seed(args.seed)
     model = build_flow(arch).recompute_in_backward(args.recompute)
+    earlier = 0.0
+    if args.init_from:
+        warm_start(model, args.init_from)
+        earlier = float(load_checkpoint(args.init_from).get("training_seconds") or 0.0)
     optimizer = make_optimizer(model, args.lr)
     began, steps, curve = time.process_time(), 0, []
     while time.process_time() - began < 60 * args.cpu_minutes:
@@ -63,17 +73,20 @@ def main() -> None:
     name = f"{args.theory}-{args.beta:g}-{args.centres}-{args.layers}"
     if args.batch_size != 64 or args.lr != 1e-3:
         name += f"-b{args.batch_size}-lr{args.lr:g}"
+    if args.init_from:
+        name += "-from-" + os.path.splitext(os.path.basename(args.init_from))[0]
     config = TrainConfig(steps=max(steps, 1), batch_size=args.batch_size, learning_rate=args.lr, schedule="constant",
                          estimator=args.estimator, seed=args.seed)
     save_checkpoint(os.path.join(args.out, f"{name}.pt"), model, optimizer,
                     torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0), steps, config, {},
-                    training_seconds=cpu)
+                    training_seconds=earlier + cpu)
     model = model.double()
     torch.manual_seed(args.seed + 1)
     final = evaluate(model, 512, 8)
     result = {"theory": args.theory, "lattice": args.lattice, "beta": args.beta, "centres": args.centres,
               "layers": args.layers, "batch_size": args.batch_size, "learning_rate": args.lr,
               "recompute": args.recompute, "estimator": args.estimator, "steps": steps, "cpu_seconds": cpu,
+              "init_from": args.init_from, "earlier_cpu_seconds": earlier,
               "cpu_seconds_per_step": cpu / max(steps, 1),
               "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
               "parameters": sum(p.numel() for p in model.parameters()), **final, "curve": curve}

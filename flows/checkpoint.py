@@ -26,7 +26,7 @@ from gaugeflow.lattice.errors import TrainingError
 from gaugeflow.lattice.geometry import parse_lattice_shape
 from gaugeflow.lattice.storage import digest, write_atomically
 
-from .model import build_flow, transfer_weights, upgrade_architecture, upgrade_state_dict
+from .model import upgrade_architecture, upgrade_state_dict
 
 CHECKPOINT_SCHEMA = "gaugeflow-checkpoint"
 CHECKPOINT_VERSION = 2
@@ -162,11 +162,3 @@ def load_flow(path, lattice=None, device=None):
     if not all(torch.isfinite(v).all() for v in payload["model"].values() if v.is_floating_point()):
         raise TrainingError(f"{path} holds non-finite parameters; it cannot sample")
     return model_from_weights(payload["model"], arch).to(device or "cpu").eval()
-    model = build_flow(arch)
-    weights = [v for k, v in payload["model"].items() if k.startswith("flows.") and v.is_floating_point()]
-    if not all(torch.isfinite(w).all() for w in weights):
-        raise TrainingError(f"{path} holds non-finite parameters; it cannot sample")
-    if weights:
-        model = model.to(weights[0].dtype)
-    transfer_weights(model, payload["model"])
-    return model.to(device or "cpu").eval()
