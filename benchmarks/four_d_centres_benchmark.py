@@ -1,5 +1,7 @@
 """SU(N) staple couplings in 4D: one map of ``U W`` a layer (``--staple-centres sum``) against a map
-of ``U W`` and then of ``U C_k`` for every staple (``each``), at equal CPU time.
+of ``U W`` and then of ``U C_k`` for every staple (``each``), at equal CPU time.  ``u1 ... sum``
+trains the U(1) staple model the same way (one map a layer, centred on the staple sum), for depth
+scans (``--layers``).
 
     python benchmarks/four_d_centres_benchmark.py su3 1.0 each --layers 8 --cpu-minutes 25 --out results/
 
@@ -29,7 +31,7 @@ import torch
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("theory", choices=("su2", "su3"))
+    parser.add_argument("theory", choices=("u1", "su2", "su3"))
     parser.add_argument("beta", type=float)
     parser.add_argument("centres", choices=("sum", "each"))
     parser.add_argument("--lattice", default="4x4x4x4")
@@ -52,7 +54,10 @@ def main() -> None:
 
     torch.set_num_threads(1)
     theory = make_theory(args.theory, args.lattice, beta=args.beta)
-    arch = architecture(theory, layer_kind="staple", prior="haar", n_layers=args.layers, staple_centres=args.centres)
+    if args.theory == "u1" and args.centres != "sum":
+        parser.error("a U(1) staple layer has one map, centred on the staple sum: give 'sum'")
+    centres = {} if args.theory == "u1" else {"staple_centres": args.centres}
+    arch = architecture(theory, layer_kind="staple", prior="haar", n_layers=args.layers, **centres)
     torch.manual_seed(args.seed)
     model = build_flow(arch).recompute_in_backward(args.recompute)
     earlier = 0.0
