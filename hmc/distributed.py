@@ -105,8 +105,8 @@ def generate_distributed(theory, path, make_sampler: Callable[[], Sampler], comm
                 summaries.append(run_chains(theory, stream_path(path, stream), make_sampler(), n_configs=quota,
                                             n_chains=n_chains, seed=stream_seed(seed, stream), n_therm=n_therm,
                                             save_every=save_every, start=start, resume=True, stream=stream,
-                                            n_streams=n_streams, created=created, progress=progress and communicator.is_root,
-                                            **options))
+                                            n_streams=n_streams, created=created,
+                                            progress=progress and communicator.is_root, **options))
             except Exception as error:  # reported to every rank below, so that none waits forever
                 failure = error
                 break
