@@ -252,14 +252,16 @@ def saved_tensor_bytes(model, batch_size: int) -> int:
     def pack(tensor):
         storage = tensor.untyped_storage()
         if storage.data_ptr() not in parameters:
-            saved[storage.data_ptr()] = storage.nbytes()
+            # the tensor is held until the count ends: a storage freed with an intermediate graph
+            # could otherwise hand its address to a later one, which would then go uncounted
+            saved[storage.data_ptr()] = (storage.nbytes(), tensor)
         return tensor
 
     with torch.random.fork_rng(devices=[]), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         # reverse_kl_step_terms's passes, called directly: wrappers of that function see training steps only
         with bijection_density(model):
             _reverse_kl_step_terms(model, batch_size, "path")
-    return sum(saved.values())
+    return sum(nbytes for nbytes, _ in saved.values())
 
 
 def training_memory_estimate(model, batch_size: int, recompute: bool = False) -> int:
