@@ -40,6 +40,8 @@ def main() -> None:
     parser.add_argument("--estimator", default="path")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--hidden", type=int, nargs="+", metavar="WIDTH",
+                        help="hidden widths of the conditioner (default: the architecture's, 32 32)")
     parser.add_argument("--recompute", action="store_true", help="recompute the layers in the backward pass")
     parser.add_argument("--init-from", metavar="CHECKPOINT", help="start from this run's weights")
     parser.add_argument("--seed", type=int, default=1)
@@ -57,6 +59,8 @@ def main() -> None:
     if args.theory == "u1" and args.centres != "sum":
         parser.error("a U(1) staple layer has one map, centred on the staple sum: give 'sum'")
     centres = {} if args.theory == "u1" else {"staple_centres": args.centres}
+    if args.hidden:
+        centres["hidden_channels"] = list(args.hidden)
     arch = architecture(theory, layer_kind="staple", prior="haar", n_layers=args.layers, **centres)
     torch.manual_seed(args.seed)
     model = build_flow(arch).recompute_in_backward(args.recompute)
@@ -78,6 +82,8 @@ def main() -> None:
     name = f"{args.theory}-{args.beta:g}-{args.centres}-{args.layers}"
     if args.batch_size != 64 or args.lr != 1e-3:
         name += f"-b{args.batch_size}-lr{args.lr:g}"
+    if args.hidden:
+        name += "-h" + "x".join(map(str, args.hidden))
     if args.init_from:
         name += "-from-" + os.path.splitext(os.path.basename(args.init_from))[0]
     config = TrainConfig(steps=max(steps, 1), batch_size=args.batch_size, learning_rate=args.lr, schedule="constant",
@@ -89,7 +95,7 @@ def main() -> None:
     torch.manual_seed(args.seed + 1)
     final = evaluate(model, 512, 8)
     result = {"theory": args.theory, "lattice": args.lattice, "beta": args.beta, "centres": args.centres,
-              "layers": args.layers, "batch_size": args.batch_size, "learning_rate": args.lr,
+              "layers": args.layers, "hidden": arch["hidden_channels"], "batch_size": args.batch_size, "learning_rate": args.lr,
               "recompute": args.recompute, "estimator": args.estimator, "steps": steps, "cpu_seconds": cpu,
               "init_from": args.init_from, "earlier_cpu_seconds": earlier,
               "cpu_seconds_per_step": cpu / max(steps, 1),

@@ -265,8 +265,12 @@ def _hermitian_eigenvalues_3x3(m: torch.Tensor) -> torch.Tensor:
     solution of the characteristic cubic (Smith, Commun. ACM 4 (1961) 168)."""
     q = torch.diagonal(m, dim1=-2, dim2=-1).real.sum(-1) / 3
     shifted = m - q[..., None, None] * torch.eye(3, dtype=m.dtype, device=m.device)
-    p = torch.sqrt(((shifted.abs() ** 2).sum((-1, -2)) / 6).clamp_min(1e-300))
-    r = (_det_3x3(shifted).real / (2 * p**3)).clamp(-1.0, 1.0)
+    # p = 0 where m is a multiple of 1 (the staple sum of a cold configuration): three equal
+    # eigenvalues q, and no 0/0 in the value or the gradient
+    p_squared = (shifted.abs() ** 2).sum((-1, -2)) / 6
+    spread = p_squared > torch.finfo(p_squared.dtype).tiny ** (1 / 3)
+    p = torch.where(spread, torch.sqrt(torch.where(spread, p_squared, 1.0)), 0.0)
+    r = torch.where(spread, _det_3x3(shifted).real / (2 * torch.where(spread, p, 1.0) ** 3), 0.0).clamp(-1.0, 1.0)
     angle = torch.acos(r) / 3
     largest, smallest = q + 2 * p * torch.cos(angle), q + 2 * p * torch.cos(angle + 2 * math.pi / 3)
     return torch.stack([largest, 3 * q - largest - smallest, smallest], -1)
