@@ -244,17 +244,40 @@ class U1StapleCoupling(StapleCoupling):
         return self.scatter(theta, moved), log_derivative.sum(0, dtype=torch.float64)
 
 
+def newton_schulz_step(matrices: torch.Tensor) -> torch.Tensor:
+    """``U (3 - U^dagger U) / 2``: one Newton-Schulz step towards the unitary polar factor (Higham,
+    *Functions of Matrices*, SIAM 2008, sec. 8.3).  The identity on unitary matrices; a deviation
+    ``e`` from unitarity becomes ``O(e^2)``."""
+    eye = torch.eye(matrices.shape[-1], dtype=matrices.dtype, device=matrices.device)
+    return matrices @ (3 * eye - dagger(matrices) @ matrices) / 2
+
+
+def back_to_sun(matrices: torch.Tensor) -> torch.Tensor:
+    """Matrices near SU(N) put back on it to rounding: one :func:`newton_schulz_step`, then the
+    phase of the determinant removed.  The identity on SU(N)."""
+    unitary = newton_schulz_step(matrices)
+    n = matrices.shape[-1]
+    phase = torch.angle(_det_3x3(unitary) if n == 3 else torch.linalg.det(unitary))
+    return unitary * torch.polar(torch.ones_like(phase), -phase / n)[..., None, None]
+
+
+def _entries(m: torch.Tensor):
+    """The nine entries ``m[..., i, j]`` as ``entries[i][j]``, by two unbinds: indexing them one by
+    one costs a zero-filled copy of all of ``m`` per entry in the backward pass."""
+    return [row.unbind(-1) for row in m.unbind(-2)]
+
+
 def _det_3x3(m: torch.Tensor) -> torch.Tensor:
     """Determinants of 3x3 matrices by cofactors (LAPACK's batched LU is slower for 3x3)."""
-    return (m[..., 0, 0] * (m[..., 1, 1] * m[..., 2, 2] - m[..., 1, 2] * m[..., 2, 1])
-            - m[..., 0, 1] * (m[..., 1, 0] * m[..., 2, 2] - m[..., 1, 2] * m[..., 2, 0])
-            + m[..., 0, 2] * (m[..., 1, 0] * m[..., 2, 1] - m[..., 1, 1] * m[..., 2, 0]))
+    (a, b, c), (d, e, f), (g, h, i) = _entries(m)
+    return a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g)
 
 
 def _inverse_3x3(m: torch.Tensor) -> torch.Tensor:
     """Inverses of well-conditioned 3x3 matrices by the adjugate."""
+    x = _entries(m)
     rows = [(1, 2), (2, 0), (0, 1)]
-    cofactors = torch.stack([torch.stack([m[..., a, c] * m[..., b, d] - m[..., a, d] * m[..., b, c]
+    cofactors = torch.stack([torch.stack([x[a][c] * x[b][d] - x[a][d] * x[b][c]
                                           for (c, d) in rows], -1) for (a, b) in rows], -2)
     # cofactors[i, j] is the (i, j) cofactor; the inverse is its transpose over the determinant
     return cofactors.transpose(-1, -2) / _det_3x3(m)[..., None, None]
@@ -291,7 +314,7 @@ def _unitary_polar_factor_3x3(a: torch.Tensor):
     eye = torch.eye(3, dtype=a.dtype, device=a.device)
     # s1 M + s123 1 is Hermitian with eigenvalues >= s123 > 0 for a staple sum of full rank
     w = a @ (m + s12[..., None, None] * eye) @ _inverse_3x3(s1[..., None, None] * m + s123[..., None, None] * eye)
-    return w @ (3 * eye - dagger(w) @ w) / 2, root
+    return newton_schulz_step(w), root
 
 
 def project_staple_sum(staple_sum: torch.Tensor):
@@ -367,19 +390,20 @@ class SUNStapleCoupling(StapleCoupling):
 
     def couple(self, links, inverse, context):
         check_sun_links(links, self.lattice_shape, self.n_colors)
-        staples = self.staples(links)  # [K, n, B, N, N]
-        weights = self.staple_weights.to(links.dtype)
+        # The update runs in complex128, and every matrix entering a spectral map is on SU(N) to
+        # complex128 rounding.  The closed-form eigenvalues take the characteristic polynomial of
+        # P from its trace, which holds on SU(N) only: a deviation e (unitarity or determinant)
+        # moves nearly equal eigenvalues by up to sqrt(e), and the factor X = f(P) interpolated
+        # through them leaves the group by far more than e, which the next map of the layer
+        # amplifies again (complex64 links, e = 1e-7: 0.8 off the group after one sweep of a
+        # randomised SU(3) model, NaN after two on 4^4).  On SU(N) the projections are the
+        # identity, so the map is unchanged.
+        staples = self.staples(links).to(torch.complex128)  # [K, n, B, N, N]
+        weights = self.staple_weights.to(staples.dtype)
         projected, singular_values, phase = project_staple_sum(torch.einsum("k,knbij->nbij", weights, staples))
         params = self.params(self.features(staples, projected, singular_values, phase), context, links.dtype)
-        # P = U W and the update in complex128: the spectral map's eigenvectors of a P that is
-        # unitary only to complex64 rounding are off by rounding / (eigenvalue gap), which
-        # compounded over layers (SU(2) links drifted 2e-3 from the group in 16 untrained layers)
-        moved = self.gather(links[:, self.mu]).to(torch.complex128)
-        eye = torch.eye(self.n_colors, dtype=moved.dtype, device=moved.device)
-        centres = [projected.to(torch.complex128)]
-        if self.centres == "each":
-            # one Newton-Schulz step makes staples computed in complex64 unitary to complex128 rounding
-            centres += [c @ (3 * eye - dagger(c) @ c) / 2 for c in staples.to(torch.complex128).unbind(0)]
+        moved = back_to_sun(self.gather(links[:, self.mu]).to(torch.complex128))
+        centres = [projected] + ([back_to_sun(c) for c in staples.unbind(0)] if self.centres == "each" else [])
         params = params.unflatten(-1, (self.n_maps, -1)).unbind(-2)
         steps = list(zip(centres, params))
         log_det = 0
@@ -387,7 +411,5 @@ class SUNStapleCoupling(StapleCoupling):
             factor, step_log_det = self.transform.left_factor(moved @ centre, step_params, inverse)
             moved = factor @ moved
             log_det = log_det + step_log_det.sum(0, dtype=torch.float64)
-        # one Newton-Schulz step, U (3 - U^dagger U) / 2: the identity on the group, so the map and
-        # its density are unchanged, but rounding drift off the group is removed to second order
-        moved = moved @ (3 * eye - dagger(moved) @ moved) / 2
+        moved = back_to_sun(moved)  # rounding drift over the maps, removed before it compounds over layers
         return self.scatter(links, moved.to(links.dtype)), log_det

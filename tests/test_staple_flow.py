@@ -370,8 +370,8 @@ def test_staple_flow_samplers_give_the_4d_strong_coupling_plaquette(tmp_path, sa
 @pytest.mark.parametrize("name", ["su2", "su3"])
 def test_complex64_links_stay_in_the_group_through_many_layers(name):
     """Training runs in complex64: P = U W and the update are done in complex128 and the moved
-    links get one Newton-Schulz step, so rounding does not compound over layers (SU(2) links
-    drifted 2.5e-3 off the group through 16 untrained layers before)."""
+    links are put back on SU(N), so rounding does not compound over layers (SU(2) links drifted
+    2.5e-3 off the group through 16 untrained layers before)."""
     theory = make_theory(name, (4, 4, 4, 4), beta=1.0)
     torch.manual_seed(24)
     model = _randomise(build_flow(architecture(theory, layer_kind="staple", hidden_channels=[8])), 25, 0.2)
@@ -381,6 +381,23 @@ def test_complex64_links_stay_in_the_group_through_many_layers(name):
     assert x.dtype == torch.complex64
     assert (x.mH @ x - torch.eye(n, dtype=x.dtype)).abs().max() < 1e-5
     assert (torch.linalg.det(x) - 1).abs().max() < 1e-5
+    assert torch.isfinite(log_q).all()
+
+
+@pytest.mark.parametrize("name", ["su2", "su3"])
+def test_a_sharp_float32_model_stays_in_the_group(name):
+    """Parameters far from the identity map (all perturbed by 0.3: sharp maps that push eigenvalues
+    together).  The closed-form spectral map assumes an SU(N) input, and the deviation of complex64
+    links from the group, amplified by each map and compounded over the seven maps of a layer,
+    once took SU(3) links 0.83 off the group in one sweep on 2^4 (and to NaN on 4^4)."""
+    theory = make_theory(name, (2, 2, 2, 2), beta=1.0)
+    torch.manual_seed(3)
+    model = _randomise(build_flow(architecture(theory, layer_kind="staple")), 4, 0.3)
+    with torch.no_grad():
+        x, log_q = model.sample(16)
+    n = theory.n_colors
+    assert x.dtype == torch.complex64
+    assert (x.mH @ x - torch.eye(n, dtype=x.dtype)).abs().max() < 1e-5
     assert torch.isfinite(log_q).all()
 
 
