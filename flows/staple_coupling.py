@@ -252,13 +252,17 @@ def newton_schulz_step(matrices: torch.Tensor) -> torch.Tensor:
     return matrices @ (3 * eye - dagger(matrices) @ matrices) / 2
 
 
+def _without_determinant_phase(unitary: torch.Tensor):
+    """``(unitary exp(-i arg det / N), arg det)`` for unitary ``N x N`` matrices: in SU(N)."""
+    n = unitary.shape[-1]
+    phase = torch.angle(_det_3x3(unitary) if n == 3 else torch.linalg.det(unitary))
+    return unitary * torch.polar(torch.ones_like(phase), -phase / n)[..., None, None], phase
+
+
 def back_to_sun(matrices: torch.Tensor) -> torch.Tensor:
     """Matrices near SU(N) put back on it to rounding: one :func:`newton_schulz_step`, then the
     phase of the determinant removed.  The identity on SU(N)."""
-    unitary = newton_schulz_step(matrices)
-    n = matrices.shape[-1]
-    phase = torch.angle(_det_3x3(unitary) if n == 3 else torch.linalg.det(unitary))
-    return unitary * torch.polar(torch.ones_like(phase), -phase / n)[..., None, None]
+    return _without_determinant_phase(newton_schulz_step(matrices))[0]
 
 
 def _entries(m: torch.Tensor):
@@ -340,8 +344,7 @@ def project_staple_sum(staple_sum: torch.Tensor):
     else:
         u, singular_values, vh = torch.linalg.svd(staple_sum)
         unitary = u @ vh
-    phase = torch.angle(_det_3x3(unitary) if n == 3 else torch.linalg.det(unitary))
-    projected = unitary * torch.polar(torch.ones_like(phase), -phase / n)[..., None, None]
+    projected, phase = _without_determinant_phase(unitary)
     return projected.to(dtype), singular_values, phase
 
 
