@@ -137,9 +137,11 @@ def _cubic_slope(x, t):
     return (3 * x - 2 * t[..., None]) * x + t.conj()[..., None]
 
 
-def unitary_eigenvalues(matrices: torch.Tensor, detached: bool = False) -> torch.Tensor:
+def unitary_eigenvalues(matrices: torch.Tensor, detached: bool = False, roots: torch.Tensor | None = None) -> torch.Tensor:
     """Eigenvalues ``[..., N]`` of SU(2) or SU(3) matrices in closed form (unordered; NaN where
-    the formula degenerates, a multiple eigenvalue).  With ``detached`` no graph is built."""
+    the formula degenerates, a multiple eigenvalue).  With ``detached`` no graph is built;
+    ``roots``, the detached eigenvalues of the same SU(3) matrices when already computed, saves
+    solving the cubic again."""
     n = matrices.shape[-1]
     t = torch.diagonal(matrices, dim1=-2, dim2=-1).sum(-1)
     if n == 2:
@@ -152,7 +154,8 @@ def unitary_eigenvalues(matrices: torch.Tensor, detached: bool = False) -> torch
         return torch.complex(torch.stack([c, c], -1), torch.stack([s, -s], -1))
     if n != 3:
         raise InputError(f"closed-form eigenvalues exist here for SU(2) and SU(3), not SU({n})")
-    roots = _su3_roots(t.detach())
+    if roots is None:
+        roots = _su3_roots(t.detach())
     if detached:
         return roots
     return roots - _cubic(roots, t) / _cubic_slope(roots, t)
@@ -290,7 +293,8 @@ def spectral_map(matrices: torch.Tensor, params: torch.Tensor, inverse: bool = F
     if matrices.shape[-1] > 3:
         return _spectral_map_by_eigenvectors(matrices, params, inverse, input_dtype)
     with torch.no_grad():
-        easy = separated(unitary_eigenvalues(matrices, detached=True))
+        detached = unitary_eigenvalues(matrices, detached=True)
+        easy = separated(detached)
     all_easy = bool(easy.all())
     if not all_easy:
         # nearly degenerate spectra (rare in a flow; every cold-start link) go the eigenvector
@@ -300,7 +304,8 @@ def spectral_map(matrices: torch.Tensor, params: torch.Tensor, inverse: bool = F
         matrices_closed = torch.where(easy[..., None, None], matrices, stand_in.to(matrices.device))
     else:
         matrices_closed = matrices
-    values = unitary_eigenvalues(matrices_closed)
+    # the roots found above are those of matrices_closed unless a stand-in replaced some
+    values = unitary_eigenvalues(matrices_closed, roots=detached if all_easy else None)
     theta, index = _canonical_order(torch.angle(values))
     values = torch.gather(values, -1, index)
     gaps = _gaps(theta)
