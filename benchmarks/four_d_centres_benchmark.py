@@ -42,6 +42,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--hidden", type=int, nargs="+", metavar="WIDTH",
                         help="hidden widths of the conditioner (default: the architecture's, 32 32)")
+    parser.add_argument("--chairs", action=argparse.BooleanOptionalAction,
+                        help="U(1): the conditioners also see the chairs (default: the architecture's, on)")
     parser.add_argument("--recompute", action="store_true", help="recompute the layers in the backward pass")
     parser.add_argument("--init-from", metavar="CHECKPOINT", help="start from this run's weights")
     parser.add_argument("--seed", type=int, default=1)
@@ -61,6 +63,10 @@ def main() -> None:
     centres = {} if args.theory == "u1" else {"staple_centres": args.centres}
     if args.hidden:
         centres["hidden_channels"] = list(args.hidden)
+    if args.chairs is not None:
+        if args.theory != "u1":
+            parser.error("--chairs is a U(1) option")
+        centres["chairs"] = args.chairs
     arch = architecture(theory, layer_kind="staple", prior="haar", n_layers=args.layers, **centres)
     torch.manual_seed(args.seed)
     model = build_flow(arch).recompute_in_backward(args.recompute)
@@ -84,6 +90,8 @@ def main() -> None:
         name += f"-b{args.batch_size}-lr{args.lr:g}"
     if args.hidden:
         name += "-h" + "x".join(map(str, args.hidden))
+    if args.chairs is not None:
+        name += "-chairs" if args.chairs else "-nochairs"
     if args.init_from:
         name += "-from-" + os.path.splitext(os.path.basename(args.init_from))[0]
     config = TrainConfig(steps=max(steps, 1), batch_size=args.batch_size, learning_rate=args.lr, schedule="constant",
@@ -96,7 +104,7 @@ def main() -> None:
     final = evaluate(model, 512, 8)
     result = {"theory": args.theory, "lattice": args.lattice, "beta": args.beta, "centres": args.centres,
               "layers": args.layers, "hidden": arch["hidden_channels"], "batch_size": args.batch_size, "learning_rate": args.lr,
-              "recompute": args.recompute, "estimator": args.estimator, "steps": steps, "cpu_seconds": cpu,
+              "chairs": arch.get("chairs"), "recompute": args.recompute, "estimator": args.estimator, "steps": steps, "cpu_seconds": cpu,
               "init_from": args.init_from, "earlier_cpu_seconds": earlier,
               "cpu_seconds_per_step": cpu / max(steps, 1),
               "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

@@ -54,7 +54,9 @@ import torch
 from normflows.flows import Flow
 
 from gaugeflow.lattice.errors import InputError
+from gaugeflow.lattice.gauge import planes
 from gaugeflow.lattice.groups import dagger, matmul, real_dtype
+from gaugeflow.lattice.u1 import plaquette_angles
 
 from .conditioners import SiteMLP
 from .kernels import wrap_with_unit_derivative
@@ -63,7 +65,7 @@ from .sun_coupling import check_sun_links
 
 __all__ = [
     "StapleCoupling", "U1StapleCoupling", "SUNStapleCoupling", "staple_neighbours",
-    "u1_staple_features", "sun_staple_features", "project_staple_sum",
+    "u1_staple_features", "sun_staple_features", "project_staple_sum", "chair_plaquettes",
 ]
 
 def staple_neighbours(lattice_shape, mu: int, active: torch.Tensor) -> torch.Tensor:
@@ -89,6 +91,55 @@ def staple_neighbours(lattice_shape, mu: int, active: torch.Tensor) -> torch.Ten
             rows.append(torch.stack([link(nu, e_mu), link(mu, e_nu), link(nu, zero),
                                      link(nu, e_mu - e_nu), link(mu, -e_nu), link(nu, -e_nu)]))
     return torch.stack(rows)
+
+
+def chair_plaquettes(lattice_shape, mu: int, active: torch.Tensor):
+    """The chairs through the active links ``U_mu(x)``: ``(index, staple, sign)``.
+
+    A chair is a plaquette through the link joined, along one of its links ``l`` perpendicular
+    to ``mu``, to a plaquette ``P`` in a plane without ``mu`` (``l`` cancels): a six-link loop.
+    With ``s_k`` the staple angle of the plaquette (:meth:`U1StapleCoupling.staple_angles`), the
+    chair is ``theta_mu(x) + s_k + sign * theta_P``.  Every chair of a layer is made of frozen links
+    besides the active one: a plaquette without ``mu`` holds no ``mu`` link, and the chairs joined
+    along a link parallel to ``mu``, and the 1x2 rectangles, hold a second active link, so they are
+    left out.  Per active link ``8 (D-1)(D-2)`` chairs (48 in 4D, 16 in 3D, none in 2D).
+
+    ``index [n_chairs, n_active]`` points into the plaquette angles flattened over ``(plane,
+    site)`` with the planes ``a < b`` in :func:`gaugeflow.lattice.gauge.planes` order,
+    ``staple [n_chairs]`` gives the staple ``k`` each chair extends and ``sign [n_chairs]`` the
+    sign of ``theta_P``."""
+    dimension = len(lattice_shape)
+    shape = torch.tensor(lattice_shape)
+    coordinates = active.nonzero()
+    strides = torch.tensor([math.prod(lattice_shape[axis + 1:]) for axis in range(dimension)])
+    volume = math.prod(lattice_shape)
+    plane_list = planes(dimension)
+    unit = torch.eye(dimension, dtype=torch.long)
+    rows, staples, signs = [], [], []
+    k = 0
+    for nu in range(dimension):
+        if nu == mu:
+            continue
+        e_mu, e_nu, zero = unit[mu], unit[nu], 0 * unit[mu]
+        # the links U_nu(y) of the upper and the lower staple (staple_angles) and their signs there
+        for ends in (((zero, -1), (e_mu, 1)), ((-e_nu, 1), (e_mu - e_nu, -1))):
+            for y, in_staple in ends:
+                for rho in range(dimension):
+                    if rho in (mu, nu):
+                        continue
+                    plane = plane_list.index((min(nu, rho), max(nu, rho)))
+                    # theta_{a b}(z) = theta_a(z) + theta_b(z+a) - theta_a(z+b) - theta_b(z): U_nu(y)
+                    # enters theta_P(y) with +1 for nu < rho, and theta_P(y - rho) with the other sign
+                    in_plaquette = 1 if nu < rho else -1
+                    for steps, sign in ((zero, in_plaquette), (-unit[rho], -in_plaquette)):
+                        rows.append(plane * volume + ((coordinates + y + steps) % shape) @ strides)
+                        staples.append(k)
+                        signs.append(-in_staple * sign)  # l cancels between the two plaquettes
+            k += 1
+    if not rows:
+        empty = torch.zeros(0, len(coordinates), dtype=torch.long)
+        return empty, torch.zeros(0, dtype=torch.long), torch.zeros(0)
+    return torch.stack(rows), torch.tensor(staples), torch.tensor(signs, dtype=torch.float64)
 
 
 def u1_staple_features(staples: torch.Tensor, centre: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
@@ -212,14 +263,35 @@ class U1StapleCoupling(StapleCoupling):
     """Staple coupling for U(1) links as angles ``[B, D, x...]`` (module docstring).
 
     ``features(staples, centre, magnitude)`` builds the conditioner input from the staple
-    angles of the active links (default :func:`u1_staple_features`)."""
+    angles of the active links (default :func:`u1_staple_features`).  With ``chairs`` the
+    conditioner also sees ``(cos, sin)`` of every chair through the link relative to the staple
+    sum (:func:`chair_plaquettes`; 3D and up): loops beyond the link's own plaquettes, which
+    integrating out the links updated later couples to it (the first correction of the heat-bath
+    conditional, ``log I_0(beta |A|)``, is a sum over pairs of staples, i.e. chairs and 1x2 loops,
+    with weight ``beta^2 / 2``)."""
 
     def __init__(self, lattice_shape, mu: int, parity: int, kernel, hidden=(32, 32), context_channels: int = 0,
-                 features: Callable = u1_staple_features):
-        n_staples = 2 * (len(tuple(lattice_shape)) - 1)
+                 features: Callable = u1_staple_features, chairs: bool = False):
+        lattice_shape = tuple(int(n) for n in lattice_shape)
+        n_staples = 2 * (len(lattice_shape) - 1)
         n_features = features(torch.zeros(1, 1, n_staples), torch.zeros(1, 1), torch.zeros(1, 1)).shape[-1]
-        super().__init__(lattice_shape, mu, parity, kernel, n_features, hidden, context_channels)
+        index, staple, sign = chair_plaquettes(lattice_shape, mu, staple_link_mask(lattice_shape, mu, parity)) \
+            if chairs else (torch.zeros(0, 0, dtype=torch.long), torch.zeros(0, dtype=torch.long), torch.zeros(0))
+        super().__init__(lattice_shape, mu, parity, kernel, n_features + 2 * len(staple), hidden, context_channels)
         self.features = features
+        self.chairs = bool(chairs) and len(staple) > 0
+        self.register_buffer("chair_index", index.flatten(), persistent=False)
+        self.register_buffer("chair_staple", staple, persistent=False)
+        self.register_buffer("chair_sign", sign, persistent=False)
+
+    def chair_angles(self, theta: torch.Tensor, staples: torch.Tensor) -> torch.Tensor:
+        """``s_k + sign theta_P`` for every chair through the active links (:func:`chair_plaquettes`),
+        ``[n_active, B, n_chairs]``: ``theta_mu(x)`` plus it is the chair's angle."""
+        plaquettes = torch.stack([plaquette_angles(theta, a, b) for a, b in planes(len(self.lattice_shape))],
+                                 dim=1)  # [B, planes, x...]
+        picked = self._sites(plaquettes.flatten(1), self.chair_index)  # [n_chairs * n_active, B]
+        picked = picked.unflatten(0, (len(self.chair_staple), -1)).permute(1, 2, 0)
+        return staples[..., self.chair_staple] + self.chair_sign.to(theta.dtype) * picked
 
     def staple_angles(self, theta: torch.Tensor) -> torch.Tensor:
         """Staple angles ``s_k`` of the active links, ``[n_active, B, 2 (D-1)]``: for each ``nu !=
@@ -236,7 +308,11 @@ class U1StapleCoupling(StapleCoupling):
         weights = self.staple_weights.to(theta.dtype)
         real, imag = (torch.cos(staples) * weights).sum(-1), (torch.sin(staples) * weights).sum(-1)
         centre = torch.atan2(imag, real)  # arg A
-        params = self.params(self.features(staples, centre, torch.hypot(real, imag)), context, theta.dtype)
+        features = self.features(staples, centre, torch.hypot(real, imag))
+        if self.chairs:
+            relative = self.chair_angles(theta, staples) - centre[..., None]
+            features = torch.cat([features, torch.cos(relative), torch.sin(relative)], dim=-1)
+        params = self.params(features, context, theta.dtype)
         links = self.gather(theta[:, self.mu])
         dressed = links + centre  # gauge invariant; the kernel accepts unwrapped angles
         new_dressed, log_derivative = self.transform.unwrapped(dressed, params, inverse)

@@ -267,8 +267,9 @@ def saved_tensor_bytes(model, batch_size: int) -> int:
 def training_memory_estimate(model, batch_size: int, recompute: bool = False) -> int:
     """Bytes a training step needs, roughly: ``RESIDENT_OVER_SAVED`` times what autograd saves
     for the backward pass, measured on a probe -- the same architecture on a lattice of extents
-    at most ``PROBE_EXTENT`` at batch 2 on the CPU, scaled to the volume and batch (flow layers
-    are local) -- with ``recompute``, the layers' inputs plus one layer's share.  Models of other
+    at most ``PROBE_EXTENT`` at batches 2 and 4 on the CPU, scaled to the volume (flow layers
+    are local) and extrapolated in the batch -- with ``recompute``, the layers' inputs plus one
+    layer's share.  Models of other
     kinds (the pseudofermion model's dense operators grow as the volume squared) are probed on
     their own lattice."""
     theory = model.theory
@@ -277,13 +278,20 @@ def training_memory_estimate(model, batch_size: int, recompute: bool = False) ->
     dtype = next(model.parameters()).dtype
     with torch.random.fork_rng(devices=[]):
         probe = type(model).build({**model.architecture, "lattice": list(probe_shape)}).to(dtype=dtype)
-    plain = saved_tensor_bytes(probe, 2)
+
+    def saved_at_batch(module) -> float:
+        # probed at batches 2 and 4: what does not grow with the batch (index tensors saved by
+        # gathers, a fifth of a U(1) staple layer's at batch 2) is not multiplied by it
+        two, four = saved_tensor_bytes(module, 2), saved_tensor_bytes(module, 4)
+        per_sample = max(four - two, 0) / 2
+        return max(two - 2 * per_sample, 0) + per_sample * batch_size
+
+    plain = saved_at_batch(probe)
     saved = plain
     if recompute and hasattr(probe, "recompute_in_backward"):
         layers = sum(isinstance(module, Flow) for module in probe.modules()) or 1  # a joint model's too
-        saved = saved_tensor_bytes(probe.recompute_in_backward(), 2) + plain / layers
-    scale = (batch_size / 2) * (math.prod(shape) / math.prod(probe_shape))
-    return int(RESIDENT_OVER_SAVED * saved * scale)
+        saved = saved_at_batch(probe.recompute_in_backward()) + plain / layers
+    return int(RESIDENT_OVER_SAVED * saved * math.prod(shape) / math.prod(probe_shape))
 
 
 def _check_request(model, config: TrainConfig, checkpoint_path, comm) -> int:

@@ -35,7 +35,7 @@ OPTION_FOR_PARAMETER = {
     "eval_batches": "--eval-batches", "hidden_channels": "--hidden", "n_layers": "--layers", "n_bins": "--bins",
     "n_mixture": "--mixture", "kernel_size": "--kernel-size", "rectangles": "--rectangles", "prior": "--prior",
     "symmetrise": "--symmetrise", "momentum_scaling": "--momentum-scaling", "layer_kind": "--layer-kind",
-    "staple_centres": "--staple-centres",
+    "staple_centres": "--staple-centres", "chairs": "--chairs",
     "resume=True": "--resume", "recompute=True": "--recompute", "commit_every": "--commit-every", "seed": "--seed",
     "flow_time": "--flow-time", "flow_step": "--flow-step", "n_times": "--flow-times",
 }
@@ -265,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--rectangles", action=argparse.BooleanOptionalAction,
                        help="U(1), Schwinger: the conditioners also see the 1x2 loops through the active links "
                             "(default: on)")
+    group.add_argument("--chairs", action=argparse.BooleanOptionalAction,
+                       help="U(1) staple couplings in 3D and 4D: the conditioners also see the chairs through the "
+                            "active links, six-link loops bent out of the link's planes (default: on)")
     group.add_argument("--symmetrise", action=argparse.BooleanOptionalAction,
                        help="phi4: average the model's density over the sign flip phi -> -phi, "
                             "q(phi)/2 + q(-phi)/2 (default: on where the action is even in the field)")
@@ -539,7 +542,7 @@ def run_train(args) -> int:
     given = dict(n_layers=args.layers, kernel=args.kernel, hidden_channels=hidden, kernel_size=args.kernel_size,
                  n_bins=args.bins, n_mixture=args.mixture, rectangles=args.rectangles, prior=args.prior,
                  symmetrise=args.symmetrise, momentum_scaling=args.momentum_scaling, layer_kind=args.layer_kind,
-                 staple_centres=args.staple_centres)
+                 staple_centres=args.staple_centres, chairs=args.chairs)
     resuming = args.resume and os.path.exists(args.out)
     continued = args.out if resuming else args.init_from
     if continued:  # the model being continued or grown fixes the architecture options not given here

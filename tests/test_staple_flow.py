@@ -30,9 +30,9 @@ def _randomise(module, seed, scale):
     return module
 
 
-def _u1_layer(shape, mu, parity, seed=1, scale=0.5):
+def _u1_layer(shape, mu, parity, seed=1, scale=0.5, chairs=False):
     torch.manual_seed(seed)
-    layer = U1StapleCoupling(shape, mu, parity, CircularSplineKernel(6), hidden=(8,)).double()
+    layer = U1StapleCoupling(shape, mu, parity, CircularSplineKernel(6), hidden=(8,), chairs=chairs).double()
     return _randomise(layer, seed + 1, scale)
 
 
@@ -116,11 +116,42 @@ def test_default_gauge_schedules_update_every_link(dimension):
 # ----------------------------------------------------------------------------- U(1)
 
 
-@pytest.mark.parametrize("dimension", [2, 3, 4])
+@pytest.mark.parametrize("shape", [(4, 4, 4), (4, 2, 4, 6)])
+def test_chairs_are_six_link_loops_through_one_active_link(shape):
+    """Each chair angle is, as a linear function of all link angles, a loop of six links with
+    coefficients +-1 (the joining link cancels) holding the active link once and no other link
+    the layer moves; the 8 (D-1)(D-2) chairs of a link are distinct."""
+    dimension = len(shape)
+    for mu, parity in [(0, 0), (dimension - 1, 1)]:
+        layer = U1StapleCoupling(shape, mu, parity, CircularSplineKernel(6), chairs=True)
+        theta = torch.zeros(1, dimension, *shape, dtype=torch.float64, requires_grad=True)
+        loops = (layer.chair_angles(theta, layer.staple_angles(theta)) + layer.gather(theta[:, mu])[..., None])[:, 0]
+        assert loops.shape[1] == 8 * (dimension - 1) * (dimension - 2)
+        moved = mu * layer.active.numel() + layer.active_index
+        for i in (0, len(moved) - 1):
+            seen = set()
+            for c in range(loops.shape[1]):
+                (coefficients,) = torch.autograd.grad(loops[i, c], theta, retain_graph=True)
+                links = coefficients.flatten().nonzero().squeeze(-1)
+                assert len(links) == 6 and torch.all(coefficients.flatten()[links].abs() == 1)
+                assert coefficients.flatten()[moved[i]] == 1 and int(torch.isin(links, moved).sum()) == 1
+                seen.add(tuple(links.tolist()))
+            assert len(seen) == loops.shape[1]
+    # gauge invariant (closed loops): unchanged by a random gauge transformation
+    theory, angles = _hot("u1", shape, 2, seed=30)
+    alpha = theory.random_gauge_transformation(2, generator=torch.Generator().manual_seed(31))
+    layer = U1StapleCoupling(shape, 1, 0, CircularSplineKernel(6), chairs=True)
+    before = layer.chair_angles(angles, layer.staple_angles(angles)) + layer.gather(angles[:, 1])[..., None]
+    gauged = theory.gauge_transform(angles, alpha)
+    after = layer.chair_angles(gauged, layer.staple_angles(gauged)) + layer.gather(gauged[:, 1])[..., None]
+    assert (torch.remainder(after - before + math.pi, 2 * math.pi) - math.pi).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("dimension,chairs", [(2, False), (3, False), (4, False), (3, True), (4, True)])
 @pytest.mark.parametrize("mu,parity", [(0, 0), (1, 1)])
-def test_u1_log_det_matches_autograd_jacobian(dimension, mu, parity):
+def test_u1_log_det_matches_autograd_jacobian(dimension, chairs, mu, parity):
     shape = SHAPES[dimension]
-    layer = _u1_layer(shape, mu, parity)
+    layer = _u1_layer(shape, mu, parity, chairs=chairs)
     _, theta = _hot("u1", shape, 1, seed=5)
     out, log_det = layer(theta)
     jacobian = torch.autograd.functional.jacobian(lambda t: layer(t.reshape(theta.shape))[0].flatten(), theta.flatten())
@@ -130,10 +161,11 @@ def test_u1_log_det_matches_autograd_jacobian(dimension, mu, parity):
     assert abs(log_det[0]) > 0.1  # far from the identity
 
 
-@pytest.mark.parametrize("dimension", [2, 3, 4])
-def test_u1_round_trip_and_gauge_equivariance(dimension):
+@pytest.mark.parametrize("dimension,chairs", [(2, False), (3, False), (4, False), (4, True)])
+def test_u1_round_trip_and_gauge_equivariance(dimension, chairs):
     shape = (4,) * dimension
-    layer = _u1_layer(shape, dimension - 1, 1, seed=7, scale=0.3)  # steeper splines invert to 1e-10 only
+    # steeper splines invert to 1e-10 only; the chairs' 96 more inputs make the splines steeper
+    layer = _u1_layer(shape, dimension - 1, 1, seed=7, scale=0.15 if chairs else 0.3, chairs=chairs)
     theory, theta = _hot("u1", shape, 3, seed=8)
     out, log_det = layer(theta)
     changed = (out - theta).abs() > 0
@@ -149,8 +181,9 @@ def test_u1_round_trip_and_gauge_equivariance(dimension):
     assert (log_det_g - log_det).abs().max() < TOL
 
 
-def test_u1_translation_equivariance():
-    layer = _u1_layer((4, 6, 4), 1, 0, seed=11)
+@pytest.mark.parametrize("chairs", [False, True])
+def test_u1_translation_equivariance(chairs):
+    layer = _u1_layer((4, 6, 4), 1, 0, seed=11, chairs=chairs)
     _, theta = _hot("u1", (4, 6, 4), 2, seed=12)
     for shifts in [(1, 0, 1), (0, 3, 0), (2, 0, 0)]:  # keep the mask: any step along mu, an even sum across
         roll = lambda t: torch.roll(t, shifts=shifts, dims=(2, 3, 4))  # noqa: E731
@@ -242,7 +275,8 @@ def test_model_density_round_trip_and_volume_transfer(name, kind):
     torch.manual_seed(19)
     # the plaquette couplings' splines get too steep to invert to 1e-9 at the staple layers' scale,
     # and so do SU(3)'s 7 maps a link (log q ~ 1000 at 0.3; inverse to 1e-5 there, 1e-13 at 0.15)
-    scale = 0.05 if kind == "both" else 0.15 if name == "su3" else 0.3
+    # and U(1)'s with the chairs' 96 more conditioner inputs (2e-4 at 0.3)
+    scale = 0.05 if kind == "both" else 0.15 if name in ("su3", "u1") else 0.3
     model = _randomise(build_flow(architecture(theory, layer_kind=kind, n_layers=4, hidden_channels=[8])).double(),
                        20, scale)
     assert any(isinstance(layer, (U1StapleCoupling, SUNStapleCoupling)) for layer in model.flows)
@@ -290,12 +324,22 @@ def test_older_gauge_architectures_keep_their_layers():
         architecture(theory, layer_kind="stout")
     assert architecture(theory)["layer_kind"] == "staple"
     assert architecture(make_theory("u1", (8, 8), beta=1.0))["layer_kind"] == "plaquette"
+    # chairs (version 8): on by default, off in older staple models, built into the U(1) staple layers
+    staple = architecture(theory)
+    assert staple["chairs"] is True
+    older = {**{k: v for k, v in staple.items() if k != "chairs"}, "architecture_version": 7}
+    assert upgrade_architecture(older)["chairs"] is False
+    with_chairs = build_flow(staple).flows
+    assert all(layer.chairs and layer.chair_staple.numel() == 48 for layer in with_chairs
+               if isinstance(layer, U1StapleCoupling))
+    assert not any(layer.chairs for layer in build_flow(upgrade_architecture(older)).flows
+                   if isinstance(layer, U1StapleCoupling))
 
 
 def test_sun_staple_centres_default_per_group_and_older_models_keep_theirs():
     """``each`` (one sweep, 2 D layers) for SU(3), ``sum`` (two sweeps) for SU(2); a version-6
     SU(3) architecture, from before ``staple_centres`` was recorded, is a ``sum`` model."""
-    from gaugeflow.flows.model import upgrade_architecture
+    from gaugeflow.flows.model import ARCHITECTURE_VERSION, upgrade_architecture
     su3, su2 = make_theory("su3", (4, 4, 4, 4), beta=1.0), make_theory("su2", (4, 4, 4, 4), beta=1.0)
     assert (architecture(su3)["staple_centres"], architecture(su3)["n_layers"]) == ("each", 8)
     assert (architecture(su2)["staple_centres"], architecture(su2)["n_layers"]) == ("sum", 16)
@@ -306,7 +350,7 @@ def test_sun_staple_centres_default_per_group_and_older_models_keep_theirs():
     old = {k: v for k, v in architecture(su3, staple_centres="sum").items() if k != "staple_centres"}
     old["architecture_version"] = 6
     upgraded = upgrade_architecture(old)
-    assert upgraded["staple_centres"] == "sum" and upgraded["architecture_version"] == 7
+    assert upgraded["staple_centres"] == "sum" and upgraded["architecture_version"] == ARCHITECTURE_VERSION
     assert {layer.n_maps for layer in build_flow(upgraded).flows} == {1}
     assert {layer.n_maps for layer in build_flow(architecture(su3)).flows} == {7}
 

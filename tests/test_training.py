@@ -334,10 +334,12 @@ def test_a_jump_of_the_loss_is_reported_once(tmp_path, monkeypatch, caplog):
 
 def test_the_memory_estimate_follows_what_autograd_saves():
     """The training-memory estimate probes the architecture on a lattice of extents at most 4 and
-    scales to the volume: for local layers that is what autograd saves on the real lattice
-    (4D U(1) staple model, 8x4x4x4: 5.0% above it, deterministically since every saved tensor
-    is held until the count ends; allowed 8%).  Recomputing the layers needs far less; the
-    probe leaves the random state alone."""
+    scales to the volume, and probed at two batch sizes it extrapolates in the batch what grows
+    with it: for local layers that is what autograd saves on the real lattice (4D U(1) staple
+    model with chairs, 8x4x4x4, batch 6: 0.02% above it, deterministically since every saved
+    tensor is held until the count ends; scaling one probe at batch 2 was 10% above, from the
+    gathers' index tensors, which do not grow with the batch).  Recomputing the layers needs far
+    less; the probe leaves the random state alone."""
     from gaugeflow.flows.train import RESIDENT_OVER_SAVED, saved_tensor_bytes, training_memory_estimate
     theory = make_theory("u1", (8, 4, 4, 4), beta=1.0)
     torch.manual_seed(0)
@@ -346,5 +348,5 @@ def test_the_memory_estimate_follows_what_autograd_saves():
     estimate = training_memory_estimate(model, 6)
     assert torch.equal(torch.get_rng_state(), state)
     saved = saved_tensor_bytes(model, 6)
-    assert abs(estimate / (RESIDENT_OVER_SAVED * saved) - 1) < 0.08
+    assert abs(estimate / (RESIDENT_OVER_SAVED * saved) - 1) < 0.01
     assert training_memory_estimate(model, 6, recompute=True) < estimate / 2
