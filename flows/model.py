@@ -82,7 +82,7 @@ from .u1_coupling import U1PlaquetteCoupling, rectangle_loop
 # 5: real fields may start with a learned propagator (``momentum_scaling``); 6: gauge fields
 # name their ``layer_kind`` (staple couplings) and the plaquette layers' ``plaquette_order``;
 # 7: SU(N) models name their ``staple_centres`` (the default became ``each`` for N >= 3);
-# 8: U(1) staple conditioners may see the chairs through the link (``chairs``)
+# 8: staple conditioners may see the chairs through the link (``chairs``)
 ARCHITECTURE_VERSION = 8
 # None: priors.default_prior; symmetrise None: on where the theory is sign-flip symmetric
 COMMON_DEFAULTS = {"kernel_size": 3, "n_bins": 8, "n_mixture": 6, "prior": None, "symmetrise": None}
@@ -196,7 +196,7 @@ def _sun_layers(theory, arch, transform, context_channels):
                                                    context_channels=context_channels, transform=transform),
         lambda mu, parity: SUNStapleCoupling(theory.lattice_shape, theory.n_colors, mu, parity, transform,
                                              arch["hidden_channels"], context_channels,
-                                             centres=arch.get("staple_centres") or "sum"),
+                                             centres=arch.get("staple_centres") or "sum", chairs=arch["chairs"]),
     )
 
 
@@ -217,7 +217,7 @@ register_layers(AngleField, LayerFamily(
 register_layers(SUNField, LayerFamily(
     _sun_layers, {"spline": SpectralTransform},
     {"n_layers": 16, "kernel": "spline", "hidden_channels": [16, 16], "layer_kind": None, "plaquette_order": "offsets",
-     "staple_centres": None},
+     "staple_centres": None, "chairs": False},
 ))
 
 
@@ -308,7 +308,7 @@ def upgrade_architecture(arch: dict) -> dict:
     Haar or normal; before version 4 no model was symmetrised; before version 5 no real-field
     model had a momentum scaling; before version 6 gauge models were plaquette couplings in the
     ``planes`` order; before version 7 SU(N) staple couplings were centred on the staple sum;
-    before version 8 U(1) staple couplings saw no chairs)."""
+    before version 8 staple couplings saw no chairs)."""
     arch = dict(arch)
     version = arch.setdefault("architecture_version", 0)
     if version > ARCHITECTURE_VERSION:

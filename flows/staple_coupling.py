@@ -142,6 +142,50 @@ def chair_plaquettes(lattice_shape, mu: int, active: torch.Tensor):
     return torch.stack(rows), torch.tensor(staples), torch.tensor(signs, dtype=torch.float64)
 
 
+def chair_detours(lattice_shape, mu: int, active: torch.Tensor) -> torch.Tensor:
+    """For SU(N) chairs (:func:`chair_plaquettes`): the three links of every detour, ``[2, 3, D-1,
+    2, 2, D-2, n_active]`` indices into the links flattened over ``(direction, site)``, ordered
+    ``(detour side (+rho, -rho), link, nu, end class, staple side (upper, lower), rho)``.  A
+    detour replaces a perpendicular link ``U_nu(y)`` of a staple by a path from ``y`` to ``y +
+    nu`` around the plaquette in the ``(nu, rho)`` plane: ``U_rho(y) U_nu(y+rho)
+    U_rho(y+nu)^dagger`` on the ``+rho`` side, ``U_rho(y-rho)^dagger U_nu(y-rho) U_rho(y-rho+nu)``
+    on the other.  End class 0 is the first factor of the upper staple ``U_nu(x+mu)
+    U_mu(x+nu)^dagger U_nu(x)^dagger`` and the last of the lower ``U_nu(x+mu-nu)^dagger
+    U_mu(x-nu)^dagger U_nu(x-nu)``; class 1 the other two (:meth:`SUNStapleCoupling.chair_features`
+    takes the two classes' traces in two forms)."""
+    dimension = len(lattice_shape)
+    shape = torch.tensor(lattice_shape)
+    coordinates = active.nonzero()
+    strides = torch.tensor([math.prod(lattice_shape[axis + 1:]) for axis in range(dimension)])
+    volume = math.prod(lattice_shape)
+    unit = torch.eye(dimension, dtype=torch.long)
+
+    def link(direction, steps):
+        return direction * volume + ((coordinates + steps) % shape) @ strides
+
+    def detours(y, nu, outward):
+        rows = []
+        for rho in range(dimension):
+            if rho not in (mu, nu):
+                e_rho = unit[rho]
+                corner = y if outward else y - e_rho
+                rows.append(torch.stack([link(rho, corner), link(nu, corner + (e_rho if outward else 0 * e_rho)),
+                                         link(rho, corner + unit[nu])]))
+        return torch.stack(rows, 1)  # [3, D-2, n]
+
+    sides = []
+    for outward in (True, False):
+        by_nu = []
+        for nu in range(dimension):
+            if nu != mu:
+                e_mu, e_nu = unit[mu], unit[nu]
+                # (class 0: upper first, lower last), (class 1: upper last, lower first)
+                ends = ((e_mu, -e_nu), (0 * e_mu, e_mu - e_nu))
+                by_nu.append(torch.stack([torch.stack([detours(y, nu, outward) for y in pair], 1) for pair in ends], 1))
+        sides.append(torch.stack(by_nu, 1))  # [3, D-1, 2, 2, D-2, n]
+    return torch.stack(sides)
+
+
 def u1_staple_features(staples: torch.Tensor, centre: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
     """Gauge-invariant features of the staples ``s_k`` ``[n, B, K]`` of ``n`` active links:
     ``|A| / K`` and ``(cos, sin)`` of each staple relative to the staple sum, ``s_k - arg A``;
@@ -446,23 +490,60 @@ class SUNStapleCoupling(StapleCoupling):
     CENTRES = ("sum", "each")
 
     def __init__(self, lattice_shape, n_colors: int, mu: int, parity: int, transform, hidden=(32, 32),
-                 context_channels: int = 0, features: Callable = sun_staple_features, centres: str = "sum"):
-        n_staples = 2 * (len(tuple(lattice_shape)) - 1)
+                 context_channels: int = 0, features: Callable = sun_staple_features, centres: str = "sum",
+                 chairs: bool = False):
+        lattice_shape = tuple(int(n) for n in lattice_shape)
+        n_staples = 2 * (len(lattice_shape) - 1)
         if centres not in self.CENTRES:
             raise InputError(f"unknown staple centres {centres!r}; choose {', '.join(self.CENTRES)}")
         probe = torch.eye(n_colors, dtype=torch.complex64).expand(n_staples, 1, 1, n_colors, n_colors)
         n_features = features(probe, probe[0], torch.ones(1, 1, n_colors), torch.zeros(1, 1)).shape[-1]
-        super().__init__(lattice_shape, mu, parity, transform, n_features, hidden, context_channels,
-                         n_maps=1 + (n_staples if centres == "each" else 0))
+        chairs = bool(chairs) and len(lattice_shape) > 2
+        n_chairs = 8 * (len(lattice_shape) - 1) * (len(lattice_shape) - 2) if chairs else 0
+        super().__init__(lattice_shape, mu, parity, transform, n_features + n_chairs * (1 if n_colors == 2 else 2),
+                         hidden, context_channels, n_maps=1 + (n_staples if centres == "each" else 0))
         self.n_colors = int(n_colors)
         self.features = features
         self.centres = centres
+        self.chairs = chairs
+        if chairs:
+            self.register_buffer("chair_links", chair_detours(lattice_shape, mu, self.active), persistent=False)
 
-    def staples(self, links: torch.Tensor) -> torch.Tensor:
+    def chair_features(self, links: torch.Tensor, factors, projected: torch.Tensor) -> torch.Tensor:
+        """``tr(H W^dagger) / N`` for every chair staple ``H`` of the active links -- the staple
+        ``C_k`` with one perpendicular link replaced by a detour (:func:`chair_detours`), so that
+        ``U H`` is the chair -- real part (and imaginary part for N >= 3), ``[n_active, B, F]``.
+        ``factors`` are the staple factors (:meth:`staple_factors`) and ``projected`` is ``W``.
+        The detours are multiplied in the links' precision: the features reach only the
+        conditioner, which runs in float32."""
+        picked = self._sites(links.flatten(1, len(self.lattice_shape) + 1), self.chair_links.flatten())
+        picked = picked.reshape(*self.chair_links.shape, *picked.shape[1:])
+        # unbind, not indexing: the backward of an index fills a zero tensor of all the detours' links
+        (a, b, c), (d, e, f) = [side.unbind(0) for side in picked.unbind(0)]  # each [D-1, 2, 2, D-2, n, B, N, N]
+        detours = (matmul(matmul(a, b), dagger(c)), matmul(matmul(dagger(d), e), f))
+        g = factors  # the staple factors [D-1, n, B, N, N]
+        w_dagger = dagger(projected)
+        # With D the detour and S, P the rest of the staple: class 0 is upper D S and lower P D,
+        # tr(. W^dagger) = sum(D * M^T) with M = S W^dagger, W^dagger P; class 1 is upper P D^dagger
+        # and lower D^dagger S, tr = sum(conj(D) * M) = conj(sum(D * conj(M))) with M = W^dagger P, S W^dagger
+        first = torch.stack([matmul(matmul(dagger(g[1]), dagger(g[2])).to(w_dagger.dtype), w_dagger),
+                             matmul(w_dagger, matmul(dagger(g[3]), dagger(g[4])).to(w_dagger.dtype))], 1)
+        second = torch.stack([matmul(w_dagger, matmul(g[0], dagger(g[1])).to(w_dagger.dtype)),
+                              matmul(matmul(dagger(g[4]), g[5]).to(w_dagger.dtype), w_dagger)], 1)
+        first, second = first.transpose(-1, -2).to(links.dtype)[:, :, None], second.conj().to(links.dtype)[:, :, None]
+        traces = []
+        for detour in detours:
+            traces += [(detour[:, 0] * first).sum((-1, -2)), (detour[:, 1] * second).sum((-1, -2)).conj()]
+        traces = torch.stack(traces).flatten(0, 3).permute(1, 2, 0) / self.n_colors  # [n, B, 8 (D-1)(D-2)]
+        parts = [traces.real] + ([traces.imag] if self.n_colors > 2 else [])
+        return torch.cat(parts, dim=-1)
+
+    def staples(self, links: torch.Tensor, factors=None) -> torch.Tensor:
         """Staples ``C_k`` of the active links, ``[2 (D-1), n_active, B, N, N]`` (order as for
         U(1)): ``U_mu(x) C_k`` is a plaquette through the link, and ``sum_k C_k`` is the staple
-        sum of :meth:`gaugeflow.lattice.sun.SUN.staples`."""
-        f = self.staple_factors(links)  # each [D-1, n, B, N, N]
+        sum of :meth:`gaugeflow.lattice.sun.SUN.staples`.  ``factors``: the staple factors if
+        already gathered."""
+        f = self.staple_factors(links) if factors is None else factors  # each [D-1, n, B, N, N]
         up = matmul(matmul(f[0], dagger(f[1])), dagger(f[2]))
         down = matmul(matmul(dagger(f[3]), dagger(f[4])), f[5])
         return torch.stack([up, down], dim=1).flatten(0, 1)
@@ -477,10 +558,14 @@ class SUNStapleCoupling(StapleCoupling):
         # amplifies again (complex64 links, e = 1e-7: 0.8 off the group after one sweep of a
         # randomised SU(3) model, NaN after two on 4^4).  On SU(N) the projections are the
         # identity, so the map is unchanged.
-        staples = self.staples(links).to(torch.complex128)  # [K, n, B, N, N]
+        factors = self.staple_factors(links)
+        staples = self.staples(links, factors).to(torch.complex128)  # [K, n, B, N, N]
         weights = self.staple_weights.to(staples.dtype)
         projected, singular_values, phase = project_staple_sum(torch.einsum("k,knbij->nbij", weights, staples))
-        params = self.params(self.features(staples, projected, singular_values, phase), context, links.dtype)
+        features = self.features(staples, projected, singular_values, phase)
+        if self.chairs:
+            features = torch.cat([features, self.chair_features(links, factors, projected)], dim=-1)
+        params = self.params(features, context, links.dtype)
         moved = back_to_sun(self.gather(links[:, self.mu]).to(torch.complex128))
         centres = [projected] + ([back_to_sun(c) for c in staples.unbind(0)] if self.centres == "each" else [])
         params = params.unflatten(-1, (self.n_maps, -1)).unbind(-2)

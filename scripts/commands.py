@@ -266,8 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="U(1), Schwinger: the conditioners also see the 1x2 loops through the active links "
                             "(default: on)")
     group.add_argument("--chairs", action=argparse.BooleanOptionalAction,
-                       help="U(1) staple couplings in 3D and 4D: the conditioners also see the chairs through the "
-                            "active links, six-link loops bent out of the link's planes (default: on)")
+                       help="staple couplings in 3D and 4D: the conditioners also see the chairs through the "
+                            "active links, six-link loops bent out of the link's planes (default: on for U(1), "
+                            "off for SU(N))")
     group.add_argument("--symmetrise", action=argparse.BooleanOptionalAction,
                        help="phi4: average the model's density over the sign flip phi -> -phi, "
                             "q(phi)/2 + q(-phi)/2 (default: on where the action is even in the field)")

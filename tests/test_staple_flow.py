@@ -36,10 +36,10 @@ def _u1_layer(shape, mu, parity, seed=1, scale=0.5, chairs=False):
     return _randomise(layer, seed + 1, scale)
 
 
-def _sun_layer(shape, n_colors, mu, parity, seed=1, scale=0.5, centres="sum"):
+def _sun_layer(shape, n_colors, mu, parity, seed=1, scale=0.5, centres="sum", chairs=False):
     torch.manual_seed(seed)
     layer = SUNStapleCoupling(shape, n_colors, mu, parity, SpectralTransform(n_colors, 4), hidden=(8,),
-                              centres=centres).double()
+                              centres=centres, chairs=chairs).double()
     return _randomise(layer, seed + 1, scale)
 
 
@@ -198,13 +198,15 @@ def test_u1_translation_equivariance(chairs):
 
 @pytest.mark.parametrize("n_colors,dimension,centres", [(2, 2, "sum"), (2, 3, "sum"), (2, 4, "sum"), (3, 2, "sum"),
                                                         (3, 3, "sum"), (3, 4, "sum"), (2, 4, "each"), (3, 2, "each"),
-                                                        (3, 4, "each")])
+                                                        (3, 4, "each"), (2, 4, "chairs"), (3, 3, "chairs")])
 def test_sun_log_det_matches_autograd_jacobian(n_colors, dimension, centres):
     """log_det equals log|det dw'/dw| of the whole field in exponential charts ``U = exp(w.T) U0``
     around every link (Haar density ``1 + O(w^2)`` there), input and output."""
     shape = SHAPES[dimension]
     mu, parity = dimension - 1, 0
-    layer = _sun_layer(shape, n_colors, mu, parity, seed=13, scale=0.4, centres=centres)
+    chairs = centres == "chairs"  # the single map, its conditioner seeing the chairs
+    layer = _sun_layer(shape, n_colors, mu, parity, seed=13, scale=0.4, centres="sum" if chairs else centres,
+                       chairs=chairs)
     _, links = _hot(f"su{n_colors}", shape, 1, seed=14)
     basis = _su_basis(n_colors)
     with torch.no_grad():
@@ -225,13 +227,15 @@ def test_sun_log_det_matches_autograd_jacobian(n_colors, dimension, centres):
 
 
 @pytest.mark.parametrize("n_colors", [2, 3])
-@pytest.mark.parametrize("dimension", [2, 4])
+@pytest.mark.parametrize("dimension,chairs", [(2, False), (4, False), (4, True)])
 @pytest.mark.parametrize("centres", ["sum", "each"])
-def test_sun_round_trip_group_and_gauge_equivariance(n_colors, dimension, centres):
+def test_sun_round_trip_group_and_gauge_equivariance(n_colors, dimension, chairs, centres):
     shape = (4,) * dimension if dimension == 2 else (2, 4, 2, 4)
     # seven random maps at the default scale contract a link's density by e^20 (log det -20 a
-    # link), beyond what any round trip resolves; 0.2 keeps them strong (log det -1.3 a link)
-    layer = _sun_layer(shape, n_colors, 1, 1, seed=15, centres=centres, scale=0.5 if centres == "sum" else 0.2)
+    # link), beyond what any round trip resolves; 0.2 keeps them strong (log det -1.3 a link), and
+    # so for the chairs' 48-96 more conditioner inputs (1.6e-7 for SU(3) at 0.5)
+    layer = _sun_layer(shape, n_colors, 1, 1, seed=15, centres=centres,
+                       scale=0.5 if centres == "sum" and not chairs else 0.2, chairs=chairs)
     theory, links = _hot(f"su{n_colors}", shape, 2, seed=16)
     out, log_det = layer(links)
     moved = (out - links).abs().amax(dim=(-2, -1))
@@ -247,6 +251,28 @@ def test_sun_round_trip_group_and_gauge_equivariance(n_colors, dimension, centre
     out_g, log_det_g = layer(theory.gauge_transform(links, g))
     assert (out_g - theory.gauge_transform(out, g)).abs().max() < TOL
     assert (log_det_g - log_det).abs().max() < TOL
+
+
+@pytest.mark.parametrize("shape", [(4, 4, 4), (4, 2, 4, 6)])
+def test_sun_chairs_on_diagonal_links_are_the_u1_chairs(shape):
+    """On diagonal SU(2) links ``diag(e^{i theta}, e^{-i theta})`` every chair feature ``Re tr(H
+    W^dagger) / 2`` of an SU(2) layer is ``cos`` of a U(1) chair relative to the staple sum (the
+    U(1) chairs are six-link loops, tested above): the same 8 (D-1)(D-2) loops, oriented alike."""
+    theory, theta = _hot("u1", shape, 2, seed=32)
+    links = torch.diag_embed(torch.stack([torch.polar(torch.ones_like(theta), theta),
+                                          torch.polar(torch.ones_like(theta), -theta)], -1))
+    for mu, parity in [(0, 0), (len(shape) - 1, 1)]:
+        sun = SUNStapleCoupling(shape, 2, mu, parity, SpectralTransform(2), chairs=True)
+        u1 = U1StapleCoupling(shape, mu, parity, CircularSplineKernel(6), chairs=True)
+        factors = sun.staple_factors(links)
+        projected, _, _ = project_staple_sum(sun.staples(links, factors).sum(0))
+        features = sun.chair_features(links, factors, projected)
+        staples = u1.staple_angles(theta)
+        centre = torch.atan2(torch.sin(staples).sum(-1), torch.cos(staples).sum(-1))
+        expected = torch.cos(u1.chair_angles(theta, staples) - centre[..., None])
+        assert features.shape == expected.shape == (sun.active_index.numel(), 2, 8 * (len(shape) - 1) * (len(shape) - 2))
+        assert (features.sort(-1).values - expected.sort(-1).values).abs().max() < 1e-12
+        assert features.std() > 0.1
 
 
 @pytest.mark.parametrize("n_colors", [2, 3])
