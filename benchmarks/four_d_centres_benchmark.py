@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, nargs="+", metavar="WIDTH",
                         help="hidden widths of the conditioner (default: the architecture's, 32 32)")
     parser.add_argument("--chairs", action=argparse.BooleanOptionalAction,
-                        help="the conditioners also see the chairs (default: the architecture's; on for U(1))")
+                        help="the conditioners also see the chairs (default: the architecture's; on for U(1), SU(2))")
     parser.add_argument("--recompute", action="store_true", help="recompute the layers in the backward pass")
     parser.add_argument("--init-from", metavar="CHECKPOINT", help="start from this run's weights")
     parser.add_argument("--seed", type=int, default=1)

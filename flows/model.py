@@ -150,6 +150,13 @@ def default_staple_centres(theory) -> str:
     return "each" if theory.n_colors >= 3 else "sum"
 
 
+def default_chairs(theory) -> bool:
+    """Whether staple conditioners see the chairs by default: yes for U(1) and SU(2), where at equal
+    CPU time they lower the loss by 7-29 nats (4^4), no for SU(N >= 3), where a step costs 1.5
+    times as much and SU(3) at beta = 2 gained nothing in 10 CPU minutes (benchmarks/README.md)."""
+    return getattr(theory, "n_colors", 1) < 3
+
+
 def default_layer_kind(theory) -> str:
     """``plaquette`` in 2D (exact 2D physics with the U(1) plaquette prior), ``staple`` above:
     the plaquette couplings' convolutions cost most of a 4D training step (benchmarks/README.md)."""
@@ -210,14 +217,13 @@ register_layers(RealField, LayerFamily(
 register_layers(AngleField, LayerFamily(
     _u1_layers, {"spline": CircularSplineKernel, "ncp": NCPKernel},
     {"n_layers": 16, "kernel": "spline", "hidden_channels": [16, 16], "rectangles": True,  # lower KL at equal cost (benchmarks)
-     # chairs: the staple conditioners' view beyond the link's plaquettes; 6-30 nats lower loss at
-     # equal CPU time in 4D (benchmarks/README.md); no chairs exist in 2D
-     "layer_kind": None, "plaquette_order": "offsets", "chairs": True},
+     # chairs None: default_chairs(theory); no chairs exist in 2D
+     "layer_kind": None, "plaquette_order": "offsets", "chairs": None},
 ))
 register_layers(SUNField, LayerFamily(
     _sun_layers, {"spline": SpectralTransform},
     {"n_layers": 16, "kernel": "spline", "hidden_channels": [16, 16], "layer_kind": None, "plaquette_order": "offsets",
-     "staple_centres": None, "chairs": False},
+     "staple_centres": None, "chairs": None},
 ))
 
 
@@ -272,6 +278,8 @@ def architecture(theory, condition=None, **overrides) -> dict:
         arch["staple_centres"] = arch["staple_centres"] or default_staple_centres(theory)
         if arch["staple_centres"] not in SUNStapleCoupling.CENTRES:
             raise InputError(f"unknown staple centres {arch['staple_centres']!r}; choose {', '.join(SUNStapleCoupling.CENTRES)}")
+    if "chairs" in arch:
+        arch["chairs"] = default_chairs(theory) if arch["chairs"] is None else bool(arch["chairs"])
     if arch.get("layer_kind") == "staple" and "n_layers" not in given:
         sweeps = STAPLE_DEFAULTS["sweeps"][arch.get("staple_centres") or "sum"]
         arch["n_layers"] = sweeps * 2 * theory.dimension

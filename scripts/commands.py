@@ -267,8 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default: on)")
     group.add_argument("--chairs", action=argparse.BooleanOptionalAction,
                        help="staple couplings in 3D and 4D: the conditioners also see the chairs through the "
-                            "active links, six-link loops bent out of the link's planes (default: on for U(1), "
-                            "off for SU(N))")
+                            "active links, six-link loops bent out of the link's planes (default: on for U(1) and SU(2), "
+                            "off for SU(N >= 3))")
     group.add_argument("--symmetrise", action=argparse.BooleanOptionalAction,
                        help="phi4: average the model's density over the sign flip phi -> -phi, "
                             "q(phi)/2 + q(-phi)/2 (default: on where the action is even in the field)")

@@ -231,8 +231,8 @@ def test_sample_from_a_trained_flow_and_resume(tmp_path):
 def test_4d_staple_model_trains_samples_and_reweights(tmp_path, theory):
     """The 4D default layer kind (staple couplings) end to end: train, a composite chain and
     reweighting from the checkpoint; ``--layer-kind`` picks the kind, odd extents are refused;
-    ``--recompute`` trains with layers recomputed in the backward pass; U(1) models see the
-    chairs unless ``--no-chairs``."""
+    ``--recompute`` trains with layers recomputed in the backward pass; U(1) and SU(2) models see
+    the chairs unless ``--no-chairs``."""
     model, out = tmp_path / "model.pt", tmp_path / "flow.h5"
     trained = gaugeflow("train", *theory, "--lattice", "2x2x2x4", "--layer-kind", "staple", "--hidden", "4",
                         "--steps", 2, "--batch-size", 8, "--recompute", "--quiet", "--out", model)
@@ -240,9 +240,9 @@ def test_4d_staple_model_trains_samples_and_reweights(tmp_path, theory):
     from gaugeflow.flows.checkpoint import load_checkpoint
     architecture = load_checkpoint(model)["architecture"]
     assert architecture["layer_kind"] == "staple" and architecture["n_layers"] == 16
-    assert architecture.get("chairs") is (True if theory[1] == "u1" else None)  # a U(1) option, on by default
+    assert architecture["chairs"] is True  # the default for U(1) and SU(2)
     assert load_checkpoint(model)["train_config"]["recompute"] is True
-    if theory[1] == "u1":
+    if theory[1] == "u1":  # the option reaches the checkpoint (U(1) alone: SU(2) takes the same path)
         plain = gaugeflow("train", *theory, "--lattice", "2x2x2x4", "--hidden", "4", "--layers", 2, "--no-chairs",
                           "--steps", 1, "--batch-size", 4, "--quiet", "--out", tmp_path / "plain.pt")
         assert plain.returncode == 0, plain.stderr

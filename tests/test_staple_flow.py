@@ -379,6 +379,9 @@ def test_sun_staple_centres_default_per_group_and_older_models_keep_theirs():
     assert upgraded["staple_centres"] == "sum" and upgraded["architecture_version"] == ARCHITECTURE_VERSION
     assert {layer.n_maps for layer in build_flow(upgraded).flows} == {1}
     assert {layer.n_maps for layer in build_flow(architecture(su3)).flows} == {7}
+    # chairs: on for SU(2) (and U(1)), off for SU(3) unless asked for
+    assert architecture(su2)["chairs"] is True and architecture(su3)["chairs"] is False
+    assert all(layer.chairs for layer in build_flow(architecture(su3, chairs=True, n_layers=2)).flows)
 
 
 def test_registered_sun_kernel_reaches_both_layer_kinds():
