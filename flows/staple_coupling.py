@@ -40,8 +40,16 @@ sum of the per-link kernel log-derivatives, in float64.  Gauge equivariance: ``A
 ``W``) transform like the link, ``U_mu(x) -> g(x) U g(x+mu)^dagger``, ``A -> g(x+mu) A
 g(x)^dagger``, so the features are invariant and ``X -> g(x) X g(x)^dagger``.
 
+Chairs (``chairs``, :func:`chair_plaquettes`, :func:`chair_detours`): the conditioner may also
+see the six-link chairs through each active link -- a plaquette through the link joined along a
+perpendicular link to a plaquette in a plane without ``mu``, all of frozen links besides the
+active one.  Integrating out the links that later layers move couples such loops to the link
+(the first correction to the heat-bath conditional, ``log I_0(beta |A|)`` for U(1), is a sum
+over pairs of staples), which the staples alone cannot show.
+
 Cost: a layer computes ``2 (D - 1)`` staples (two products each) and runs the MLP and the
-kernel on half of one direction's links; no convolution over the lattice.
+kernel on half of one direction's links; no convolution over the lattice.  Chairs add, per
+active link, 48 gathered plaquette angles (U(1), 4D) or 48 three-link detours (SU(N)).
 """
 
 from __future__ import annotations
@@ -68,20 +76,32 @@ __all__ = [
     "u1_staple_features", "sun_staple_features", "project_staple_sum", "chair_plaquettes",
 ]
 
+def _shifted_sites(lattice_shape, active: torch.Tensor):
+    """``site(steps, block=0)``: the flat indices ``block * V + (x + steps)`` for the active sites
+    ``x`` (periodic, row-major like the flat sites; ``[n_active]``), with which the links
+    flattened over ``(direction, site)`` (``block`` the direction) or the plaquettes flattened
+    over ``(plane, site)`` are gathered."""
+    shape = torch.tensor(lattice_shape)
+    coordinates = active.nonzero()  # [n_active, D], row-major order like the flat sites
+    strides = torch.tensor([math.prod(lattice_shape[axis + 1:]) for axis in range(len(lattice_shape))])
+    volume = math.prod(lattice_shape)
+
+    def site(steps, block: int = 0):
+        return block * volume + ((coordinates + steps) % shape) @ strides
+
+    return site
+
+
 def staple_neighbours(lattice_shape, mu: int, active: torch.Tensor) -> torch.Tensor:
     """Indices into the links flattened over ``(direction, site)`` of everything the staples of
     the active links ``U_mu(x)`` are made of: ``[D-1, 6, n_active]``, for each ``nu != mu``
     (ascending) the links ``U_nu(x+mu), U_mu(x+nu), U_nu(x), U_nu(x+mu-nu), U_mu(x-nu),
     U_nu(x-nu)``.  One gather then brings every staple factor of a layer (no shifted copies of
     the whole lattice)."""
-    shape = torch.tensor(lattice_shape)
-    coordinates = active.nonzero()  # [n_active, D], row-major order like the flat sites
-    strides = torch.tensor([math.prod(lattice_shape[axis + 1:]) for axis in range(len(lattice_shape))])
-    volume = math.prod(lattice_shape)
+    site = _shifted_sites(lattice_shape, active)
 
     def link(direction, steps):
-        sites = ((coordinates + steps) % shape) @ strides
-        return direction * volume + sites
+        return site(steps, direction)
 
     unit = torch.eye(len(lattice_shape), dtype=torch.long)
     rows = []
@@ -109,10 +129,7 @@ def chair_plaquettes(lattice_shape, mu: int, active: torch.Tensor):
     ``staple [n_chairs]`` gives the staple ``k`` each chair extends and ``sign [n_chairs]`` the
     sign of ``theta_P``."""
     dimension = len(lattice_shape)
-    shape = torch.tensor(lattice_shape)
-    coordinates = active.nonzero()
-    strides = torch.tensor([math.prod(lattice_shape[axis + 1:]) for axis in range(dimension)])
-    volume = math.prod(lattice_shape)
+    site = _shifted_sites(lattice_shape, active)
     plane_list = planes(dimension)
     unit = torch.eye(dimension, dtype=torch.long)
     rows, staples, signs = [], [], []
@@ -132,12 +149,12 @@ def chair_plaquettes(lattice_shape, mu: int, active: torch.Tensor):
                     # enters theta_P(y) with +1 for nu < rho, and theta_P(y - rho) with the other sign
                     in_plaquette = 1 if nu < rho else -1
                     for steps, sign in ((zero, in_plaquette), (-unit[rho], -in_plaquette)):
-                        rows.append(plane * volume + ((coordinates + y + steps) % shape) @ strides)
+                        rows.append(site(y + steps, plane))
                         staples.append(k)
                         signs.append(-in_staple * sign)  # l cancels between the two plaquettes
             k += 1
     if not rows:
-        empty = torch.zeros(0, len(coordinates), dtype=torch.long)
+        empty = torch.zeros(0, int(active.sum()), dtype=torch.long)
         return empty, torch.zeros(0, dtype=torch.long), torch.zeros(0)
     return torch.stack(rows), torch.tensor(staples), torch.tensor(signs, dtype=torch.float64)
 
@@ -154,14 +171,11 @@ def chair_detours(lattice_shape, mu: int, active: torch.Tensor) -> torch.Tensor:
     U_mu(x-nu)^dagger U_nu(x-nu)``; class 1 the other two (:meth:`SUNStapleCoupling.chair_features`
     takes the two classes' traces in two forms)."""
     dimension = len(lattice_shape)
-    shape = torch.tensor(lattice_shape)
-    coordinates = active.nonzero()
-    strides = torch.tensor([math.prod(lattice_shape[axis + 1:]) for axis in range(dimension)])
-    volume = math.prod(lattice_shape)
+    site = _shifted_sites(lattice_shape, active)
     unit = torch.eye(dimension, dtype=torch.long)
 
     def link(direction, steps):
-        return direction * volume + ((coordinates + steps) % shape) @ strides
+        return site(steps, direction)
 
     def detours(y, nu, outward):
         rows = []
