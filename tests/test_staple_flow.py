@@ -11,7 +11,8 @@ from gaugeflow import architecture, build_flow, make_theory
 from gaugeflow.flows.kernels import CircularSplineKernel
 from gaugeflow.flows.masks import gauge_layer_schedule, staple_layer_schedule, staple_link_mask
 from gaugeflow.flows.model import transfer_weights
-from gaugeflow.flows.staple_coupling import SUNStapleCoupling, U1StapleCoupling, project_staple_sum
+from gaugeflow.flows.staple_coupling import SUNStapleCoupling, U1StapleCoupling, chair_loops, project_staple_sum
+from gaugeflow.lattice.errors import InputError
 from gaugeflow.flows.sun_coupling import SpectralTransform
 from gaugeflow.lattice.groups import dagger, traceless_antihermitian
 from gaugeflow.lattice.u1 import U1
@@ -145,6 +146,27 @@ def test_chairs_are_six_link_loops_through_one_active_link(shape):
     gauged = theory.gauge_transform(angles, alpha)
     after = layer.chair_angles(gauged, layer.staple_angles(gauged)) + layer.gather(gauged[:, 1])[..., None]
     assert (torch.remainder(after - before + math.pi, 2 * math.pi) - math.pi).abs().max() < 1e-12
+
+
+def test_layers_of_one_mask_share_their_index_buffers():
+    """The gather indices are built once per (lattice, mask) and held as int32: layers of one
+    mask hold the same tensors, layers of another mask or lattice their own; the SU(N) detours,
+    which depend on ``mu`` only, are shared by both parities.  Chairs need 3 dimensions."""
+    shape = (4, 4, 4, 4)
+    first, second = (U1StapleCoupling(shape, 2, 1, CircularSplineKernel(6), chairs=True) for _ in range(2))
+    other_parity = U1StapleCoupling(shape, 2, 0, CircularSplineKernel(6), chairs=True)
+    other_lattice = U1StapleCoupling((4, 4, 4, 6), 2, 1, CircularSplineKernel(6), chairs=True)
+    for name in ("neighbours", "chair_index"):
+        index = getattr(first, name)
+        assert index.dtype == torch.int32 and getattr(second, name) is index
+        assert not torch.equal(getattr(other_parity, name), index)
+        assert getattr(other_lattice, name).shape[-1] > index.shape[-1]
+    even, odd = (SUNStapleCoupling(shape, 2, 2, parity, SpectralTransform(2), chairs=True) for parity in (0, 1))
+    assert even.detour_links is odd.detour_links and even.neighbours is not odd.neighbours
+    assert even.chair_detours.dtype == torch.int32 and not torch.equal(even.chair_detours, odd.chair_detours)
+    assert not U1StapleCoupling((4, 4), 0, 0, CircularSplineKernel(6), chairs=True).chairs
+    with pytest.raises(InputError, match="3 or more dimensions"):
+        chair_loops(2, 0)
 
 
 @pytest.mark.parametrize("dimension,chairs", [(2, False), (3, False), (4, False), (3, True), (4, True)])
