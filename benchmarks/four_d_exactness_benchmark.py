@@ -23,6 +23,7 @@ import torch
 
 def compare(model_path: str, n_configs: int, n_chains: int, hmc_per_step: int, seed: int) -> list[str]:
     from gaugeflow import analyze_ensemble, generate_ensemble, load_flow
+    from gaugeflow.hmc.analysis import ensemble_warnings
     from gaugeflow.lattice import exact
 
     torch.set_num_threads(1)
@@ -30,12 +31,13 @@ def compare(model_path: str, n_configs: int, n_chains: int, hmc_per_step: int, s
     theory = model.theory
     rows = []
     with tempfile.TemporaryDirectory() as folder:
-        results = {}
+        results, warnings = {}, []
         for sampler, options in (("hmc", {}), ("composite", {"hmc_per_step": hmc_per_step}), ("flow", {})):
             path = os.path.join(folder, f"{sampler}.h5")
             generate_ensemble(theory, path, sampler=sampler, model=None if sampler == "hmc" else model,
                               n_configs=n_configs, n_chains=n_chains, n_therm=50, seed=seed, progress=False, **options)
             results[sampler] = analyze_ensemble(path)
+            warnings += [f"{sampler}: {line}" for line in ensemble_warnings(path, results[sampler])]
     reference = results["hmc"]
     couplings = ", ".join(f"{k}={v:g}" for k, v in theory.couplings.items())
     for name in sorted(reference):
@@ -54,6 +56,7 @@ def compare(model_path: str, n_configs: int, n_chains: int, hmc_per_step: int, s
         rows.append("| " + " | ".join(line) + " |")
     acceptance = ", ".join(f"{s} {results[s]['acceptance']['mean']:.3f}" for s in results)
     rows.append(f"| {theory.name} | acceptance | {acceptance} | | |")
+    rows += [f"| {theory.name} | warning | {line} | | |" for line in warnings]  # gaugeflow analyze's
     return rows
 
 

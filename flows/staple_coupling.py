@@ -103,10 +103,12 @@ def _shifted_sites(lattice_shape, active: torch.Tensor):
 _SHARED_INDICES: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
-def shared_index(name: str, lattice_shape, mu: int, parity: int, build: Callable[[], torch.Tensor]) -> torch.Tensor:
-    """``build()``, an index tensor of layer ``(mu, parity)`` on ``lattice_shape``, as int32 (int64
-    past 2^31 - 1; gathers take either, equally fast), built once and shared by every layer that
-    asks for the same ``name`` while one of them holds it.  Index buffers are never written to."""
+def shared_index(name: str, lattice_shape, mu: int, parity: int | None,
+                 build: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """``build()``, an index tensor of layer ``(mu, parity)`` on ``lattice_shape`` (``parity`` None:
+    one for both parities), as int32 (int64 past 2^31 - 1; gathers take either, equally fast),
+    built once and shared by every layer that asks for the same ``name`` while one of them holds
+    it.  Index buffers are never written to."""
     key = (name, tuple(lattice_shape), mu, parity)
     index = _SHARED_INDICES.get(key)
     if index is None:
@@ -590,8 +592,8 @@ class SUNStapleCoupling(StapleCoupling):
         ``C_k`` with one perpendicular link replaced by a detour (:func:`chair_detours`), so that
         ``U H`` is the chair -- real part (and imaginary part for N >= 3), ``[n_active, B, F]``.
         ``factors`` are the staple factors (:meth:`staple_factors`) and ``projected`` is ``W``.
-        The detours are multiplied once per site (:func:`detour_links`) in the links' precision: the features reach only the
-        conditioner, which runs in float32."""
+        The detours are multiplied once per site (:func:`detour_links`), in the links' precision:
+        the features reach only the conditioner, which runs in float32."""
         ends = self._sites(links.flatten(1, len(self.lattice_shape) + 1), self.detour_links.flatten())
         ends = ends.unflatten(0, (2, 3, -1))  # [side, link, (nu, rho, y), B, N, N]
         # unbind, not indexing: the backward of an index fills a zero tensor of all the detours' links

@@ -40,21 +40,66 @@ from gaugeflow.lattice.gradient_flow import FLOW_COLUMN, flow_columns, scale_t0,
 from .autocorrelation import gamma_method, jackknife
 
 
-def _result(mean, error, tau_int=None, tau_int_error=None) -> dict:
+def _result(mean, error, tau_int=None, tau_int_error=None, replica_q=None) -> dict:
     return {"mean": float(mean), "error": float(error), "tau_int": None if tau_int is None else float(tau_int),
-            "tau_int_error": None if tau_int_error is None else float(tau_int_error)}
+            "tau_int_error": None if tau_int_error is None else float(tau_int_error),
+            "replica_q": None if replica_q is None else float(replica_q)}
 
 
 def _gamma_result(g, scale: float = 1.0) -> dict:
-    return _result(g.mean * scale, g.error * scale, g.tau_int, g.tau_int_error)
+    return _result(g.mean * scale, g.error * scale, g.tau_int, g.tau_int_error, g.replica_q)
+
+
+# Healthy chains (all of them sampling one distribution, each of at least ~60 tau_int) fall below
+# this Q-value for fewer than 1 in 1000 observables; chains of 15 tau_int, whose errors are not to
+# be trusted, for 3 in 100; chains stuck in different places at Q ~ 0.
+REPLICA_Q_THRESHOLD = 1e-4
+# An independence-Metropolis chain holds (accepted proposals + 1) distinct configurations, and its
+# tau_int is about 2 / acceptance - 1: with fewer accepted proposals than this, a chain is shorter
+# than ~10 tau_int and still remembers where it started (the flow's distribution, not the target's).
+FEWEST_ACCEPTED = 20
+
+
+def ensemble_warnings(path, results: dict[str, dict]) -> list[str]:
+    """What makes the errors of :func:`analyze_ensemble` ``results`` for the ensemble at ``path``
+    untrustworthy, one line each (none for a healthy ensemble):
+
+    * an observable whose chains' means disagree beyond its error (replica Q-value below
+      ``REPLICA_Q_THRESHOLD``; :func:`gaugeflow.hmc.autocorrelation.replica_q`): the chains have
+      not mixed (e.g. frozen in different topological sectors) or are too short for their
+      autocorrelation to be measured;
+    * an independence-Metropolis (``flow``) chain that accepted fewer than ``FEWEST_ACCEPTED``
+      proposals: it has hardly moved, so its configurations are still those of the flow, its own
+      fluctuations (and so the error) nearly vanish, and all chains can be biased alike, which
+      no comparison of chains reveals.
+
+    Neither check can prove an ensemble right; they catch the two common ways an error bar lies."""
+    lines = []
+    with open_ensemble(path) as ensemble:
+        sampler = ensemble.attrs.get("sampler")
+        accepted = ensemble.per_chain(ensemble.column("accepted").astype(np.int64))
+    if sampler == "flow":
+        fewest = min(int(chain.sum()) for chain in accepted)
+        if fewest < FEWEST_ACCEPTED:
+            lines.append(f"a chain accepted only {fewest} of its flow proposals (fewer than {FEWEST_ACCEPTED}): the "
+                         "chains have hardly moved from the flow's samples and the errors are meaningless; sample "
+                         "with 'gaugeflow sample --sampler composite', or train the flow further")
+    for name, result in results.items():
+        q = result.get("replica_q")
+        if q is not None and q < REPLICA_Q_THRESHOLD:
+            lines.append(f"{name}: the chains' means disagree beyond the error (replica Q = {q:.1e}); they have not "
+                         "mixed or are too short for the error to be trusted")
+    return lines
 
 
 def analyze_ensemble(path, S: float = 1.5) -> dict[str, dict]:
-    """``{name: {"mean", "error", "tau_int", "tau_int_error", "exact", "pull"}}`` for every
-    observable of the ensemble at ``path``.
+    """``{name: {"mean", "error", "tau_int", "tau_int_error", "replica_q", "exact", "pull"}}`` for
+    every observable of the ensemble at ``path``.
 
     ``tau_int`` and its error are in units of stored configurations of one chain (``None`` for
-    jackknifed derived quantities and the acceptance).  ``exact`` is the exact value where it is
+    jackknifed derived quantities and the acceptance).  ``replica_q`` is the Q-value of the
+    chains' means given the error (``None`` for one chain and where there is no Gamma-method
+    error): tiny when the chains disagree beyond it (:func:`disagreeing_chains`).  ``exact`` is the exact value where it is
     known for the ensemble's theory, lattice and couplings, and ``pull`` is
     ``(mean - exact) / error`` (both ``None`` otherwise; see :func:`with_exact_values`).
     """

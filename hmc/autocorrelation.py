@@ -65,6 +65,20 @@ Special cases
       ``sigma^2 = Gamma(0) / (N - 1)`` (the usual standard error).
     * ``W_max < 2`` (longest replica has fewer than 4 samples, which pyerrors
       rejects): window 0, ``tau_int = 1/2`` and ``sigma^2 = Gamma(0)(1+1/N)/N``.
+
+Replica consistency (as Wolff's UWerr reports it)
+    With ``R >= 2`` replica the error ``sigma`` also predicts how far the replica means may
+    scatter: ``abar_r - abar`` has variance ``sigma^2 N / N_r`` for chains that sample the same
+    distribution and an error that is right, so ::
+
+        chi^2 = sum_r (abar_r - abar)^2 N_r / (sigma^2 N)
+
+    follows a chi^2 distribution with ``R - 1`` degrees of freedom, and its Q-value
+    (``replica_q``, the probability of a larger chi^2) is uniform on [0, 1].  A tiny Q says the
+    chains disagree beyond their errors: they have not mixed, e.g. independence-Metropolis
+    chains that accept almost nothing, each stuck near where it started while its own
+    fluctuations (and so ``sigma``) are nearly zero -- a failure the Gamma method cannot see
+    within one chain.  ``None`` for one replica.
 """
 
 from __future__ import annotations
@@ -74,10 +88,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+from scipy.special import chdtrc
 
 from gaugeflow.lattice.errors import InputError
 
-__all__ = ["GammaResult", "gamma_method", "normalized_autocorrelation", "jackknife"]
+__all__ = ["GammaResult", "gamma_method", "normalized_autocorrelation", "jackknife", "replica_q"]
 
 
 @dataclass(frozen=True)
@@ -90,6 +105,8 @@ class GammaResult:
     tau_int_error: Madras-Sokal error estimate of ``tau_int``
     window:        summation window W chosen by the automatic windowing
     n_samples:     total number of samples N
+    replica_q:     Q-value of the replica means given ``error`` (module docstring; ``None``
+                   for one replica)
     """
 
     mean: float
@@ -98,6 +115,7 @@ class GammaResult:
     tau_int_error: float
     window: int
     n_samples: int
+    replica_q: float | None = None
 
 
 def _as_chains(chains, name: str = "chains") -> list[np.ndarray]:
@@ -216,14 +234,16 @@ def gamma_method(chains, S: float = 1.5) -> GammaResult:
 
     gamma = _gamma(cs, w_max)
     g0 = gamma[0]
-    if abs(g0) < 10 * np.finfo(float).tiny:  # constant data: nothing fluctuates
-        return GammaResult(mean, 0.0, 0.5, 0.0, 0, n)
+    if abs(g0) < 10 * np.finfo(float).tiny:  # every chain constant: nothing fluctuates
+        return GammaResult(mean, 0.0, 0.5, 0.0, 0, n, replica_q(cs, mean, 0.0))
 
     if S == 0.0:
-        return GammaResult(mean, math.sqrt(g0 / (n - 1)), 0.5, 0.0, 0, n)
+        error = math.sqrt(g0 / (n - 1))
+        return GammaResult(mean, error, 0.5, 0.0, 0, n, replica_q(cs, mean, error))
 
     if w_max < 2:  # no lag t >= 1 available to sum over
-        return GammaResult(mean, math.sqrt(g0 * (1 + 1 / n) / n), 0.5, 0.0, 0, n)
+        error = math.sqrt(g0 * (1 + 1 / n) / n)
+        return GammaResult(mean, error, 0.5, 0.0, 0, n, replica_q(cs, mean, error))
 
     rho = gamma / g0
     # tau_int(W) for W = 0..w_max-1
@@ -243,7 +263,21 @@ def gamma_method(chains, S: float = 1.5) -> GammaResult:
 
     tau_int = tau_w[window] * (1 + (2 * window + 1) / n) / (1 + 1 / n)  # Wolff eq. (49)
     error = math.sqrt(2 * tau_int * g0 * (1 + 1 / n) / n)
-    return GammaResult(mean, error, float(tau_int), float(dtau_w[window]), window, n)
+    return GammaResult(mean, error, float(tau_int), float(dtau_w[window]), window, n, replica_q(cs, mean, error))
+
+
+def replica_q(chains, mean: float, error: float) -> float | None:
+    """Q-value of the replica means ``chains`` about ``mean`` given the error of the mean
+    ``error`` (module docstring, "Replica consistency"); ``None`` for one replica.  With
+    ``error == 0`` it is 1 if every replica has the same mean and 0 otherwise."""
+    if len(chains) < 2:
+        return None
+    n = sum(c.size for c in chains)
+    means = np.array([c.mean() for c in chains])
+    if error == 0:
+        return 1.0 if np.ptp(means) == 0 else 0.0
+    chi2 = float(sum((m - mean) ** 2 * c.size for m, c in zip(means, chains)) / (error**2 * n))
+    return float(chdtrc(len(chains) - 1, chi2))
 
 
 def _choose_bin_size(cs_list: list[list[np.ndarray]], min_bins: int = 20) -> int:

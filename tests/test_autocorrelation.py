@@ -287,3 +287,28 @@ def test_bad_input_raises(bad):
 def test_bad_S_raises():
     with pytest.raises(ValueError):
         gamma_method(np.ones(10), S=-1.0)
+
+
+
+def test_replica_q_is_uniform_for_chains_that_agree_and_tiny_for_chains_that_have_not_mixed():
+    rng = np.random.default_rng(7)
+    a = math.exp(-1 / 5)
+
+    def correlated(size):  # AR(1), tau_int ~ 5
+        return lfilter([math.sqrt(1 - a * a)], [1, -a], rng.normal(size=size), axis=1)
+
+    # chains that sample one distribution: Q uniform (independent samples), or nearly so when the
+    # chains are long against tau_int (400 tau_int a chain)
+    independent = np.array([gamma_method(rng.normal(size=(8, 300))).replica_q for _ in range(400)])
+    assert 0.025 < np.mean(independent < 0.05) < 0.08 and 0.2 < np.mean(independent < 0.25) < 0.3
+    assert np.mean(np.array([gamma_method(correlated((8, 2000))).replica_q for _ in range(400)]) < 1e-4) < 0.005
+    # chains frozen in different places (HMC in different topological sectors, say): each one's
+    # fluctuations are healthy, so the Gamma method within a chain cannot see it, and the error
+    # of the mean is too small -- but the chains' means disagree far beyond it
+    frozen = correlated((8, 500)) + rng.choice([-1.0, 0.0, 1.0], size=(8, 1))
+    result = gamma_method(frozen)
+    assert result.replica_q < 1e-10
+    # one replica: nothing to compare; constant replicas: equal means agree, others do not
+    assert gamma_method(rng.normal(size=500)).replica_q is None
+    assert gamma_method([np.full(10, 1.0), np.full(7, 1.0)]).replica_q == 1.0
+    assert gamma_method([np.full(10, 1.0), np.full(7, 2.0)]).replica_q == 0.0

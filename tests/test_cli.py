@@ -32,7 +32,7 @@ def test_hmc_then_analyze_json(tmp_path):
     results = json.loads(analysis.stdout)
     assert {"plaquette", "topological_charge", "topological_susceptibility", "acceptance"} <= set(results)
     plaquette = results["plaquette"]
-    assert set(plaquette) == {"mean", "error", "tau_int", "tau_int_error", "exact", "pull"}
+    assert set(plaquette) == {"mean", "error", "tau_int", "tau_int_error", "replica_q", "exact", "pull"}
     assert 0 < plaquette["mean"] < 1 and plaquette["tau_int_error"] > 0
     from gaugeflow.lattice import exact
     assert plaquette["exact"] == exact.u1_plaquette(2.0, 16)  # full precision
