@@ -55,8 +55,9 @@ def _gamma_result(g, scale: float = 1.0) -> dict:
 # be trusted, for 3 in 100; chains stuck in different places at Q ~ 0.
 REPLICA_Q_THRESHOLD = 1e-4
 # An independence-Metropolis chain holds (accepted proposals + 1) distinct configurations, and its
-# tau_int is about 2 / acceptance - 1: with fewer accepted proposals than this, a chain is shorter
-# than ~10 tau_int and still remembers where it started (the flow's distribution, not the target's).
+# tau_int is about 1 / acceptance (a chain that stays with probability 1 - a has rho(t) = (1 - a)^t):
+# with fewer accepted proposals than this a chain is shorter than ~20 tau_int and still remembers
+# where it started (the flow's distribution, not the target's).
 FEWEST_ACCEPTED = 20
 
 
@@ -99,8 +100,8 @@ def analyze_ensemble(path, S: float = 1.5) -> dict[str, dict]:
     ``tau_int`` and its error are in units of stored configurations of one chain (``None`` for
     jackknifed derived quantities and the acceptance).  ``replica_q`` is the Q-value of the
     chains' means given the error (``None`` for one chain and where there is no Gamma-method
-    error): tiny when the chains disagree beyond it (:func:`disagreeing_chains`).  ``exact`` is the exact value where it is
-    known for the ensemble's theory, lattice and couplings, and ``pull`` is
+    error): tiny when the chains disagree beyond it (:func:`ensemble_warnings`).  ``exact`` is the
+    exact value where it is known for the ensemble's theory, lattice and couplings, and ``pull`` is
     ``(mean - exact) / error`` (both ``None`` otherwise; see :func:`with_exact_values`).
     """
     with open_ensemble(path) as ensemble:
