@@ -154,7 +154,8 @@ def chair_loops(dimension: int, mu: int) -> list[tuple[int, torch.Tensor, int, i
     ``staple``.  Every chair of a layer is made of frozen links besides the active one: a plaquette
     without ``mu`` holds no ``mu`` link, and the chairs joined along a link parallel to ``mu``, and
     the 1x2 rectangles, hold a second active link, so they are left out.  ``8 (D-1)(D-2)`` chairs
-    (48 in 4D, 16 in 3D; a lattice of 3 or more dimensions)."""
+    (48 in 4D, 16 in 3D; a lattice of 3 or more dimensions), listed staple by staple: the
+    ``4 (D-2)`` chairs of staple ``k`` come ``k``-th."""
     if dimension < 3:
         raise InputError(f"chairs need a lattice of 3 or more dimensions, not {dimension}")
     plane_list = planes_without(dimension, mu)
@@ -397,10 +398,9 @@ class U1StapleCoupling(StapleCoupling):
         self.features = features
         self.chairs = with_chairs
         if with_chairs:
-            _, _, staple, sign = zip(*chair_loops(dimension, mu))
+            signs = [sign for _, _, _, sign in chair_loops(dimension, mu)]
             self.register_index("chair_index", lambda *where: chair_plaquettes(*where).flatten())
-            self.register_buffer("chair_staple", torch.tensor(staple), persistent=False)
-            self.register_buffer("chair_sign", torch.tensor(sign, dtype=torch.float64), persistent=False)
+            self.register_buffer("chair_sign", torch.tensor(signs, dtype=torch.float64), persistent=False)
 
     def chair_angles(self, theta: torch.Tensor, staples: torch.Tensor) -> torch.Tensor:
         """``s_k + sign theta_P`` for every chair through the active links (:func:`chair_loops`),
@@ -408,8 +408,11 @@ class U1StapleCoupling(StapleCoupling):
         plaquettes = torch.stack([plaquette_angles(theta, a, b) for a, b in planes_without(theta.dim() - 2, self.mu)],
                                  dim=1)  # [B, planes without mu, x...]
         picked = self._sites(plaquettes.flatten(1), self.chair_index)  # [n_chairs * n_active, B]
-        picked = picked.unflatten(0, (len(self.chair_staple), -1)).permute(1, 2, 0)
-        return staples[..., self.chair_staple] + self.chair_sign.to(theta.dtype) * picked
+        # chair_loops lists the chairs staple by staple, as many for each: the staple angles enter
+        # by broadcasting, not by an index (whose backward is a scatter; 10% of a U(1) chair step)
+        n_staples = staples.shape[-1]
+        picked = picked.unflatten(0, (n_staples, -1, staples.shape[0])).permute(2, 3, 0, 1)  # [n, B, K, per staple]
+        return (staples[..., None] + self.chair_sign.view(n_staples, -1).to(theta.dtype) * picked).flatten(-2)
 
     def staple_angles(self, theta: torch.Tensor) -> torch.Tensor:
         """Staple angles ``s_k`` of the active links, ``[n_active, B, 2 (D-1)]``: for each ``nu !=

@@ -167,6 +167,9 @@ def test_layers_of_one_mask_share_their_index_buffers():
     assert not U1StapleCoupling((4, 4), 0, 0, CircularSplineKernel(6), chairs=True).chairs
     with pytest.raises(InputError, match="3 or more dimensions"):
         chair_loops(2, 0)
+    for dimension in (3, 4):  # staple by staple, as U1StapleCoupling.chair_angles reads them
+        staples = [staple for _, _, staple, _ in chair_loops(dimension, 1)]
+        assert staples == [k for k in range(2 * (dimension - 1)) for _ in range(4 * (dimension - 2))]
 
 
 @pytest.mark.parametrize("dimension,chairs", [(2, False), (3, False), (4, False), (3, True), (4, True)])
@@ -378,7 +381,7 @@ def test_older_gauge_architectures_keep_their_layers():
     older = {**{k: v for k, v in staple.items() if k != "chairs"}, "architecture_version": 7}
     assert upgrade_architecture(older)["chairs"] is False
     with_chairs = build_flow(staple).flows
-    assert all(layer.chairs and layer.chair_staple.numel() == 48 for layer in with_chairs
+    assert all(layer.chairs and layer.chair_sign.numel() == 48 for layer in with_chairs
                if isinstance(layer, U1StapleCoupling))
     assert not any(layer.chairs for layer in build_flow(upgrade_architecture(older)).flows
                    if isinstance(layer, U1StapleCoupling))
