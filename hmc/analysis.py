@@ -52,8 +52,11 @@ def _gamma_result(g, scale: float = 1.0) -> dict:
 
 # Healthy chains (all of them sampling one distribution, each of at least ~60 tau_int) fall below
 # this Q-value for fewer than 1 in 1000 observables; chains of 15 tau_int, whose errors are not to
-# be trusted, for 3 in 100; chains stuck in different places at Q ~ 0.
+# be trusted, for 3 in 100; chains stuck in different places at Q ~ 0.  Chains shorter than
+# REPLICA_MIN_LENGTH are not judged: a Gamma-method error from a few configurations a chain is
+# biased low, and 8 chains of 16 at tau_int = 2 fall below the threshold one time in seven.
 REPLICA_Q_THRESHOLD = 1e-4
+REPLICA_MIN_LENGTH = 50
 # An independence-Metropolis chain holds (accepted proposals + 1) distinct configurations, and its
 # tau_int is about 1 / acceptance (a chain that stays with probability 1 - a has rho(t) = (1 - a)^t):
 # with fewer accepted proposals than this a chain is shorter than ~20 tau_int and still remembers
@@ -66,9 +69,9 @@ def ensemble_warnings(path, results: dict[str, dict]) -> list[str]:
     untrustworthy, one line each (none for a healthy ensemble):
 
     * an observable whose chains' means disagree beyond its error (replica Q-value below
-      ``REPLICA_Q_THRESHOLD``; :func:`gaugeflow.hmc.autocorrelation.replica_q`): the chains have
-      not mixed (e.g. frozen in different topological sectors) or are too short for their
-      autocorrelation to be measured;
+      ``REPLICA_Q_THRESHOLD``; :func:`gaugeflow.hmc.autocorrelation.replica_q`; chains of at
+      least ``REPLICA_MIN_LENGTH`` configurations): the chains have not mixed (e.g. frozen in
+      different topological sectors) or are too short for their autocorrelation to be measured;
     * an independence-Metropolis (``flow``) chain that accepted fewer than ``FEWEST_ACCEPTED``
       proposals: it has hardly moved, so its configurations are still those of the flow, its own
       fluctuations (and so the error) nearly vanish, and all chains can be biased alike, which
@@ -87,7 +90,7 @@ def ensemble_warnings(path, results: dict[str, dict]) -> list[str]:
                          "with 'gaugeflow sample --sampler composite', or train the flow further")
     for name, result in results.items():
         q = result.get("replica_q")
-        if q is not None and q < REPLICA_Q_THRESHOLD:
+        if q is not None and q < REPLICA_Q_THRESHOLD and min(map(len, accepted)) >= REPLICA_MIN_LENGTH:
             lines.append(f"{name}: the chains' means disagree beyond the error (replica Q = {q:.1e}); they have not "
                          "mixed or are too short for the error to be trusted")
     return lines
