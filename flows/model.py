@@ -72,7 +72,7 @@ from .masks import gauge_layer_schedule, staple_layer_schedule
 from .momentum_scaling import MomentumScaling
 from .priors import default_prior, plain_prior, prior_first_layers, prior_for
 from .scalar_coupling import ScalarCoupling
-from .staple_coupling import SUNStapleCoupling, U1StapleCoupling
+from .staple_coupling import SUNChairs, SUNStapleCoupling, U1Chairs, U1StapleCoupling
 from .sun_coupling import SpectralTransform, SUNSpectralCoupling
 from .target import LatticeTarget
 from .transforms import AffineTransform, SplineTransform
@@ -182,6 +182,12 @@ def _gauge_layers(theory, arch, plaquette_layer, staple_layer):
     return layers
 
 
+def _chairs(theory, arch, chairs: type, *layer) -> list:
+    """The staple layer ``layer``'s loop features: the chairs where the architecture asks for them
+    and the lattice has them (3D and up)."""
+    return [chairs(theory.lattice_shape, *layer)] if arch["chairs"] and theory.dimension > 2 else []
+
+
 def _u1_layers(theory, arch, transform, context_channels):
     if not theory.is_gauge_theory:
         raise InputError(f"the U(1) flow layers are gauge-equivariant couplings; {theory.name} is no gauge theory")
@@ -191,7 +197,7 @@ def _u1_layers(theory, arch, transform, context_channels):
                                                    arch["kernel_size"], context_channels,
                                                    loops=(rectangle_loop,) if arch["rectangles"] else ()),
         lambda mu, parity: U1StapleCoupling(theory.lattice_shape, mu, parity, transform, arch["hidden_channels"],
-                                            context_channels, chairs=arch["chairs"]),
+                                            context_channels, loops=_chairs(theory, arch, U1Chairs, mu, parity)),
     )
 
 
@@ -203,7 +209,8 @@ def _sun_layers(theory, arch, transform, context_channels):
                                                    context_channels=context_channels, transform=transform),
         lambda mu, parity: SUNStapleCoupling(theory.lattice_shape, theory.n_colors, mu, parity, transform,
                                              arch["hidden_channels"], context_channels,
-                                             centres=arch.get("staple_centres") or "sum", chairs=arch["chairs"]),
+                                             centres=arch.get("staple_centres") or "sum",
+                                             loops=_chairs(theory, arch, SUNChairs, theory.n_colors, mu, parity)),
     )
 
 

@@ -40,7 +40,7 @@ sum of the per-link kernel log-derivatives, in float64.  Gauge equivariance: ``A
 ``W``) transform like the link, ``U_mu(x) -> g(x) U g(x+mu)^dagger``, ``A -> g(x+mu) A
 g(x)^dagger``, so the features are invariant and ``X -> g(x) X g(x)^dagger``.
 
-Chairs (``chairs``, :func:`chair_loops`, :func:`chair_plaquettes`, :func:`chair_detours`): the conditioner may also
+Chairs (``loops``: :class:`U1Chairs`, :class:`SUNChairs`; :func:`chair_loops`): the conditioner may also
 see the six-link chairs through each active link -- a plaquette through the link joined along a
 perpendicular link to a plaquette in a plane without ``mu``, all of frozen links besides the
 active one.  Integrating out the links that later layers move couples such loops to the link
@@ -77,7 +77,7 @@ from .masks import staple_link_mask
 from .sun_coupling import check_sun_links
 
 __all__ = [
-    "StapleCoupling", "U1StapleCoupling", "SUNStapleCoupling", "staple_neighbours",
+    "StapleCoupling", "U1StapleCoupling", "SUNStapleCoupling", "U1Chairs", "SUNChairs", "staple_neighbours",
     "u1_staple_features", "sun_staple_features", "project_staple_sum", "chair_loops", "chair_plaquettes",
 ]
 
@@ -225,7 +225,7 @@ def chair_detours(lattice_shape, mu: int, active: torch.Tensor) -> torch.Tensor:
     the detours flattened over ``(side, nu, rho, y)``, ordered ``(side, nu, end class, staple side
     (upper, lower), rho)``.  End class 0 is the first factor of the upper staple ``U_nu(x+mu)
     U_mu(x+nu)^dagger U_nu(x)^dagger`` and the last of the lower ``U_nu(x+mu-nu)^dagger
-    U_mu(x-nu)^dagger U_nu(x-nu)``; class 1 the other two (:meth:`SUNStapleCoupling.chair_features`
+    U_mu(x-nu)^dagger U_nu(x-nu)``; class 1 the other two (:class:`SUNChairs`
     takes the two classes' traces in two forms).  Every detour serves two active links (the
     ``U_nu(y)`` it replaces is a staple link of ``U_mu(y - mu)`` and of ``U_mu(y)``, or of
     ``U_mu(y - mu + nu)`` and ``U_mu(y + nu)``), so the detours are multiplied once per site and
@@ -273,6 +273,21 @@ def sun_staple_features(staples: torch.Tensor, projected: torch.Tensor, singular
     return torch.cat(parts, dim=-1)
 
 
+# Per-link tensors are site-major, [n_active, B, ...]: gathering whole sites (all samples at once)
+# from the transposed links is 4x faster on the CPU than gathering per sample, and complex links
+# are gathered through their real view (PyTorch's complex gather is slower).
+def _rows(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``rows [S, B, *rest]`` (site-major) at the rows ``index``, ``[len(index), B, *rest]``."""
+    real = torch.view_as_real(rows) if rows.is_complex() else rows[..., None]
+    picked = real.flatten(2).index_select(0, index).unflatten(2, real.shape[2:])
+    return torch.view_as_complex(picked) if rows.is_complex() else picked[..., 0]
+
+
+def _sites(flat: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``flat [B, S, *rest]`` at the sites ``index``, ``[len(index), B, *rest]``."""
+    return _rows(flat.transpose(0, 1), index)  # gathering [S, B, values] rows: the fast path
+
+
 class StapleCoupling(Flow, abc.ABC):
     """Base of the staple couplings: the mask of layer ``(mu, parity)``, the site-wise
     conditioner and the gather/scatter of the active links.
@@ -288,10 +303,12 @@ class StapleCoupling(Flow, abc.ABC):
     context_channels : 1 for a model conditioned on a coupling, else 0.
     n_maps : how many successive kernel maps a layer applies to each active link (one parameter
         set per map from the conditioner).
+    loops : features of further loops through the active links (:class:`U1Chairs`,
+        :class:`SUNChairs`), built for this lattice and mask; ``n_features`` counts theirs too.
     """
 
     def __init__(self, lattice_shape, mu: int, parity: int, transform, n_features: int, hidden=(32, 32),
-                 context_channels: int = 0, n_maps: int = 1):
+                 context_channels: int = 0, n_maps: int = 1, loops=()):
         super().__init__()
         self.lattice_shape = tuple(int(n) for n in lattice_shape)
         dimension = len(self.lattice_shape)
@@ -301,10 +318,17 @@ class StapleCoupling(Flow, abc.ABC):
             raise InputError(f"invalid staple layer (mu={mu}, parity={parity}) for a {dimension}-dimensional lattice")
         self.mu, self.parity = int(mu), int(parity)
         self.transform = transform
+        for loop in loops:
+            if (loop.lattice_shape, loop.mu, loop.parity) != (self.lattice_shape, self.mu, self.parity):
+                raise InputError(f"{type(loop).__name__} was built for the layer (mu={loop.mu}, parity={loop.parity}) on "
+                                 f"{loop.lattice_shape}, not (mu={mu}, parity={parity}) on {self.lattice_shape}")
+        self.loops = torch.nn.ModuleList(loops)
         active = staple_link_mask(self.lattice_shape, mu, parity)
         self.register_buffer("active", active, persistent=False)
         self.register_buffer("active_index", active.flatten().nonzero().squeeze(-1), persistent=False)
-        self.register_index("neighbours", staple_neighbours)
+        neighbours = shared_index("neighbours", self.lattice_shape, mu, parity,
+                                  lambda: staple_neighbours(self.lattice_shape, mu, active))
+        self.register_buffer("neighbours", neighbours, persistent=False)
         # A = sum_k w_k C_k: which staples centre the map.  Within a sweep the other links of
         # some plaquettes are already final and of others not yet, which a layer can learn to
         # weigh; real weights keep A covariant.
@@ -313,13 +337,6 @@ class StapleCoupling(Flow, abc.ABC):
         self.conditioner = SiteMLP(n_features, self.n_maps * transform.n_params, tuple(hidden),
                                    output_bias=transform.identity_params().repeat(self.n_maps),
                                    context_features=context_channels)
-
-    def register_index(self, name: str, build: Callable) -> None:
-        """Register ``build(lattice_shape, mu, active)`` as the index buffer ``name``, shared with
-        the other layers of this mask (:func:`shared_index`)."""
-        index = shared_index(name, self.lattice_shape, self.mu, self.parity,
-                             lambda: build(self.lattice_shape, self.mu, self.active))
-        self.register_buffer(name, index, persistent=False)
 
     @abc.abstractmethod
     def couple(self, field: torch.Tensor, inverse: bool, context) -> tuple[torch.Tensor, torch.Tensor]:
@@ -330,29 +347,14 @@ class StapleCoupling(Flow, abc.ABC):
         weight = next(self.conditioner.parameters())
         return self.conditioner(features.to(weight.dtype), context).to(real_dtype(dtype))
 
-    # Per-link tensors are site-major, [n_active, B, ...]: gathering whole sites (all samples
-    # at once) from the transposed links is 4x faster on the CPU than gathering per sample,
-    # and complex links are gathered through their real view (PyTorch's complex gather is slower).
-    @staticmethod
-    def _rows(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """``rows [S, B, *rest]`` (site-major) at the rows ``index``, ``[len(index), B, *rest]``."""
-        real = torch.view_as_real(rows) if rows.is_complex() else rows[..., None]
-        picked = real.flatten(2).index_select(0, index).unflatten(2, real.shape[2:])
-        return torch.view_as_complex(picked) if rows.is_complex() else picked[..., 0]
-
-    @classmethod
-    def _sites(cls, flat: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """``flat [B, S, *rest]`` at the sites ``index``, ``[len(index), B, *rest]``."""
-        return cls._rows(flat.transpose(0, 1), index)  # gathering [S, B, values] rows: the fast path
-
     def gather(self, values: torch.Tensor) -> torch.Tensor:
         """``values [B, x..., *rest]`` at the active sites, ``[n_active, B, *rest]``."""
-        return self._sites(values.flatten(1, len(self.lattice_shape)), self.active_index)
+        return _sites(values.flatten(1, len(self.lattice_shape)), self.active_index)
 
     def staple_factors(self, field: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The links the active links' staples are made of: six tensors ``[D-1, n_active, B,
         *rest]`` (:func:`staple_neighbours`), by one gather."""
-        picked = self._sites(field.flatten(1, len(self.lattice_shape) + 1), self.neighbours.flatten())
+        picked = _sites(field.flatten(1, len(self.lattice_shape) + 1), self.neighbours.flatten())
         return picked.reshape(*self.neighbours.shape, *picked.shape[1:]).unbind(1)
 
     def scatter(self, field: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -380,39 +382,18 @@ class U1StapleCoupling(StapleCoupling):
     """Staple coupling for U(1) links as angles ``[B, D, x...]`` (module docstring).
 
     ``features(staples, centre, magnitude)`` builds the conditioner input from the staple
-    angles of the active links (default :func:`u1_staple_features`).  With ``chairs`` the
-    conditioner also sees ``(cos, sin)`` of every chair through the link relative to the staple
-    sum (:func:`chair_loops`; 3D and up): loops beyond the link's own plaquettes, which
-    integrating out the links updated later couples to it (the first correction of the heat-bath
-    conditional, ``log I_0(beta |A|)``, is a sum over pairs of staples, i.e. chairs and 1x2 loops,
-    with weight ``beta^2 / 2``)."""
+    angles of the active links (default :func:`u1_staple_features`).  ``loops`` are further
+    features of loops through the active links, callables ``loop(theta, staples, centre) ->
+    [n_active, B, loop.n_features]`` built for this layer's lattice and mask (e.g.
+    :class:`U1Chairs`)."""
 
     def __init__(self, lattice_shape, mu: int, parity: int, kernel, hidden=(32, 32), context_channels: int = 0,
-                 features: Callable = u1_staple_features, chairs: bool = False):
-        dimension = len(lattice_shape)
-        n_staples = 2 * (dimension - 1)
+                 features: Callable = u1_staple_features, loops=()):
+        n_staples = 2 * (len(lattice_shape) - 1)
         n_features = features(torch.zeros(1, 1, n_staples), torch.zeros(1, 1), torch.zeros(1, 1)).shape[-1]
-        with_chairs = bool(chairs) and dimension > 2
-        n_chairs = 8 * (dimension - 1) * (dimension - 2) if with_chairs else 0
-        super().__init__(lattice_shape, mu, parity, kernel, n_features + 2 * n_chairs, hidden, context_channels)
+        super().__init__(lattice_shape, mu, parity, kernel, n_features + sum(loop.n_features for loop in loops),
+                         hidden, context_channels, loops=loops)
         self.features = features
-        self.chairs = with_chairs
-        if with_chairs:
-            signs = [sign for _, _, _, sign in chair_loops(dimension, mu)]
-            self.register_index("chair_index", lambda *where: chair_plaquettes(*where).flatten())
-            self.register_buffer("chair_sign", torch.tensor(signs, dtype=torch.float64), persistent=False)
-
-    def chair_angles(self, theta: torch.Tensor, staples: torch.Tensor) -> torch.Tensor:
-        """``s_k + sign theta_P`` for every chair through the active links (:func:`chair_loops`),
-        ``[n_active, B, n_chairs]``: ``theta_mu(x)`` plus it is the chair's angle."""
-        plaquettes = torch.stack([plaquette_angles(theta, a, b) for a, b in planes_without(theta.dim() - 2, self.mu)],
-                                 dim=1)  # [B, planes without mu, x...]
-        picked = self._sites(plaquettes.flatten(1), self.chair_index)  # [n_chairs * n_active, B]
-        # chair_loops lists the chairs staple by staple, as many for each: the staple angles enter
-        # by broadcasting, not by an index (whose backward is a scatter; 10% of a U(1) chair step)
-        n_staples = staples.shape[-1]
-        picked = picked.unflatten(0, (n_staples, -1, staples.shape[0])).permute(2, 3, 0, 1)  # [n, B, K, per staple]
-        return (staples[..., None] + self.chair_sign.view(n_staples, -1).to(theta.dtype) * picked).flatten(-2)
 
     def staple_angles(self, theta: torch.Tensor) -> torch.Tensor:
         """Staple angles ``s_k`` of the active links, ``[n_active, B, 2 (D-1)]``: for each ``nu !=
@@ -430,9 +411,8 @@ class U1StapleCoupling(StapleCoupling):
         real, imag = (torch.cos(staples) * weights).sum(-1), (torch.sin(staples) * weights).sum(-1)
         centre = torch.atan2(imag, real)  # arg A
         features = self.features(staples, centre, torch.hypot(real, imag))
-        if self.chairs:
-            relative = self.chair_angles(theta, staples) - centre[..., None]
-            features = torch.cat([features, torch.cos(relative), torch.sin(relative)], dim=-1)
+        if self.loops:
+            features = torch.cat([features, *(loop(theta, staples, centre) for loop in self.loops)], dim=-1)
         params = self.params(features, context, theta.dtype)
         links = self.gather(theta[:, self.mu])
         dressed = links + centre  # gauge invariant; the kernel accepts unwrapped angles
@@ -568,58 +548,18 @@ class SUNStapleCoupling(StapleCoupling):
 
     def __init__(self, lattice_shape, n_colors: int, mu: int, parity: int, transform, hidden=(32, 32),
                  context_channels: int = 0, features: Callable = sun_staple_features, centres: str = "sum",
-                 chairs: bool = False):
+                 loops=()):
         lattice_shape = tuple(int(n) for n in lattice_shape)
         n_staples = 2 * (len(lattice_shape) - 1)
         if centres not in self.CENTRES:
             raise InputError(f"unknown staple centres {centres!r}; choose {', '.join(self.CENTRES)}")
         probe = torch.eye(n_colors, dtype=torch.complex64).expand(n_staples, 1, 1, n_colors, n_colors)
         n_features = features(probe, probe[0], torch.ones(1, 1, n_colors), torch.zeros(1, 1)).shape[-1]
-        chairs = bool(chairs) and len(lattice_shape) > 2
-        n_chairs = 8 * (len(lattice_shape) - 1) * (len(lattice_shape) - 2) if chairs else 0
-        super().__init__(lattice_shape, mu, parity, transform, n_features + n_chairs * (1 if n_colors == 2 else 2),
-                         hidden, context_channels, n_maps=1 + (n_staples if centres == "each" else 0))
+        super().__init__(lattice_shape, mu, parity, transform, n_features + sum(loop.n_features for loop in loops),
+                         hidden, context_channels, n_maps=1 + (n_staples if centres == "each" else 0), loops=loops)
         self.n_colors = int(n_colors)
         self.features = features
         self.centres = centres
-        self.chairs = chairs
-        if chairs:
-            # the detours depend on mu only: shared by both parities
-            self.register_buffer("detour_links", shared_index("detour_links", self.lattice_shape, mu, None,
-                                                              lambda: detour_links(self.lattice_shape, mu)),
-                                 persistent=False)
-            self.register_index("chair_detours", chair_detours)
-
-    def chair_features(self, links: torch.Tensor, factors, projected: torch.Tensor) -> torch.Tensor:
-        """``tr(H W^dagger) / N`` for every chair staple ``H`` of the active links -- the staple
-        ``C_k`` with one perpendicular link replaced by a detour (:func:`chair_detours`), so that
-        ``U H`` is the chair -- real part (and imaginary part for N >= 3), ``[n_active, B, F]``.
-        ``factors`` are the staple factors (:meth:`staple_factors`) and ``projected`` is ``W``.
-        The detours are multiplied once per site (:func:`detour_links`), in the links' precision:
-        the features reach only the conditioner, which runs in float32."""
-        ends = self._sites(links.flatten(1, len(self.lattice_shape) + 1), self.detour_links.flatten())
-        ends = ends.unflatten(0, (2, 3, -1))  # [side, link, (nu, rho, y), B, N, N]
-        # unbind, not indexing: the backward of an index fills a zero tensor of all the detours' links
-        (a, b, c), (d, e, f) = [side.unbind(0) for side in ends.unbind(0)]
-        every = torch.cat([matmul(matmul(a, b), dagger(c)), matmul(matmul(dagger(d), e), f)])  # once per site
-        picked = self._rows(every, self.chair_detours.flatten())
-        detours = picked.reshape(*self.chair_detours.shape, *picked.shape[1:]).unbind(0)  # [D-1, 2, 2, D-2, n, B, N, N]
-        g = factors  # the staple factors [D-1, n, B, N, N]
-        w_dagger = dagger(projected)
-        # With D the detour and S, P the rest of the staple: class 0 is upper D S and lower P D,
-        # tr(. W^dagger) = sum(D * M^T) with M = S W^dagger, W^dagger P; class 1 is upper P D^dagger
-        # and lower D^dagger S, tr = sum(conj(D) * M) = conj(sum(D * conj(M))) with M = W^dagger P, S W^dagger
-        first = torch.stack([matmul(matmul(dagger(g[1]), dagger(g[2])).to(w_dagger.dtype), w_dagger),
-                             matmul(w_dagger, matmul(dagger(g[3]), dagger(g[4])).to(w_dagger.dtype))], 1)
-        second = torch.stack([matmul(w_dagger, matmul(g[0], dagger(g[1])).to(w_dagger.dtype)),
-                              matmul(matmul(dagger(g[4]), g[5]).to(w_dagger.dtype), w_dagger)], 1)
-        first, second = first.transpose(-1, -2).to(links.dtype)[:, :, None], second.conj().to(links.dtype)[:, :, None]
-        traces = []
-        for detour in detours:
-            traces += [(detour[:, 0] * first).sum((-1, -2)), (detour[:, 1] * second).sum((-1, -2)).conj()]
-        traces = torch.stack(traces).flatten(0, 3).permute(1, 2, 0) / self.n_colors  # [n, B, 8 (D-1)(D-2)]
-        parts = [traces.real] + ([traces.imag] if self.n_colors > 2 else [])
-        return torch.cat(parts, dim=-1)
 
     def staples(self, links: torch.Tensor, factors=None) -> torch.Tensor:
         """Staples ``C_k`` of the active links, ``[2 (D-1), n_active, B, N, N]`` (order as for
@@ -646,8 +586,8 @@ class SUNStapleCoupling(StapleCoupling):
         weights = self.staple_weights.to(staples.dtype)
         projected, singular_values, phase = project_staple_sum(torch.einsum("k,knbij->nbij", weights, staples))
         features = self.features(staples, projected, singular_values, phase)
-        if self.chairs:
-            features = torch.cat([features, self.chair_features(links, factors, projected)], dim=-1)
+        if self.loops:
+            features = torch.cat([features, *(loop(links, factors, projected) for loop in self.loops)], dim=-1)
         params = self.params(features, context, links.dtype)
         moved = back_to_sun(self.gather(links[:, self.mu]).to(torch.complex128))
         centres = [projected] + ([back_to_sun(c) for c in staples.unbind(0)] if self.centres == "each" else [])
@@ -660,3 +600,95 @@ class SUNStapleCoupling(StapleCoupling):
             log_det = log_det + step_log_det.sum(0, dtype=torch.float64)
         moved = back_to_sun(moved)  # rounding drift over the maps, removed before it compounds over layers
         return self.scatter(links, moved.to(links.dtype)), log_det
+
+
+class U1Chairs(torch.nn.Module):
+    """The chairs through the active links of the U(1) staple layer ``(mu, parity)`` as conditioner
+    features (a ``loops`` entry of :class:`U1StapleCoupling`; 3D and up): ``(cos, sin)`` of every
+    chair (:func:`chair_loops`) relative to the staple sum, ``[n_active, B, 2 n_chairs]``.
+
+    Loops beyond the link's own plaquettes, which integrating out the links updated later couples
+    to it: the first correction of the heat-bath conditional, ``log I_0(beta |A|)``, is a sum over
+    pairs of staples, i.e. chairs and 1x2 loops, with weight ``beta^2 / 2``.  The chairs are the
+    ones made of frozen links; their plaquettes are gathered with indices shared by the layers of
+    one mask (:func:`shared_index`)."""
+
+    def __init__(self, lattice_shape, mu: int, parity: int):
+        super().__init__()
+        self.lattice_shape, self.mu, self.parity = tuple(int(n) for n in lattice_shape), int(mu), int(parity)
+        loops = chair_loops(len(self.lattice_shape), self.mu)  # refuses fewer than 3 dimensions
+        active = staple_link_mask(self.lattice_shape, self.mu, self.parity)
+        index = shared_index("chair_index", self.lattice_shape, self.mu, self.parity,
+                            lambda: chair_plaquettes(self.lattice_shape, self.mu, active).flatten())
+        self.register_buffer("index", index, persistent=False)
+        self.register_buffer("sign", torch.tensor([sign for *_, sign in loops], dtype=torch.float64), persistent=False)
+        self.n_features = 2 * len(loops)
+
+    def angles(self, theta: torch.Tensor, staples: torch.Tensor) -> torch.Tensor:
+        """``s_k + sign theta_P`` for every chair through the active links, ``[n_active, B,
+        n_chairs]`` from the links ``theta [B, D, x...]`` and the layer's staple angles ``s_k``
+        (:meth:`U1StapleCoupling.staple_angles`): ``theta_mu(x)`` plus it is the chair's angle."""
+        plaquettes = torch.stack([plaquette_angles(theta, a, b) for a, b in planes_without(theta.dim() - 2, self.mu)],
+                                 dim=1)  # [B, planes without mu, x...]
+        picked = _sites(plaquettes.flatten(1), self.index)  # [n_chairs * n_active, B]
+        # chair_loops lists the chairs staple by staple, as many for each: the staple angles enter
+        # by broadcasting, not by an index (whose backward is a scatter; 10% of a U(1) chair step)
+        n_staples = staples.shape[-1]
+        picked = picked.unflatten(0, (n_staples, -1, staples.shape[0])).permute(2, 3, 0, 1)  # [n, B, K, per staple]
+        return (staples[..., None] + self.sign.view(n_staples, -1).to(theta.dtype) * picked).flatten(-2)
+
+    def forward(self, theta: torch.Tensor, staples: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+        relative = self.angles(theta, staples) - centre[..., None]
+        return torch.cat([torch.cos(relative), torch.sin(relative)], dim=-1)
+
+
+class SUNChairs(torch.nn.Module):
+    """The chairs through the active links of the SU(N) staple layer ``(mu, parity)`` as
+    conditioner features (a ``loops`` entry of :class:`SUNStapleCoupling`; 3D and up):
+    ``tr(H W^dagger) / N`` for every chair staple ``H`` -- the staple ``C_k`` with one
+    perpendicular link replaced by a detour (:func:`chair_detours`), so that ``U H`` is the
+    chair -- real part (and imaginary part for N >= 3), ``[n_active, B, F]``.  The detours are
+    multiplied once per site (:func:`detour_links`), in the links' precision: the features reach
+    only the conditioner, which runs in float32."""
+
+    def __init__(self, lattice_shape, n_colors: int, mu: int, parity: int):
+        super().__init__()
+        self.lattice_shape, self.mu, self.parity = tuple(int(n) for n in lattice_shape), int(mu), int(parity)
+        self.n_colors = int(n_colors)
+        n_chairs = len(chair_loops(len(self.lattice_shape), self.mu))  # refuses fewer than 3 dimensions
+        active = staple_link_mask(self.lattice_shape, self.mu, self.parity)
+        # the detours depend on mu only: shared by both parities
+        self.register_buffer("detour_links", shared_index("detour_links", self.lattice_shape, self.mu, None,
+                                                          lambda: detour_links(self.lattice_shape, self.mu)),
+                             persistent=False)
+        self.register_buffer("chair_detours", shared_index("chair_detours", self.lattice_shape, self.mu, self.parity,
+                                                           lambda: chair_detours(self.lattice_shape, self.mu, active)),
+                             persistent=False)
+        self.n_features = n_chairs * (1 if self.n_colors == 2 else 2)
+
+    def forward(self, links: torch.Tensor, factors, projected: torch.Tensor) -> torch.Tensor:
+        """The features from the links ``[B, D, x..., N, N]``, the layer's staple factors
+        (:meth:`StapleCoupling.staple_factors`) and ``projected``, the projected staple sum ``W``."""
+        ends = _sites(links.flatten(1, len(self.lattice_shape) + 1), self.detour_links.flatten())
+        ends = ends.unflatten(0, (2, 3, -1))  # [side, link, (nu, rho, y), B, N, N]
+        # unbind, not indexing: the backward of an index fills a zero tensor of all the detours' links
+        (a, b, c), (d, e, f) = [side.unbind(0) for side in ends.unbind(0)]
+        every = torch.cat([matmul(matmul(a, b), dagger(c)), matmul(matmul(dagger(d), e), f)])  # once per site
+        picked = _rows(every, self.chair_detours.flatten())
+        detours = picked.reshape(*self.chair_detours.shape, *picked.shape[1:]).unbind(0)  # [D-1, 2, 2, D-2, n, B, N, N]
+        g = factors  # the staple factors [D-1, n, B, N, N]
+        w_dagger = dagger(projected)
+        # With D the detour and S, P the rest of the staple: class 0 is upper D S and lower P D,
+        # tr(. W^dagger) = sum(D * M^T) with M = S W^dagger, W^dagger P; class 1 is upper P D^dagger
+        # and lower D^dagger S, tr = sum(conj(D) * M) = conj(sum(D * conj(M))) with M = W^dagger P, S W^dagger
+        first = torch.stack([matmul(matmul(dagger(g[1]), dagger(g[2])).to(w_dagger.dtype), w_dagger),
+                             matmul(w_dagger, matmul(dagger(g[3]), dagger(g[4])).to(w_dagger.dtype))], 1)
+        second = torch.stack([matmul(w_dagger, matmul(g[0], dagger(g[1])).to(w_dagger.dtype)),
+                              matmul(matmul(dagger(g[4]), g[5]).to(w_dagger.dtype), w_dagger)], 1)
+        first, second = first.transpose(-1, -2).to(links.dtype)[:, :, None], second.conj().to(links.dtype)[:, :, None]
+        traces = []
+        for detour in detours:
+            traces += [(detour[:, 0] * first).sum((-1, -2)), (detour[:, 1] * second).sum((-1, -2)).conj()]
+        traces = torch.stack(traces).flatten(0, 3).permute(1, 2, 0) / self.n_colors  # [n, B, 8 (D-1)(D-2)]
+        parts = [traces.real] + ([traces.imag] if self.n_colors > 2 else [])
+        return torch.cat(parts, dim=-1)

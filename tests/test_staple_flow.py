@@ -11,7 +11,8 @@ from gaugeflow import architecture, build_flow, make_theory
 from gaugeflow.flows.kernels import CircularSplineKernel
 from gaugeflow.flows.masks import gauge_layer_schedule, staple_layer_schedule, staple_link_mask
 from gaugeflow.flows.model import transfer_weights
-from gaugeflow.flows.staple_coupling import SUNStapleCoupling, U1StapleCoupling, chair_loops, project_staple_sum
+from gaugeflow.flows.staple_coupling import (SUNChairs, SUNStapleCoupling, U1Chairs, U1StapleCoupling, chair_loops,
+                                             project_staple_sum)
 from gaugeflow.lattice.errors import InputError
 from gaugeflow.flows.sun_coupling import SpectralTransform
 from gaugeflow.lattice.groups import dagger, traceless_antihermitian
@@ -33,14 +34,15 @@ def _randomise(module, seed, scale):
 
 def _u1_layer(shape, mu, parity, seed=1, scale=0.5, chairs=False):
     torch.manual_seed(seed)
-    layer = U1StapleCoupling(shape, mu, parity, CircularSplineKernel(6), hidden=(8,), chairs=chairs).double()
+    loops = [U1Chairs(shape, mu, parity)] if chairs else []
+    layer = U1StapleCoupling(shape, mu, parity, CircularSplineKernel(6), hidden=(8,), loops=loops).double()
     return _randomise(layer, seed + 1, scale)
 
 
 def _sun_layer(shape, n_colors, mu, parity, seed=1, scale=0.5, centres="sum", chairs=False):
     torch.manual_seed(seed)
     layer = SUNStapleCoupling(shape, n_colors, mu, parity, SpectralTransform(n_colors, 4), hidden=(8,),
-                              centres=centres, chairs=chairs).double()
+                              centres=centres, loops=[SUNChairs(shape, n_colors, mu, parity)] if chairs else []).double()
     return _randomise(layer, seed + 1, scale)
 
 
@@ -124,9 +126,10 @@ def test_chairs_are_six_link_loops_through_one_active_link(shape):
     the layer moves; the 8 (D-1)(D-2) chairs of a link are distinct."""
     dimension = len(shape)
     for mu, parity in [(0, 0), (dimension - 1, 1)]:
-        layer = U1StapleCoupling(shape, mu, parity, CircularSplineKernel(6), chairs=True)
+        chairs = U1Chairs(shape, mu, parity)
+        layer = U1StapleCoupling(shape, mu, parity, CircularSplineKernel(6), loops=[chairs])
         theta = torch.zeros(1, dimension, *shape, dtype=torch.float64, requires_grad=True)
-        loops = (layer.chair_angles(theta, layer.staple_angles(theta)) + layer.gather(theta[:, mu])[..., None])[:, 0]
+        loops = (chairs.angles(theta, layer.staple_angles(theta)) + layer.gather(theta[:, mu])[..., None])[:, 0]
         assert loops.shape[1] == 8 * (dimension - 1) * (dimension - 2)
         moved = mu * layer.active.numel() + layer.active_index
         for i in (0, len(moved) - 1):
@@ -141,10 +144,11 @@ def test_chairs_are_six_link_loops_through_one_active_link(shape):
     # gauge invariant (closed loops): unchanged by a random gauge transformation
     theory, angles = _hot("u1", shape, 2, seed=30)
     alpha = theory.random_gauge_transformation(2, generator=torch.Generator().manual_seed(31))
-    layer = U1StapleCoupling(shape, 1, 0, CircularSplineKernel(6), chairs=True)
-    before = layer.chair_angles(angles, layer.staple_angles(angles)) + layer.gather(angles[:, 1])[..., None]
+    chairs = U1Chairs(shape, 1, 0)
+    layer = U1StapleCoupling(shape, 1, 0, CircularSplineKernel(6), loops=[chairs])
+    before = chairs.angles(angles, layer.staple_angles(angles)) + layer.gather(angles[:, 1])[..., None]
     gauged = theory.gauge_transform(angles, alpha)
-    after = layer.chair_angles(gauged, layer.staple_angles(gauged)) + layer.gather(gauged[:, 1])[..., None]
+    after = chairs.angles(gauged, layer.staple_angles(gauged)) + layer.gather(gauged[:, 1])[..., None]
     assert (torch.remainder(after - before + math.pi, 2 * math.pi) - math.pi).abs().max() < 1e-12
 
 
@@ -153,21 +157,23 @@ def test_layers_of_one_mask_share_their_index_buffers():
     mask hold the same tensors, layers of another mask or lattice their own; the SU(N) detours,
     which depend on ``mu`` only, are shared by both parities.  Chairs need 3 dimensions."""
     shape = (4, 4, 4, 4)
-    first, second = (U1StapleCoupling(shape, 2, 1, CircularSplineKernel(6), chairs=True) for _ in range(2))
-    other_parity = U1StapleCoupling(shape, 2, 0, CircularSplineKernel(6), chairs=True)
-    other_lattice = U1StapleCoupling((4, 4, 4, 6), 2, 1, CircularSplineKernel(6), chairs=True)
-    for name in ("neighbours", "chair_index"):
-        index = getattr(first, name)
-        assert index.dtype == torch.int32 and getattr(second, name) is index
-        assert not torch.equal(getattr(other_parity, name), index)
-        assert getattr(other_lattice, name).shape[-1] > index.shape[-1]
-    even, odd = (SUNStapleCoupling(shape, 2, 2, parity, SpectralTransform(2), chairs=True) for parity in (0, 1))
-    assert even.detour_links is odd.detour_links and even.neighbours is not odd.neighbours
+    def u1(lattice, parity):
+        return U1StapleCoupling(lattice, 2, parity, CircularSplineKernel(6), loops=[U1Chairs(lattice, 2, parity)])
+
+    first, second, other_parity, other_lattice = u1(shape, 1), u1(shape, 1), u1(shape, 0), u1((4, 4, 4, 6), 1)
+    for index_of in (lambda layer: layer.neighbours, lambda layer: layer.loops[0].index):
+        index = index_of(first)
+        assert index.dtype == torch.int32 and index_of(second) is index
+        assert not torch.equal(index_of(other_parity), index)
+        assert index_of(other_lattice).shape[-1] > index.shape[-1]
+    even, odd = (SUNChairs(shape, 2, 2, parity) for parity in (0, 1))
+    assert even.detour_links is odd.detour_links
     assert even.chair_detours.dtype == torch.int32 and not torch.equal(even.chair_detours, odd.chair_detours)
-    assert not U1StapleCoupling((4, 4), 0, 0, CircularSplineKernel(6), chairs=True).chairs
     with pytest.raises(InputError, match="3 or more dimensions"):
-        chair_loops(2, 0)
-    for dimension in (3, 4):  # staple by staple, as U1StapleCoupling.chair_angles reads them
+        U1Chairs((4, 4), 0, 0)
+    with pytest.raises(InputError, match=r"built for the layer \(mu=2, parity=1\)"):
+        U1StapleCoupling(shape, 2, 0, CircularSplineKernel(6), loops=[U1Chairs(shape, 2, 1)])
+    for dimension in (3, 4):  # staple by staple, as U1Chairs.angles reads them
         staples = [staple for _, _, staple, _ in chair_loops(dimension, 1)]
         assert staples == [k for k in range(2 * (dimension - 1)) for _ in range(4 * (dimension - 2))]
 
@@ -287,14 +293,15 @@ def test_sun_chairs_on_diagonal_links_are_the_u1_chairs(shape):
     links = torch.diag_embed(torch.stack([torch.polar(torch.ones_like(theta), theta),
                                           torch.polar(torch.ones_like(theta), -theta)], -1))
     for mu, parity in [(0, 0), (len(shape) - 1, 1)]:
-        sun = SUNStapleCoupling(shape, 2, mu, parity, SpectralTransform(2), chairs=True)
-        u1 = U1StapleCoupling(shape, mu, parity, CircularSplineKernel(6), chairs=True)
+        sun = SUNStapleCoupling(shape, 2, mu, parity, SpectralTransform(2))
+        u1 = U1StapleCoupling(shape, mu, parity, CircularSplineKernel(6))
+        sun_chairs, u1_chairs = SUNChairs(shape, 2, mu, parity), U1Chairs(shape, mu, parity)
         factors = sun.staple_factors(links)
         projected, _, _ = project_staple_sum(sun.staples(links, factors).sum(0))
-        features = sun.chair_features(links, factors, projected)
+        features = sun_chairs(links, factors, projected)
         staples = u1.staple_angles(theta)
         centre = torch.atan2(torch.sin(staples).sum(-1), torch.cos(staples).sum(-1))
-        expected = torch.cos(u1.chair_angles(theta, staples) - centre[..., None])
+        expected = torch.cos(u1_chairs.angles(theta, staples) - centre[..., None])
         assert features.shape == expected.shape == (sun.active_index.numel(), 2, 8 * (len(shape) - 1) * (len(shape) - 2))
         assert (features.sort(-1).values - expected.sort(-1).values).abs().max() < 1e-12
         assert features.std() > 0.1
@@ -381,9 +388,9 @@ def test_older_gauge_architectures_keep_their_layers():
     older = {**{k: v for k, v in staple.items() if k != "chairs"}, "architecture_version": 7}
     assert upgrade_architecture(older)["chairs"] is False
     with_chairs = build_flow(staple).flows
-    assert all(layer.chairs and layer.chair_sign.numel() == 48 for layer in with_chairs
+    assert all(len(layer.loops) == 1 and layer.loops[0].n_features == 2 * 48 for layer in with_chairs
                if isinstance(layer, U1StapleCoupling))
-    assert not any(layer.chairs for layer in build_flow(upgrade_architecture(older)).flows
+    assert not any(layer.loops for layer in build_flow(upgrade_architecture(older)).flows
                    if isinstance(layer, U1StapleCoupling))
 
 
@@ -406,7 +413,8 @@ def test_sun_staple_centres_default_per_group_and_older_models_keep_theirs():
     assert {layer.n_maps for layer in build_flow(architecture(su3)).flows} == {7}
     # chairs: on for SU(2) (and U(1)), off for SU(3) unless asked for
     assert architecture(su2)["chairs"] is True and architecture(su3)["chairs"] is False
-    assert all(layer.chairs for layer in build_flow(architecture(su3, chairs=True, n_layers=2)).flows)
+    assert all([type(loop) for loop in layer.loops] == [SUNChairs]
+               for layer in build_flow(architecture(su3, chairs=True, n_layers=2)).flows)
 
 
 def test_registered_sun_kernel_reaches_both_layer_kinds():
