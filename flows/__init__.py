@@ -23,7 +23,7 @@ from .diagnostics import acceptance_rate, effective_sample_size
 from .estimators import register_estimator
 from .model import LatticeFlow, LayerFamily, architecture, build_flow, register_kernel, register_layers, transfer_weights
 from .plotting import plot_training
-from .staple_coupling import StapleCoupling, SUNStapleCoupling, U1StapleCoupling
+from .staple_coupling import StapleCoupling, SUNChairs, SUNStapleCoupling, U1Chairs, U1StapleCoupling
 from .train import TrainConfig, TrainingError, train_flow
 from .transforms import ElementwiseTransform
 
@@ -34,9 +34,11 @@ __all__ = [
     "LayerFamily",
     "MaskedCoupling",
     "StapleCoupling",
+    "SUNChairs",
     "SUNStapleCoupling",
     "TrainConfig",
     "TrainingError",
+    "U1Chairs",
     "U1StapleCoupling",
     "acceptance_rate",
     "architecture",
