@@ -22,8 +22,8 @@ import torch
 
 
 def compare(model_path: str, n_configs: int, n_chains: int, hmc_per_step: int, seed: int) -> list[str]:
-    from gaugeflow import analyze_ensemble, generate_ensemble, load_flow
-    from gaugeflow.hmc.analysis import ensemble_warnings
+    from gaugeflow import generate_ensemble, load_flow
+    from gaugeflow.hmc.analysis import analyze_with_warnings
     from gaugeflow.lattice import exact
 
     torch.set_num_threads(1)
@@ -36,8 +36,8 @@ def compare(model_path: str, n_configs: int, n_chains: int, hmc_per_step: int, s
             path = os.path.join(folder, f"{sampler}.h5")
             generate_ensemble(theory, path, sampler=sampler, model=None if sampler == "hmc" else model,
                               n_configs=n_configs, n_chains=n_chains, n_therm=50, seed=seed, progress=False, **options)
-            results[sampler] = analyze_ensemble(path)
-            warnings += [f"{sampler}: {line}" for line in ensemble_warnings(path, results[sampler])]
+            results[sampler], found = analyze_with_warnings(path)
+            warnings += [f"{sampler}: {line}" for line in found]
     reference = results["hmc"]
     couplings = ", ".join(f"{k}={v:g}" for k, v in theory.couplings.items())
     for name in sorted(reference):

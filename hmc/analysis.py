@@ -64,24 +64,10 @@ REPLICA_MIN_LENGTH = 50
 FEWEST_ACCEPTED = 20
 
 
-def ensemble_warnings(path, results: dict[str, dict]) -> list[str]:
-    """What makes the errors of :func:`analyze_ensemble` ``results`` for the ensemble at ``path``
-    untrustworthy, one line each (none for a healthy ensemble):
-
-    * an observable whose chains' means disagree beyond its error (replica Q-value below
-      ``REPLICA_Q_THRESHOLD``; :func:`gaugeflow.hmc.autocorrelation.replica_q`; chains of at
-      least ``REPLICA_MIN_LENGTH`` configurations): the chains have not mixed (e.g. frozen in
-      different topological sectors) or are too short for their autocorrelation to be measured;
-    * an independence-Metropolis (``flow``) chain that accepted fewer than ``FEWEST_ACCEPTED``
-      proposals: it has hardly moved, so its configurations are still those of the flow, its own
-      fluctuations (and so the error) nearly vanish, and all chains can be biased alike, which
-      no comparison of chains reveals.
-
-    Neither check can prove an ensemble right; they catch the two common ways an error bar lies."""
+def _warnings(results: dict[str, dict], sampler, accepted: list[np.ndarray]) -> list[str]:
+    """The warnings of :func:`analyze_with_warnings` from its results, the ensemble's sampler and
+    its accepted flags per chain."""
     lines = []
-    with open_ensemble(path) as ensemble:
-        sampler = ensemble.attrs.get("sampler")
-        accepted = ensemble.per_chain(ensemble.column("accepted").astype(np.int64))
     if sampler == "flow":
         fewest = min(int(chain.sum()) for chain in accepted)
         if fewest < FEWEST_ACCEPTED:
@@ -98,15 +84,33 @@ def ensemble_warnings(path, results: dict[str, dict]) -> list[str]:
 
 def analyze_ensemble(path, S: float = 1.5) -> dict[str, dict]:
     """``{name: {"mean", "error", "tau_int", "tau_int_error", "replica_q", "exact", "pull"}}`` for
-    every observable of the ensemble at ``path``.
+    every observable of the ensemble at ``path`` (:func:`analyze_with_warnings` without its
+    warnings).
 
     ``tau_int`` and its error are in units of stored configurations of one chain (``None`` for
     jackknifed derived quantities and the acceptance).  ``replica_q`` is the Q-value of the
     chains' means given the error (``None`` for one chain and where there is no Gamma-method
-    error): tiny when the chains disagree beyond it (:func:`ensemble_warnings`).  ``exact`` is the
+    error): tiny when the chains disagree beyond it (:func:`analyze_with_warnings`).  ``exact`` is the
     exact value where it is known for the ensemble's theory, lattice and couplings, and ``pull`` is
     ``(mean - exact) / error`` (both ``None`` otherwise; see :func:`with_exact_values`).
     """
+    return analyze_with_warnings(path, S)[0]
+
+
+def analyze_with_warnings(path, S: float = 1.5) -> tuple[dict[str, dict], list[str]]:
+    """:func:`analyze_ensemble`'s results, and what makes their errors untrustworthy, one line
+    each (none for a healthy ensemble), from the same single read of the ensemble:
+
+    * an observable whose chains' means disagree beyond its error (replica Q-value below
+      ``REPLICA_Q_THRESHOLD``; :func:`gaugeflow.hmc.autocorrelation.replica_q`; chains of at
+      least ``REPLICA_MIN_LENGTH`` configurations): the chains have not mixed (e.g. frozen in
+      different topological sectors) or are too short for their autocorrelation to be measured;
+    * an independence-Metropolis (``flow``) chain that accepted fewer than ``FEWEST_ACCEPTED``
+      proposals: it has hardly moved, so its configurations are still those of the flow, its own
+      fluctuations (and so the error) nearly vanish, and all chains can be biased alike, which
+      no comparison of chains reveals.
+
+    Neither check can prove an ensemble right; they catch the two common ways an error bar lies."""
     with open_ensemble(path) as ensemble:
         if len(ensemble) == 0:
             raise InputError(f"{path} holds no configurations yet")
@@ -135,7 +139,8 @@ def analyze_ensemble(path, S: float = 1.5) -> dict[str, dict]:
     exact = expectation_values(*theory, results)
     if sampler == "hmc":  # an area-preserving, reversible integrator (Creutz, Phys. Rev. D 38 (1988) 1228)
         exact["exp_minus_delta_h"] = 1.0
-    return with_exact_values(results, exact)
+    results = with_exact_values(results, exact)
+    return results, _warnings(results, sampler, accepted)
 
 
 @dataclass(frozen=True)

@@ -680,9 +680,9 @@ def _couplings(args) -> dict:
 
 
 def run_analyze(args) -> int:
-    from gaugeflow.hmc.analysis import analyze_ensemble, ensemble_warnings, format_table
+    from gaugeflow.hmc.analysis import analyze_with_warnings, format_table
 
-    results = analyze_ensemble(args.ensemble, S=args.stau)
+    results, warnings = analyze_with_warnings(args.ensemble, S=args.stau)
     if args.pyerrors:
         from gaugeflow.hmc.pyerrors_export import export_pyerrors
 
@@ -690,7 +690,7 @@ def run_analyze(args) -> int:
         print(f"{args.pyerrors}: {len(names)} observables as pyerrors Obs (one replica per chain); "
               f"pyerrors.input.json.load_json_dict reads them", file=sys.stderr)
     print(json.dumps(results, indent=2) if args.json else format_table(results))
-    for line in ensemble_warnings(args.ensemble, results):
+    for line in warnings:
         print(f"warning: {line}", file=sys.stderr)
     return 0
 
