@@ -298,13 +298,14 @@ class StapleCoupling(Flow, abc.ABC):
     mu, parity : the layer's mask (:func:`gaugeflow.flows.masks.staple_link_mask`).
     transform : the kernel (a circle kernel for U(1), a conjugation-equivariant kernel with
         ``left_factor`` for SU(N)).
-    n_features : number of features per active link the ``features`` callable returns.
+    n_features : number of features per active link the ``features`` callable returns (the
+        ``loops`` add theirs).
     hidden : hidden widths of the :class:`~gaugeflow.flows.conditioners.SiteMLP`.
     context_channels : 1 for a model conditioned on a coupling, else 0.
     n_maps : how many successive kernel maps a layer applies to each active link (one parameter
         set per map from the conditioner).
     loops : features of further loops through the active links (:class:`U1Chairs`,
-        :class:`SUNChairs`), built for this lattice and mask; ``n_features`` counts theirs too.
+        :class:`SUNChairs`), built for this lattice and mask.
     """
 
     def __init__(self, lattice_shape, mu: int, parity: int, transform, n_features: int, hidden=(32, 32),
@@ -334,6 +335,7 @@ class StapleCoupling(Flow, abc.ABC):
         # weigh; real weights keep A covariant.
         self.staple_weights = torch.nn.Parameter(torch.ones(2 * (dimension - 1)))
         self.n_maps = int(n_maps)
+        n_features += sum(loop.n_features for loop in loops)
         self.conditioner = SiteMLP(n_features, self.n_maps * transform.n_params, tuple(hidden),
                                    output_bias=transform.identity_params().repeat(self.n_maps),
                                    context_features=context_channels)
@@ -391,8 +393,7 @@ class U1StapleCoupling(StapleCoupling):
                  features: Callable = u1_staple_features, loops=()):
         n_staples = 2 * (len(lattice_shape) - 1)
         n_features = features(torch.zeros(1, 1, n_staples), torch.zeros(1, 1), torch.zeros(1, 1)).shape[-1]
-        super().__init__(lattice_shape, mu, parity, kernel, n_features + sum(loop.n_features for loop in loops),
-                         hidden, context_channels, loops=loops)
+        super().__init__(lattice_shape, mu, parity, kernel, n_features, hidden, context_channels, loops=loops)
         self.features = features
 
     def staple_angles(self, theta: torch.Tensor) -> torch.Tensor:
@@ -555,8 +556,8 @@ class SUNStapleCoupling(StapleCoupling):
             raise InputError(f"unknown staple centres {centres!r}; choose {', '.join(self.CENTRES)}")
         probe = torch.eye(n_colors, dtype=torch.complex64).expand(n_staples, 1, 1, n_colors, n_colors)
         n_features = features(probe, probe[0], torch.ones(1, 1, n_colors), torch.zeros(1, 1)).shape[-1]
-        super().__init__(lattice_shape, mu, parity, transform, n_features + sum(loop.n_features for loop in loops),
-                         hidden, context_channels, n_maps=1 + (n_staples if centres == "each" else 0), loops=loops)
+        super().__init__(lattice_shape, mu, parity, transform, n_features, hidden, context_channels,
+                         n_maps=1 + (n_staples if centres == "each" else 0), loops=loops)
         self.n_colors = int(n_colors)
         self.features = features
         self.centres = centres
@@ -602,7 +603,20 @@ class SUNStapleCoupling(StapleCoupling):
         return self.scatter(links, moved.to(links.dtype)), log_det
 
 
-class U1Chairs(torch.nn.Module):
+class _LayerLoops(torch.nn.Module):
+    """What every ``loops`` entry holds: the layer ``(mu, parity)`` on ``lattice_shape`` it was
+    built for (checked by :class:`StapleCoupling`)."""
+
+    def __init__(self, lattice_shape, mu: int, parity: int):
+        super().__init__()
+        self.lattice_shape, self.mu, self.parity = tuple(int(n) for n in lattice_shape), int(mu), int(parity)
+
+    def _active(self) -> torch.Tensor:
+        """The layer's mask, built only when an index not shared yet is (:func:`shared_index`)."""
+        return staple_link_mask(self.lattice_shape, self.mu, self.parity)
+
+
+class U1Chairs(_LayerLoops):
     """The chairs through the active links of the U(1) staple layer ``(mu, parity)`` as conditioner
     features (a ``loops`` entry of :class:`U1StapleCoupling`; 3D and up): ``(cos, sin)`` of every
     chair (:func:`chair_loops`) relative to the staple sum, ``[n_active, B, 2 n_chairs]``.
@@ -614,12 +628,10 @@ class U1Chairs(torch.nn.Module):
     one mask (:func:`shared_index`)."""
 
     def __init__(self, lattice_shape, mu: int, parity: int):
-        super().__init__()
-        self.lattice_shape, self.mu, self.parity = tuple(int(n) for n in lattice_shape), int(mu), int(parity)
+        super().__init__(lattice_shape, mu, parity)
         loops = chair_loops(len(self.lattice_shape), self.mu)  # refuses fewer than 3 dimensions
-        active = staple_link_mask(self.lattice_shape, self.mu, self.parity)
         index = shared_index("chair_index", self.lattice_shape, self.mu, self.parity,
-                            lambda: chair_plaquettes(self.lattice_shape, self.mu, active).flatten())
+                             lambda: chair_plaquettes(self.lattice_shape, self.mu, self._active()).flatten())
         self.register_buffer("index", index, persistent=False)
         self.register_buffer("sign", torch.tensor([sign for *_, sign in loops], dtype=torch.float64), persistent=False)
         self.n_features = 2 * len(loops)
@@ -642,7 +654,7 @@ class U1Chairs(torch.nn.Module):
         return torch.cat([torch.cos(relative), torch.sin(relative)], dim=-1)
 
 
-class SUNChairs(torch.nn.Module):
+class SUNChairs(_LayerLoops):
     """The chairs through the active links of the SU(N) staple layer ``(mu, parity)`` as
     conditioner features (a ``loops`` entry of :class:`SUNStapleCoupling`; 3D and up):
     ``tr(H W^dagger) / N`` for every chair staple ``H`` -- the staple ``C_k`` with one
@@ -652,17 +664,16 @@ class SUNChairs(torch.nn.Module):
     only the conditioner, which runs in float32."""
 
     def __init__(self, lattice_shape, n_colors: int, mu: int, parity: int):
-        super().__init__()
-        self.lattice_shape, self.mu, self.parity = tuple(int(n) for n in lattice_shape), int(mu), int(parity)
+        super().__init__(lattice_shape, mu, parity)
         self.n_colors = int(n_colors)
         n_chairs = len(chair_loops(len(self.lattice_shape), self.mu))  # refuses fewer than 3 dimensions
-        active = staple_link_mask(self.lattice_shape, self.mu, self.parity)
         # the detours depend on mu only: shared by both parities
         self.register_buffer("detour_links", shared_index("detour_links", self.lattice_shape, self.mu, None,
                                                           lambda: detour_links(self.lattice_shape, self.mu)),
                              persistent=False)
         self.register_buffer("chair_detours", shared_index("chair_detours", self.lattice_shape, self.mu, self.parity,
-                                                           lambda: chair_detours(self.lattice_shape, self.mu, active)),
+                                                           lambda: chair_detours(self.lattice_shape, self.mu,
+                                                                                 self._active())),
                              persistent=False)
         self.n_features = n_chairs * (1 if self.n_colors == 2 else 2)
 
