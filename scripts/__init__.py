@@ -65,6 +65,16 @@ class _QuietPipe:
         return getattr(self._stream, name)
 
 
+def _by_ctrl_c(error: BaseException) -> bool:
+    """Whether ``error`` is a Ctrl-C: a KeyboardInterrupt, or an error it caused (a C extension
+    interrupted while it initialises fails with ImportError, its cause the KeyboardInterrupt)."""
+    while error is not None:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def main(argv=None) -> int:
     """Run ``gaugeflow ARGV``.  Called without ``argv`` (as the program), the signal handlers
     and the pipe guards stay in place until the process exits, so that a signal after the
@@ -94,7 +104,9 @@ def main(argv=None) -> int:
 
         adopt_early_signals(early_signal)
         return run(argv)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, ImportError) as error:
+        if not _by_ctrl_c(error):
+            raise
         what = ("aborted by a second Ctrl-C; everything committed before it is intact: rerun with --resume"
                 if long_job else "interrupted")
         print(f"gaugeflow {argv[0] if argv else ''}: {what}", file=sys.stderr)
