@@ -276,7 +276,7 @@ def test_a_bug_is_not_reported_as_bad_input(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise KeyError("internal")  # not a GaugeflowError: must surface with its traceback
 
-    monkeypatch.setattr("gaugeflow.hmc.analysis.analyze_ensemble", broken)
+    monkeypatch.setattr("gaugeflow.hmc.analysis.analyze_with_warnings", broken)  # what analyze calls
     with pytest.raises(KeyError, match="internal"):
         commands.main(["analyze", str(tmp_path / "any.h5")])
     monkeypatch.undo()
