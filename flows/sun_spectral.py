@@ -44,13 +44,15 @@ from __future__ import annotations
 import math
 
 import torch
-from normflows.utils.splines import rational_quadratic_spline
+from normflows.utils.splines import DEFAULT_MIN_BIN_HEIGHT, DEFAULT_MIN_BIN_WIDTH, DEFAULT_MIN_DERIVATIVE
 
 from gaugeflow.lattice.errors import InputError
 
+from .kernels import rq_spline_on_interval
 from .transforms import spline_derivative_shift
 
 TWO_PI = 2 * math.pi
+_SPLINE_MINIMA = (DEFAULT_MIN_BIN_WIDTH, DEFAULT_MIN_BIN_HEIGHT, DEFAULT_MIN_DERIVATIVE)
 _TINY = 1e-300
 
 
@@ -249,19 +251,8 @@ def cell_transform(gaps: torch.Tensor, params: torch.Tensor, inverse: bool = Fal
     (the latter shifted so that all-zero parameters give the identity).  Returns the new gaps and
     ``log|det d theta_out / d theta_in|`` (``theta_1..theta_{N-1}`` coordinates).
     """
-    n_bins = (params.shape[-1] - 1) // 3
     u = gaps_to_cube(gaps)
-    u_out, log_spline = rational_quadratic_spline(
-        u,
-        params[..., :n_bins],
-        params[..., n_bins : 2 * n_bins],
-        params[..., 2 * n_bins :] + spline_derivative_shift(params.dtype),
-        inverse=inverse,
-        left=0.0,
-        right=1.0,
-        bottom=0.0,
-        top=1.0,
-    )
+    u_out, log_spline = rq_spline_on_interval(u, params, inverse, _SPLINE_MINIMA, spline_derivative_shift(params.dtype))
     new_gaps = cube_to_gaps(u_out.clamp(0.0, 1.0))
     log_det = log_spline.sum(-1) + stick_log_jacobian(new_gaps) - stick_log_jacobian(gaps)
     return new_gaps, log_det

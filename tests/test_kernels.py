@@ -4,8 +4,10 @@ import math
 
 import pytest
 import torch
+from normflows.utils.splines import DEFAULT_MIN_BIN_HEIGHT, DEFAULT_MIN_BIN_WIDTH, DEFAULT_MIN_DERIVATIVE
 
-from gaugeflow.flows.kernels import CircleKernel, CircularSplineKernel, NCPKernel, circular_rq_spline
+from gaugeflow.flows.kernels import (CircleKernel, CircularSplineKernel, NCPKernel, circular_rq_spline,
+                                     rq_spline_on_interval)
 from gaugeflow.lattice.groups import wrap_angle
 
 KERNELS = {
@@ -276,6 +278,25 @@ def test_spline_matches_normflows(generator):
         )
         assert torch.allclose(ours[0], ref[0], rtol=0, atol=1e-12)
         assert torch.allclose(ours[1], ref[1], rtol=0, atol=1e-10)
+
+
+def test_interval_spline_matches_normflows(generator):
+    """The spline of [0, 1] the SU(N) spectral maps use reproduces normflows'
+    rational_quadratic_spline (the function it replaces), both directions, the ends included."""
+    from normflows.utils.splines import rational_quadratic_spline
+
+    n = 8
+    u = torch.rand(2000, generator=generator, dtype=torch.float64)
+    u[:2] = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    params = torch.randn(2000, 3 * n + 1, generator=generator, dtype=torch.float64)
+    minima = (DEFAULT_MIN_BIN_WIDTH, DEFAULT_MIN_BIN_HEIGHT, DEFAULT_MIN_DERIVATIVE)
+    for inverse in (False, True):
+        ours = rq_spline_on_interval(u, params, inverse, minima)
+        ref = rational_quadratic_spline(u.clone(), params[:, :n], params[:, n : 2 * n], params[:, 2 * n :],
+                                        inverse=inverse, left=0.0, right=1.0, bottom=0.0, top=1.0)
+        assert torch.allclose(ours[0], ref[0], rtol=0, atol=1e-12)
+        assert torch.allclose(ours[1], ref[1], rtol=0, atol=1e-10)
+        assert (ours[0][:2] == u[:2]).all()  # both ends fixed exactly
 
 
 def test_spline_steep_float32_inverse_does_not_fail(generator):
