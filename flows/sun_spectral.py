@@ -178,17 +178,19 @@ def class_function_factor(matrices: torch.Tensor, values: torch.Tensor, images: 
     ``f_N 1 + sum_{k<N} (f_k - f_N) L_k`` so that equal images cost no accuracy."""
     n = matrices.shape[-1]
     eye = torch.eye(n, dtype=matrices.dtype, device=matrices.device)
-    last = images[..., -1, None, None]
+    # unbound once: each values[..., k] would cost a zero-filled copy of all values in the backward
+    v, f = values.unbind(-1), images.unbind(-1)
+    last = f[-1][..., None, None]
     if n == 2:
-        slope = (images[..., 0] - images[..., 1]) / (values[..., 0] - values[..., 1])
-        return last * eye + slope[..., None, None] * (matrices - values[..., 1, None, None] * eye)
+        slope = (f[0] - f[1]) / (v[0] - v[1])
+        return last * eye + slope[..., None, None] * (matrices - v[1][..., None, None] * eye)
     square = matrices @ matrices
     c2 = c1 = c0 = 0
     for k, (j, l) in enumerate(((1, 2), (0, 2))):
-        weight = (images[..., k] - images[..., 2]) / ((values[..., k] - values[..., j]) * (values[..., k] - values[..., l]))
+        weight = (f[k] - f[2]) / ((v[k] - v[j]) * (v[k] - v[l]))
         c2 = c2 + weight
-        c1 = c1 - weight * (values[..., j] + values[..., l])
-        c0 = c0 + weight * values[..., j] * values[..., l]
+        c1 = c1 - weight * (v[j] + v[l])
+        c0 = c0 + weight * v[j] * v[l]
     return (c2[..., None, None] * square + c1[..., None, None] * matrices + c0[..., None, None] * eye) + last * eye
 
 
