@@ -27,6 +27,9 @@ Kernels:
   re-implementation (:func:`circular_rq_spline`) of normflows' spline code that avoids its
   inverse's ``AssertionError`` on rounded discriminants.  Both directions analytic.
 
+The same spline evaluation, on ``[0, 1]`` with both ends fixed, is :func:`rq_spline_on_interval`:
+the SU(N) spectral maps (:mod:`gaugeflow.flows.sun_spectral`) apply it on their canonical cell.
+
 The kernels are small stateless objects (no ``nn.Module``, no trainable state); all tensors
 they create follow the dtype and device of their inputs.  float32 and float64 are supported.
 For both kernels ``identity_params()`` is all zeros, so it stays exact when a float32
@@ -319,8 +322,8 @@ def rq_spline_on_interval(
     top=1)``, with which it agrees to rounding (tested).  It is that function's formulas in the
     evaluation of :func:`circular_rq_spline` -- the inverse's root from the nearer knot, no
     domain check (a host synchronisation), the bin's numbers from one ``gather``, the softmax
-    over a leading axis -- which cut the spline's share of an SU(3) spectral map by about two
-    thirds.  Returns ``(outputs, log|d outputs / d inputs|)``.
+    over a leading axis -- which cut the spline's share of an SU(3) spectral map by a third
+    (16.6 -> 11.3 ms for the inverse and backward at 8,192 matrices).  Returns ``(outputs, log|d outputs / d inputs|)``.
     """
     n = (unnormalized.shape[-1] - 1) // 3
     _check_minima(n, minima)
