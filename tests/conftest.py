@@ -2,8 +2,8 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 # The same numbers on every x86 CPU: MKL otherwise picks its code path (AVX2, AVX-512, ...) by
-# the CPU, and the transcendental functions torch takes from it round differently in the last
-# bit.  An HMC chain amplifies that into another chain: the README's 8x8 example printed a
+# the CPU, and what torch computes through it differs in the last bit between the paths.  An
+# HMC chain amplifies that into another chain: the README's 8x8 example printed a
 # plaquette of 0.6976 on an AVX-512 machine where the page, written on another, shows 0.6972.
 # Set before torch loads MKL; subprocesses the tests start inherit it.
 os.environ.setdefault("MKL_CBWR", "COMPATIBLE")
