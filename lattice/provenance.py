@@ -2,7 +2,8 @@
 
 A record (``run_provenance``) holds the gaugeflow version and, where gaugeflow runs from a git
 checkout, its commit; the command line (or, from Python, the calling script); host, process
-and device; the Python, PyTorch, NumPy and h5py versions; and when the run started.  Every
+and device, with the CPU code path PyTorch chose and ``MKL_CBWR`` (what decides whether a run
+repeated elsewhere with the same seed repeats bit for bit); the Python, PyTorch, NumPy and h5py versions; and when the run started.  Every
 segment stores its run's record with the time of its commit (group ``/provenance``,
 checksummed); the theory, couplings, sampler and its parameters -- the flow's architecture
 and weights checksum for flow samplers -- are the ensemble's metadata.  ``gaugeflow info``
@@ -63,6 +64,10 @@ def run_provenance(device="cpu", command=None) -> dict:
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "device": str(device),
+        # the same seed gives the same chain bit for bit only on the same code paths: PyTorch's
+        # and MKL's kernels are chosen by the CPU (MKL_CBWR=COMPATIBLE pins MKL's)
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "mkl_cbwr": os.environ.get("MKL_CBWR"),
         "slurm_job": os.environ.get("SLURM_JOB_ID") or os.environ.get("PBS_JOBID"),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -110,7 +115,7 @@ def describe_ensemble(path) -> str:
                          f"{run.get('last')}")
             lines.append(f"    {run.get('command')}")
             lines.append(f"    host {run.get('host')} (pid {run.get('pid')}{', job ' + run['slurm_job'] if run.get('slurm_job') else ''}), "
-                         f"device {run.get('device')}; gaugeflow {run.get('gaugeflow_version')}"
+                         f"device {run.get('device')}{' (' + run['cpu_capability'] + ')' if run.get('cpu_capability') else ''}; gaugeflow {run.get('gaugeflow_version')}"
                          f"{' (git ' + run['git_commit'][:12] + ')' if run.get('git_commit') else ''}, python "
                          f"{run.get('python')}, torch {run.get('torch')}, numpy {run.get('numpy')}, h5py {run.get('h5py')}")
         if not runs:

@@ -5,6 +5,7 @@ import os
 
 import h5py
 import pytest
+import torch
 
 from fault_classes import reseal
 from gaugeflow.cli import main
@@ -50,10 +51,13 @@ def test_every_segment_records_the_run_that_wrote_it(tmp_path, capsys):
     runs = {record["run"] for _, record in records}
     assert len(records) == len(os.listdir(segment_directory(path))) and len(runs) == 2
     first = records[0][1]
-    assert {"gaugeflow_version", "command", "host", "device", "started", "committed", "torch"} <= set(first)
+    assert {"gaugeflow_version", "command", "host", "device", "started", "committed", "torch",
+            "cpu_capability", "mkl_cbwr"} <= set(first)
+    assert first["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert main(["info", str(path)]) == 0
     printed = capsys.readouterr().out
     assert "u1 on 4x4 at beta=1.5; 9 configurations" in printed and printed.count("  run ") == 2
+    assert f"device cpu ({first['cpu_capability']})" in printed
     assert analyze_ensemble(path)["plaquette"]["mean"] > 0
 
     last = os.path.join(segment_directory(path), sorted(os.listdir(segment_directory(path)))[-1])
