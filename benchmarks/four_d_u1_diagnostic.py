@@ -84,11 +84,12 @@ def main(argv=None):
     theory = None
     for path in args.models:
         model = load_flow(path).double()
-        if model.theory.name != "u1" or model.theory.dimension < 3:
-            parser.error(f"{path} holds a {model.theory.name} model in {model.theory.dimension}D; this diagnostic is for U(1) in 3D or 4D")
-        if theory is not None and (model.theory.lattice_shape, model.theory.couplings) != (theory.lattice_shape, theory.couplings):
+        found = model.theory
+        if found.name != "u1" or found.dimension < 3:
+            parser.error(f"{path} holds a {found.name} model in {found.dimension}D; this diagnostic is for U(1) in 3D or 4D")
+        if theory is not None and (found.lattice_shape, found.couplings) != (theory.lattice_shape, theory.couplings):
             parser.error(f"{path} is for another lattice or beta than {args.models[0]}")
-        theory = model.theory
+        theory = found
         with torch.no_grad():
             links, log_q = model.sample(args.samples)
             log_w = model.target_log_prob(links) - log_q

@@ -3,8 +3,8 @@
 A record (``run_provenance``) holds the gaugeflow version and, where gaugeflow runs from a git
 checkout, its commit; the command line (or, from Python, the calling script); host, process
 and device, with the CPU code path PyTorch chose and ``MKL_CBWR`` (what decides whether a run
-repeated elsewhere with the same seed repeats bit for bit); the Python, PyTorch, NumPy and h5py versions; and when the run started.  Every
-segment stores its run's record with the time of its commit (group ``/provenance``,
+repeated elsewhere with the same seed repeats bit for bit); the Python, PyTorch, NumPy and
+h5py versions; and when the run started.  Every segment stores its run's record with the time of its commit (group ``/provenance``,
 checksummed); the theory, couplings, sampler and its parameters -- the flow's architecture
 and weights checksum for flow samplers -- are the ensemble's metadata.  ``gaugeflow info``
 (:func:`describe_ensemble`) prints both.
@@ -77,6 +77,10 @@ def run_provenance(device="cpu", command=None) -> dict:
     }
 
 
+def _in_parentheses(text) -> str:
+    return f" ({text})" if text else ""
+
+
 def committed(record: dict) -> dict:
     """``record`` with the time of a commit."""
     return {**record, "committed": _now()}
@@ -115,7 +119,8 @@ def describe_ensemble(path) -> str:
                          f"{run.get('last')}")
             lines.append(f"    {run.get('command')}")
             lines.append(f"    host {run.get('host')} (pid {run.get('pid')}{', job ' + run['slurm_job'] if run.get('slurm_job') else ''}), "
-                         f"device {run.get('device')}{' (' + run['cpu_capability'] + ')' if run.get('cpu_capability') else ''}; gaugeflow {run.get('gaugeflow_version')}"
+                         f"device {run.get('device')}{_in_parentheses(run.get('cpu_capability'))}; "
+                         f"gaugeflow {run.get('gaugeflow_version')}"
                          f"{' (git ' + run['git_commit'][:12] + ')' if run.get('git_commit') else ''}, python "
                          f"{run.get('python')}, torch {run.get('torch')}, numpy {run.get('numpy')}, h5py {run.get('h5py')}")
         if not runs:
