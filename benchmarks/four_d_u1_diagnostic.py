@@ -31,7 +31,7 @@ import torch
 from gaugeflow.flows import load_flow
 from gaugeflow.flows.masks import staple_link_mask
 from gaugeflow.hmc import HMCParameters, hmc_trajectory
-from gaugeflow.lattice.gauge import planes
+from gaugeflow.lattice.gauge import average_plaquette, planes
 from gaugeflow.lattice.groups import wrap_angle
 from gaugeflow.lattice.u1 import plaquette_angles
 
@@ -44,9 +44,8 @@ def slice_fluxes(theta: torch.Tensor) -> torch.Tensor:
     return torch.round(torch.cat(fluxes, 1) / (2 * math.pi))
 
 
-def summary(theta: torch.Tensor) -> dict:
-    dimension = theta.shape[1]
-    plaquette = torch.stack([torch.cos(plaquette_angles(theta, mu, nu)).mean() for mu, nu in planes(dimension)]).mean()
+def summary(theory, theta: torch.Tensor) -> dict:
+    plaquette = average_plaquette(theory.links_as_matrices(theta)).mean()
     fluxes = slice_fluxes(theta)
     return {"plaquette": plaquette.item(), "flux variance": fluxes.var().item(),
             "P(flux 0)": (fluxes == 0).double().mean().item()}
@@ -93,14 +92,14 @@ def main(argv=None):
         with torch.no_grad():
             links, log_q = model.sample(args.samples)
             log_w = model.target_log_prob(links) - log_q
-        rows.append((path.rsplit("/", 1)[-1], {**summary(links), "spread of log w": log_w.std().item()}))
+        rows.append((path.rsplit("/", 1)[-1], {**summary(theory, links), "spread of log w": log_w.std().item()}))
 
     generator = torch.Generator().manual_seed(args.seed)
     theta = theory.hot_start(args.samples, generator=generator)
-    rows.append(("Haar prior", summary(theta)))
+    rows.append(("Haar prior", summary(theory, theta)))
     for sweep in range(1, args.sweeps + 1):
         theta = heat_bath_sweep(theory, theta)
-        rows.append((f"heat bath, {sweep} sweep{'s' if sweep > 1 else ''}", summary(theta)))
+        rows.append((f"heat bath, {sweep} sweep{'s' if sweep > 1 else ''}", summary(theory, theta)))
 
     field = theory.hot_start(64, generator=generator)
     kept = []
@@ -108,7 +107,7 @@ def main(argv=None):
         field = hmc_trajectory(theory, field, HMCParameters(trajectory_length=1.0, n_steps=10), generator).field
         if trajectory >= 200 and trajectory % 10 == 0:
             kept.append(field)
-    rows.append((f"HMC ({64 * len(kept)} configurations)", summary(torch.cat(kept))))
+    rows.append((f"HMC ({64 * len(kept)} configurations)", summary(theory, torch.cat(kept))))
 
     beta = theory.couplings["beta"]
     print(f"U(1) {'x'.join(map(str, theory.lattice_shape))}, beta = {beta}\n")
