@@ -1,23 +1,29 @@
-"""How well can one staple layer draw a link from its exact conditional?  The capacity of the
-per-link map families, measured apart from everything else a 4D flow has to learn.
+"""Can one staple layer draw a link from its exact conditional?  The capacity of the per-link map
+families for a heat-bath step, measured apart from everything else a 4D flow learns.
 
 On configurations from HMC (4^4, ``--beta``), the links of one staple mask (``U_mu(x)``, ``mu = D -
 1``, odd parity; no two share a plaquette) are redrawn from Haar measure and mapped by a stack of
-layers acting on that mask only, while every other link stays fixed.  The exact target of the
-mapped links is the product of their heat-bath conditionals, ``prod_l exp((beta / N) Re tr U_l
-A_l)`` with ``A_l`` the staple sum (:meth:`gaugeflow.lattice.sun.SUN.staples`), which the last layer
-of a sweep has to reproduce.  After training by reverse KL, the script reports the variance of
-``log w = (beta / N) Re tr U A + log det`` over redraws at fixed staples, per link: zero for a
-family that holds the conditional.  The weights of links that share no plaquette multiply, so
-the mask's variance is the sum over its links; the last column, the lattice's number of links
-times the variance per link, is what the whole lattice would lose if the maps of every mask did
-as badly as those of the last (whose conditional is the sharpest).
+layers acting on that mask only, while every other link stays fixed.  The target of the mapped
+links is the product of their heat-bath conditionals, ``prod_l exp((beta / N) Re tr U_l A_l)``
+with ``A_l`` the staple sum (:meth:`gaugeflow.lattice.sun.SUN.staples`).  After training by
+reverse KL, the script reports the variance of ``log w = (beta / N) Re tr U A + log det`` over
+redraws at fixed staples, per link: zero for a family that holds the conditional.  The weights
+of links that share no plaquette multiply, so a mask's variance is the sum over its links; the
+last column is the lattice's number of links times the variance per link.
+
+What this measures is a heat-bath step made a flow layer: the task of a design in which each
+layer draws its links from their conditionals given everything else (a flow with fresh
+randomness, a stochastic normalizing flow).  It does not bound the variance of a trained
+coupling flow: there the earlier layers see the later links' prior values through their
+conditioners, so the last mask's distribution given the rest is not its layer's image of Haar
+measure (benchmarks/README.md shows a trained model doing far better than this bound would allow).
 
 The stacks are comma-separated layers: ``sum`` and ``each`` are
 :class:`gaugeflow.flows.staple_coupling.SUNStapleCoupling` with those centres; ``stout`` is a
 prototype of a stout-smearing step (Morningstar and Peardon, hep-lat/0311018; as a flow: Nagai
 and Tomiya, arXiv:2103.11965; Abbott et al., arXiv:2305.02402), defined here for this
-measurement only (forward direction, no inverse):
+measurement only (forward direction, no inverse; trained with reparameterisation gradients,
+the other stacks with path gradients unless ``--estimator reparam``):
 
     U -> exp(eps Z) U,     Z = TA(U A_w),     A_w = sum_k w_k C_k,
 
@@ -27,15 +33,15 @@ contraction-perturbed identity and invertible.  Unlike a class-function map of `
 C_k``, which scales every direction of the algebra alike around its centre, the step moves
 ``U`` along the gradient of ``Re tr U A``, whose curvature differs between directions when
 ``A`` is not a multiple of a unitary matrix (SU(N >= 3)); a composition of class-function maps
-gets such anisotropy only from how far the link sits from the maps' centres.  Its log-det is that of the right-trivialised
-8x8 (``N^2 - 1``) Jacobian ``J(d) = eps dexp_{eps Z}(TA(d U A)) + Ad_{exp(eps Z)}(d)``, checked
+gets such anisotropy only from how far the link sits from the maps' centres.  Its log-det is
+that of the right-trivialised 8x8 (``N^2 - 1``) Jacobian ``J(d) = eps dexp_{eps Z}(TA(d U A)) + Ad_{exp(eps Z)}(d)``, checked
 against autograd when the script starts.
 
     python benchmarks/single_link_capacity.py su3 2.0 --stacks sum each each,each stout,each each,stout,each
     python benchmarks/single_link_capacity.py su2 1.5 --stacks sum --steps 2000   # an exact family: the variance goes to 0
     python benchmarks/single_link_capacity.py su3 2.0 --quick                      # a smoke run
 
-Results: benchmarks/README.md ("What limits SU(3) at beta = 2").
+Results: benchmarks/README.md ("A heat-bath step as a flow layer").
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ import time
 import torch
 
 from gaugeflow.flows.conditioners import SiteMLP
+from gaugeflow.flows.estimators import frozen_parameters
 from gaugeflow.flows.staple_coupling import SUNStapleCoupling, project_staple_sum, sun_staple_features
 from gaugeflow.flows.sun_coupling import SpectralTransform
 from gaugeflow.hmc.hmc import HMCParameters, hmc_trajectory
@@ -164,6 +171,8 @@ def main() -> None:
     parser.add_argument("--configurations", type=int, default=64)
     parser.add_argument("--trajectories", type=int, default=40, help="HMC trajectories from a hot start")
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--estimator", choices=("path", "reparam"), default="path",
+                        help="gradient estimator; stacks with a stout step (no inverse) train with reparam")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="a smoke run of seconds: 8 configurations, 20 steps")
     args = parser.parse_args()
@@ -180,8 +189,8 @@ def main() -> None:
     configurations = hmc_configurations(theory, args.configurations, args.trajectories, args.seed)
     staple_sums = theory.staples(configurations, mu)
     n_links = theory.dimension * theory.volume
-    print(f"| stack | steps | CPU-s / step | var(log w) per link, last 3 checks | x {n_links} links |")
-    print("|---|---|---|---|---|")
+    print(f"| stack | gradients | steps | CPU-s / step | var(log w) per link, last 3 checks | x {n_links} links |")
+    print("|---|---|---|---|---|---|")
     for stack in args.stacks:
         torch.manual_seed(args.seed)
         layers = torch.nn.ModuleList(
@@ -191,13 +200,25 @@ def main() -> None:
         active = layers[0].active if hasattr(layers[0], "active") else layers[0].staple_layer.active
         n_active = int(active.sum())
 
+        # path gradients (the 4D default) need the inverse, which the stout prototype lacks
+        path = args.estimator == "path" and "stout" not in stack.split(",")
+
         def log_weights(index, redraws=1):
+            """``log p - log q`` of the mapped links, up to the configurations' ``log Z``."""
             links = configurations[index].repeat_interleave(redraws, 0).clone()
             links[:, mu][:, active] = haar_random_sun((len(index) * redraws, n_active), n_colors)
             log_det = 0
             for layer in layers:
                 links, layer_log_det = layer(links)
                 log_det = log_det + layer_log_det
+            if path and torch.is_grad_enabled():
+                # log q through the inverse at frozen parameters: only the dependence through
+                # the sample is differentiated (Vaitl et al., arXiv:2207.08219)
+                log_det, back = 0, links
+                with frozen_parameters(layers):
+                    for layer in reversed(layers):
+                        back, layer_log_det = layer.inverse(back)
+                        log_det = log_det - layer_log_det
             staple_sum = staple_sums[index].repeat_interleave(redraws, 0)[:, active]
             return (args.beta / n_colors) * real_trace(links[:, mu][:, active] @ staple_sum).sum(-1) + log_det
 
@@ -218,7 +239,7 @@ def main() -> None:
                 checking += time.process_time() - check_began
         per_step = (time.process_time() - began - checking) / args.steps  # training alone
         last = checks[-3:]
-        print(f"| {stack} | {args.steps} | {per_step:.2f} | {' / '.join(f'{v:.4f}' for v in last)} | "
+        print(f"| {stack} | {'path' if path else 'reparam'} | {args.steps} | {per_step:.2f} | {' / '.join(f'{v:.4f}' for v in last)} | "
               f"{n_links * sum(last) / len(last):.1f} |", flush=True)
 
 
