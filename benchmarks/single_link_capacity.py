@@ -34,11 +34,12 @@ C_k``, which scales every direction of the algebra alike around its centre, the 
 ``U`` along the gradient of ``Re tr U A``, whose curvature differs between directions when
 ``A`` is not a multiple of a unitary matrix (SU(N >= 3)); a composition of class-function maps
 gets such anisotropy only from how far the link sits from the maps' centres.  Its log-det is
-that of the right-trivialised 8x8 (``N^2 - 1``) Jacobian ``J(d) = eps dexp_{eps Z}(TA(d U A)) + Ad_{exp(eps Z)}(d)``, checked
-against autograd when the script starts.
+that of the right-trivialised 8x8 (``N^2 - 1``) Jacobian
+``J(d) = eps dexp_{eps Z}(TA(d U A)) + Ad_{exp(eps Z)}(d)``, checked against autograd when the
+script starts.
 
     python benchmarks/single_link_capacity.py su3 2.0 --stacks sum each each,each stout,each each,stout,each
-    python benchmarks/single_link_capacity.py su2 1.5 --stacks sum --steps 2000   # an exact family: the variance goes to 0
+    python benchmarks/single_link_capacity.py su2 1.5 --stacks sum --steps 2000   # an exact family: variance -> 0
     python benchmarks/single_link_capacity.py su3 2.0 --quick                      # a smoke run
 
 Results: benchmarks/README.md ("A heat-bath step as a flow layer").
@@ -105,7 +106,8 @@ class StoutStep(torch.nn.Module):
         super().__init__()
         # the staples, weights, gather and scatter of the staple coupling of the same mask
         self.staple_layer = SUNStapleCoupling(lattice_shape, n_colors, mu, parity, SpectralTransform(n_colors), hidden)
-        self.step = SiteMLP(self.staple_layer.conditioner.layers[0].in_features, 1, tuple(hidden), output_bias=torch.zeros(1))
+        n_features = self.staple_layer.conditioner.layers[0].in_features
+        self.step = SiteMLP(n_features, 1, tuple(hidden), output_bias=torch.zeros(1))
 
     def forward(self, links):
         layer = self.staple_layer
@@ -114,7 +116,8 @@ class StoutStep(torch.nn.Module):
         projected, singular_values, phase = project_staple_sum(staple_sum)
         features = sun_staple_features(staples, projected, singular_values, phase)
         weight = next(self.step.parameters())
-        eps = torch.tanh(self.step(features.to(weight.dtype)).to(torch.float64)[..., 0]) * 0.9 / singular_values.max(-1).values
+        raw = self.step(features.to(weight.dtype)).to(torch.float64)[..., 0]
+        eps = torch.tanh(raw) * 0.9 / singular_values.max(-1).values
         u = layer.gather(links[:, layer.mu]).to(torch.complex128)
         p = u @ staple_sum
         z = traceless_antihermitian(p)
@@ -195,7 +198,8 @@ def main() -> None:
         torch.manual_seed(args.seed)
         layers = torch.nn.ModuleList(
             StoutStep(theory.lattice_shape, n_colors, mu, parity, (32, 32)) if kind == "stout" else
-            SUNStapleCoupling(theory.lattice_shape, n_colors, mu, parity, SpectralTransform(n_colors), (32, 32), centres=kind)
+            SUNStapleCoupling(theory.lattice_shape, n_colors, mu, parity, SpectralTransform(n_colors), (32, 32),
+                              centres=kind)
             for kind in stack.split(","))
         active = layers[0].active if hasattr(layers[0], "active") else layers[0].staple_layer.active
         n_active = int(active.sum())
@@ -239,7 +243,8 @@ def main() -> None:
                 checking += time.process_time() - check_began
         per_step = (time.process_time() - began - checking) / args.steps  # training alone
         last = checks[-3:]
-        print(f"| {stack} | {'path' if path else 'reparam'} | {args.steps} | {per_step:.2f} | {' / '.join(f'{v:.4f}' for v in last)} | "
+        variances = " / ".join(f"{v:.4f}" for v in last)
+        print(f"| {stack} | {'path' if path else 'reparam'} | {args.steps} | {per_step:.2f} | {variances} | "
               f"{n_links * sum(last) / len(last):.1f} |", flush=True)
 
 
