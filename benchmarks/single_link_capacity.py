@@ -55,9 +55,11 @@ import torch
 
 from gaugeflow.flows.conditioners import SiteMLP
 from gaugeflow.flows.estimators import frozen_parameters
+from gaugeflow.flows.masks import staple_link_mask
 from gaugeflow.flows.staple_coupling import SUNStapleCoupling, project_staple_sum, sun_staple_features
 from gaugeflow.flows.sun_coupling import SpectralTransform
-from gaugeflow.hmc.hmc import HMCParameters, hmc_trajectory
+from gaugeflow.hmc.hmc import HMCParameters, thermalise
+from gaugeflow.lattice.gauge import average_plaquette
 from gaugeflow.lattice.groups import haar_random_sun, real_trace, traceless_antihermitian
 from gaugeflow.lattice.theories import make_theory
 
@@ -152,14 +154,12 @@ def check_stout_log_det(n_colors: int) -> float:
 
 def hmc_configurations(theory, n: int, trajectories: int, seed: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
-    links = theory.hot_start(n, generator=generator)
     params = HMCParameters(trajectory_length=1.0, n_steps=12)
-    accepted = 0.0
-    for _ in range(trajectories):
-        result = hmc_trajectory(theory, links, params, generator)
-        links, accepted = result.field, float(result.accepted.double().mean())
-    print(f"HMC: {n} chains, {trajectories} trajectories, last acceptance {accepted:.2f}, "
-          f"plaquette {float(theory.observables(links)['plaquette'].mean()):.4f}", flush=True)
+    links, _ = thermalise(theory, theory.hot_start(n, generator=generator), params, trajectories, generator,
+                          tune=False, target=None)
+    plaquette = float(average_plaquette(theory.links_as_matrices(links)).mean())
+    print(f"HMC: {n} chains, {trajectories} trajectories of {params.n_steps} steps, plaquette {plaquette:.4f}",
+          flush=True)
     return links
 
 
@@ -185,12 +185,14 @@ def main() -> None:
     torch.set_num_threads(1)
     theory = make_theory(args.theory, args.lattice, beta=args.beta)
     n_colors, mu, parity = theory.n_colors, theory.dimension - 1, 1
+    active = staple_link_mask(theory.lattice_shape, mu, parity)  # the links every stack moves
+    n_active = int(active.sum())
     difference = check_stout_log_det(n_colors)
     print(f"stout log-det against autograd: largest difference {difference:.1e}", flush=True)
     if difference > 1e-9:
         raise SystemExit("the stout log-det disagrees with autograd")
     configurations = hmc_configurations(theory, args.configurations, args.trajectories, args.seed)
-    staple_sums = theory.staples(configurations, mu)
+    staple_sums = theory.staples(configurations, mu)[:, active]  # [configurations, n_active, N, N]
     n_links = theory.dimension * theory.volume
     print(f"| stack | gradients | steps | CPU-s / step | var(log w) per link, last 3 checks | x {n_links} links |")
     print("|---|---|---|---|---|---|")
@@ -201,8 +203,6 @@ def main() -> None:
             SUNStapleCoupling(theory.lattice_shape, n_colors, mu, parity, SpectralTransform(n_colors), (32, 32),
                               centres=kind)
             for kind in stack.split(","))
-        active = layers[0].active if hasattr(layers[0], "active") else layers[0].staple_layer.active
-        n_active = int(active.sum())
 
         # path gradients (the 4D default) need the inverse, which the stout prototype lacks
         path = args.estimator == "path" and "stout" not in stack.split(",")
@@ -223,7 +223,7 @@ def main() -> None:
                     for layer in reversed(layers):
                         back, layer_log_det = layer.inverse(back)
                         log_det = log_det - layer_log_det
-            staple_sum = staple_sums[index].repeat_interleave(redraws, 0)[:, active]
+            staple_sum = staple_sums[index].repeat_interleave(redraws, 0)
             return (args.beta / n_colors) * real_trace(links[:, mu][:, active] @ staple_sum).sum(-1) + log_det
 
         optimizer = torch.optim.Adam(layers.parameters(), args.lr)

@@ -323,7 +323,8 @@ def rq_spline_on_interval(
     evaluation of :func:`circular_rq_spline` -- the inverse's root from the nearer knot, no
     domain check (a host synchronisation), the bin's numbers from one ``gather``, the softmax
     over a leading axis -- which cut the spline's share of an SU(3) spectral map by a third
-    (16.6 -> 11.3 ms for the inverse and backward at 8,192 matrices).  Returns ``(outputs, log|d outputs / d inputs|)``.
+    (16.6 -> 11.3 ms for the inverse and backward at 8,192 matrices).  Returns ``(outputs,
+    log|d outputs / d inputs|)``.
     """
     n = (unnormalized.shape[-1] - 1) // 3
     _check_minima(n, minima)
