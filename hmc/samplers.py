@@ -1,6 +1,7 @@
 """The sampler registry: build a :class:`gaugeflow.hmc.sampler.Sampler` by name.
 
-Built in: ``hmc`` (:class:`gaugeflow.hmc.hmc.HMCSampler`) and, with a trained flow model,
+Built in: ``hmc`` (:class:`gaugeflow.hmc.hmc.HMCSampler`), ``heatbath``
+(:class:`gaugeflow.hmc.heatbath.HeatBathSampler`, pure Wilson gauge theories) and, with a trained flow model,
 ``flow`` (independence Metropolis), ``composite`` (a flow step and HMC trajectories) and
 ``flow-hmc`` (HMC in the flow's latent variables).  A new sampler is a class implementing the
 ``Sampler`` protocol plus one line::
@@ -24,6 +25,7 @@ from gaugeflow.lattice.errors import InputError
 
 from .composite import CompositeSampler
 from .flow_hmc import FlowHMCSampler
+from .heatbath import HeatBathSampler
 from .hmc import HMCSampler
 from .pseudofermion_metropolis import flow_metropolis_sampler
 
@@ -84,6 +86,8 @@ def sampler_kind(name: str) -> SamplerKind:
 
 register_sampler("hmc", lambda theory, model, o: HMCSampler(theory, o.params, o.tune, o.target_acceptance),
                  description="Hybrid Monte Carlo")
+register_sampler("heatbath", lambda theory, model, o: HeatBathSampler(theory),
+                 description="heat-bath sweeps (pure Wilson gauge theories: u1, suN)")
 register_sampler("flow", lambda theory, model, o: flow_metropolis_sampler(model, o.source), needs_model=True,
                  description="independence Metropolis with flow proposals (of (U, phi) for a pseudofermion flow)")
 register_sampler("composite", lambda theory, model, o: CompositeSampler(model, o.hmc_per_step, o.params, o.tune,

@@ -45,6 +45,22 @@ def plaquettes(links: torch.Tensor, mu: int, nu: int) -> torch.Tensor:
     return matmul(forward, dagger(matmul(u_nu, shift(u_mu, nu, 1, SITE_AXIS))))
 
 
+def staple_sum(links: torch.Tensor, mu: int) -> torch.Tensor:
+    """Sum of the ``2 (D-1)`` staples ``A_mu(x)``, ``[B, x..., N, N]``: ``U_mu(x) A_mu(x)`` is the
+    sum of the plaquettes through ``U_mu(x)``, oriented to start with it, so the Wilson action
+    holds the link through ``-(beta / N) Re tr U_mu(x) A_mu(x)`` alone."""
+    total = torch.zeros_like(links[:, mu])
+    for nu in range(_dimension(links)):
+        if nu == mu:
+            continue
+        u_mu, u_nu = links[:, mu], links[:, nu]
+        up = matmul(matmul(shift(u_nu, mu, 1, SITE_AXIS), dagger(shift(u_mu, nu, 1, SITE_AXIS))), dagger(u_nu))
+        u_nu_down = shift(u_nu, nu, -1, SITE_AXIS)
+        down = matmul(matmul(dagger(shift(u_nu_down, mu, 1, SITE_AXIS)), dagger(shift(u_mu, nu, -1, SITE_AXIS))), u_nu_down)
+        total = total + up + down
+    return total
+
+
 def planes(dimension: int):
     """All ordered pairs ``mu < nu``."""
     return list(itertools.combinations(range(dimension), 2))

@@ -17,8 +17,7 @@ import torch
 from . import exact, gauge
 from .errors import InputError
 from .fields import SUNField
-from .geometry import shift
-from .groups import complex_dtype, dagger, haar_random_sun, identity_sun, matmul, real_trace, traceless_antihermitian
+from .groups import complex_dtype, haar_random_sun, identity_sun, matmul, real_trace, traceless_antihermitian
 from .theory import Coupling, GaugeTheory, sum_per_config
 
 
@@ -49,18 +48,9 @@ class SUN(GaugeTheory):
         return -(self.couplings["beta"] / self.n_colors) * sum_per_config(traces)
 
     def staples(self, links, mu: int) -> torch.Tensor:
-        """Sum of the ``2 (D-1)`` staples ``A_mu(x)`` with ``S = -(beta/N) sum Re tr U_mu(x) A_mu(x) + ...``."""
-        site = gauge.SITE_AXIS
-        total = torch.zeros_like(links[:, mu])
-        for nu in range(self.dimension):
-            if nu == mu:
-                continue
-            u_mu, u_nu = links[:, mu], links[:, nu]
-            up = matmul(matmul(shift(u_nu, mu, 1, site), dagger(shift(u_mu, nu, 1, site))), dagger(u_nu))
-            u_nu_down = shift(u_nu, nu, -1, site)
-            down = matmul(matmul(dagger(shift(u_nu_down, mu, 1, site)), dagger(shift(u_mu, nu, -1, site))), u_nu_down)
-            total = total + up + down
-        return total
+        """Sum of the ``2 (D-1)`` staples ``A_mu(x)`` with ``S = -(beta/N) sum Re tr U_mu(x) A_mu(x) + ...``
+        (:func:`gaugeflow.lattice.gauge.staple_sum`)."""
+        return gauge.staple_sum(links, mu)
 
     def force(self, links):
         """Analytic su(N) force ``F_mu(x) = (beta/N) P_su(N)(U_mu(x) A_mu(x))`` from the staples

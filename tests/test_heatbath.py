@@ -1,0 +1,148 @@
+"""Heat-bath sweeps and annealed importance sampling against exact results.
+
+* The single-link draws (von Mises for U(1), the SU(2) real part) against their exact
+  distributions (Kolmogorov-Smirnov), on both sides of each method's switch.
+* Heat-bath chains of 2D U(1), SU(2) and SU(3) against the character-expansion plaquette,
+  with Gamma-method errors; links stay on the group.
+* Annealed importance sampling: the mean weight is ``Z`` (the character expansion's), and the
+  reweighted plaquette is exact, from Haar measure and from a flow; on HDF5 through the
+  sampler registry.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import scipy.stats as st
+import torch
+
+from gaugeflow.hmc.annealing import annealed_samples, beta_ladder
+from gaugeflow.hmc.autocorrelation import gamma_method
+from gaugeflow.hmc.heatbath import HeatBathSampler, heat_bath_sweep, su2_heat_bath_quaternions, von_mises
+from gaugeflow.lattice import exact
+from gaugeflow.lattice.errors import InputError
+from gaugeflow.lattice.groups import unitarity_drift
+from gaugeflow.lattice.theories import make_theory
+from test_physics_validation import assert_agrees
+
+EXACT_PLAQUETTE = {"u1": exact.u1_plaquette, "su2": exact.su2_plaquette, "su3": exact.su3_plaquette}
+
+
+@pytest.mark.parametrize("kappa", [0.0, 0.1, 0.49, 0.51, 3.0, 30.0])
+def test_von_mises_draws_follow_the_exact_distribution(kappa):
+    generator = torch.Generator().manual_seed(11)
+    angles = von_mises(torch.full((100_000,), kappa, dtype=torch.float64), generator).numpy()
+    assert angles.min() >= -math.pi and angles.max() <= math.pi
+    reference = st.vonmises(kappa).cdf if kappa > 0 else st.uniform(-math.pi, 2 * math.pi).cdf
+    assert st.kstest(angles, reference).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.3, 1.99, 2.01, 10.0])
+def test_su2_heat_bath_real_part_follows_sqrt_one_minus_x_squared_times_exp(lam):
+    """``x_0`` has density ``sqrt(1 - x^2) exp(lambda x)``; the quaternions are unit."""
+    generator = torch.Generator().manual_seed(12)
+    quaternions = su2_heat_bath_quaternions(torch.full((100_000,), lam, dtype=torch.float64), generator)
+    assert (quaternions.norm(dim=-1) - 1).abs().max() < 1e-14
+    delta = np.concatenate([[0.0], np.geomspace(1e-10, 2, 100_001)])  # 1 - x_0, fine where the density peaks
+    density = np.sqrt(delta * (2 - delta)) * np.exp(-lam * delta)
+    cdf = np.concatenate([[0.0], np.cumsum((density[1:] + density[:-1]) / 2 * np.diff(delta))])
+    cdf /= cdf[-1]
+    assert st.kstest(1 - quaternions[:, 0].numpy(), lambda d: np.interp(d, delta, cdf)).pvalue > 1e-3
+    # the direction is uniform: each component of the vector part has mean 0
+    vector = quaternions[:, 1:]
+    assert vector.mean(0).abs().max() < 5 * vector.std(0).max() / math.sqrt(len(vector))
+
+
+@pytest.mark.parametrize("name, beta, extent, sweeps", [("u1", 2.0, 8, 240), ("su2", 3.0, 8, 240), ("su3", 4.0, 6, 160)])
+def test_heat_bath_chains_reproduce_the_2d_plaquette(name, beta, extent, sweeps):
+    theory = make_theory(name, (extent, extent), beta=beta)
+    generator = torch.Generator().manual_seed(13)
+    field = heat_bath_sweep(theory, theory.hot_start(16, generator=generator), generator)
+    series = []
+    for sweep in range(sweeps):
+        field = heat_bath_sweep(theory, field, generator)
+        if sweep >= 20:
+            series.append(theory.observables(field)["plaquette"].numpy())
+    g = gamma_method(np.stack(series, axis=-1))
+    assert_agrees({"plaquette": (g.mean, g.error, EXACT_PLAQUETTE[name](beta, extent * extent))})
+    if name != "u1":
+        assert unitarity_drift(field).max() < 1e-12
+        assert (torch.linalg.det(field) - 1).abs().max() < 1e-12
+
+
+def test_a_heat_bath_sweep_draws_every_link_anew_and_reproducibly():
+    theory = make_theory("su3", (4, 4, 4, 4), beta=2.0)
+    field = theory.hot_start(2, generator=torch.Generator().manual_seed(1))
+    first = heat_bath_sweep(theory, field, torch.Generator().manual_seed(2))
+    again = heat_bath_sweep(theory, field, torch.Generator().manual_seed(2))
+    assert torch.equal(first, again)
+    moved = (first - field).abs().flatten(-2).amax(-1)  # [B, D, x...]
+    assert bool((moved > 1e-8).all())
+
+
+def test_heat_bath_refuses_what_it_cannot_update():
+    with pytest.raises(InputError, match="pure Wilson gauge"):
+        HeatBathSampler(make_theory("phi4", (4, 4), m2=1.0, lam=0.0))
+    with pytest.raises(InputError, match="even lattice extents"):
+        HeatBathSampler(make_theory("u1", (4, 5), beta=1.0))
+    with pytest.raises(InputError, match="beta >= 0"):
+        heat_bath_sweep(make_theory("su2", (4, 4), beta=-1.0), make_theory("su2", (4, 4), beta=1.0).cold_start(1))
+
+
+@pytest.mark.parametrize("name, beta", [("u1", 2.0), ("su2", 2.0), ("su3", 3.0)])
+def test_annealed_weights_average_to_the_partition_function(name, beta):
+    """Jarzynski: ``E[w] = Z_beta / Z_0`` for any ladder, here a short one (weights far from 1)."""
+    theory = make_theory(name, (4, 4), beta=beta)
+    generator = torch.Generator().manual_seed(14)
+    field, log_w = annealed_samples(theory, 1500, 6, generator=generator, batch_size=500)
+    shift = log_w.max()
+    w = torch.exp(log_w - shift)
+    ratio = (w.mean() * torch.exp(shift - theory.exact_log_partition_function())).item()
+    error = (w.std() / w.mean() / math.sqrt(len(w))).item() * ratio
+    plaquette = theory.observables(field)["plaquette"]
+    reweighted = ((w * plaquette).sum() / w.sum()).item()
+    # the error of a ratio estimate (delta method)
+    plaquette_error = math.sqrt(((w * (plaquette - reweighted)) ** 2).sum().item()) / w.sum().item()
+    assert_agrees({"E[w] / Z": (ratio, error, 1.0),
+                   "plaquette": (reweighted, plaquette_error, EXACT_PLAQUETTE[name](beta, 16))})
+    assert field.shape == (1500, *theory.config_shape)
+
+
+def test_annealing_from_a_flow_at_a_lower_beta_is_exact(tmp_path):
+    """Start from an (untrained) flow at beta_0 = 1 on the plaquette prior, nearly exact 2D
+    physics there: the weights carry its density, and the mean weight is ``Z`` at beta = 2."""
+    from gaugeflow.flows import architecture, build_flow
+
+    start_theory = make_theory("u1", (4, 4), beta=1.0)
+    torch.manual_seed(3)
+    model = build_flow(architecture(start_theory, n_layers=2, hidden_channels=[8], prior="plaquette")).double()
+    theory = start_theory.with_couplings(beta=2.0)
+    field, log_w = annealed_samples(theory, 2000, 12, start=model, generator=torch.Generator().manual_seed(15))
+    shift = log_w.max()
+    w = torch.exp(log_w - shift)
+    ratio = (w.mean() * torch.exp(shift - theory.exact_log_partition_function())).item()
+    error = (w.std() / w.mean() / math.sqrt(len(w))).item() * ratio
+    assert_agrees({"E[w] / Z": (ratio, error, 1.0)})
+    with pytest.raises(InputError, match="not of u1 on"):
+        annealed_samples(make_theory("u1", (4, 6), beta=2.0), 4, 2, start=model)
+
+
+def test_beta_ladder():
+    assert beta_ladder(0.5, 1.0, 2) == [0.5, 0.75, 1.0]
+    with pytest.raises(InputError, match="at least one step"):
+        beta_ladder(0.0, 1.0, 0)
+
+
+def test_heat_bath_sampler_writes_an_ensemble(tmp_path):
+    from gaugeflow.hmc.run import generate_ensemble
+    from gaugeflow.lattice.ensemble import open_ensemble
+
+    theory = make_theory("su2", (4, 4), beta=2.0)
+    path = tmp_path / "hb.h5"
+    summary = generate_ensemble(theory, path, sampler="heatbath", n_configs=8, n_chains=2, n_therm=2, seed=1,
+                                progress=False)
+    assert summary.n_configs == 8 and summary.acceptance == 1.0
+    ensemble = open_ensemble(path)
+    assert ensemble.attrs["sampler"] == "heatbath"
+    configs = ensemble.configs()
+    assert len(configs) == 8 and not np.allclose(configs[0], configs[2])
