@@ -3,7 +3,7 @@
 Convention: ``S = -(beta / N) sum_P Re tr U_P`` (U(1): ``N = 1``, ``S = -beta sum_P cos theta_P``),
 so that, given every other link, ``U_mu(x)`` has the density ``exp((beta / N) Re tr U_mu(x) A_mu(x))``
 with respect to Haar measure, ``A_mu(x)`` the staple sum
-(:func:`gaugeflow.lattice.gauge.staple_sum`).  The links of one staple mask (direction ``mu``, one
+(:func:`gaugeflow.lattice.gauge.staple_sum`; here gathered at the links of one mask only).  The links of one staple mask (direction ``mu``, one
 parity of the transverse sites; :func:`gaugeflow.flows.masks.staple_link_mask`) share no
 plaquette, so a sweep draws them mask by mask, all links of a mask at once, in the order of the
 staple layers (``mu = 0, 1, ...``, parities 0 and 1).
@@ -28,6 +28,7 @@ are reproducible.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Callable
@@ -35,8 +36,8 @@ from collections.abc import Callable
 import torch
 
 from gaugeflow.flows.masks import staple_link_mask
+from gaugeflow.flows.staple_coupling import staple_neighbours
 from gaugeflow.lattice.errors import InputError
-from gaugeflow.lattice.gauge import staple_sum, u1_links_to_matrices
 from gaugeflow.lattice.groups import wrap_angle
 
 from .sampler import TrajectoryResult
@@ -148,10 +149,13 @@ def sun_heat_bath_links(links: torch.Tensor, staples: torch.Tensor, beta: float,
     n = links.shape[-1]
     moved, product = links.clone(), links @ staples
     for i, j in itertools.combinations(range(n), 2):
-        rows = [i, j]
-        r = _su2_subgroup_step(product[..., rows, :][..., :, rows], beta / n, generator)
-        moved[..., rows, :] = r @ moved[..., rows, :]
-        product[..., rows, :] = r @ product[..., rows, :]
+        block = torch.stack([torch.stack([product[..., i, i], product[..., i, j]], -1),
+                             torch.stack([product[..., j, i], product[..., j, j]], -1)], -2)
+        r = _su2_subgroup_step(block, beta / n, generator)
+        for matrix in (moved, product):  # rows i and j of r M
+            row_i, row_j = matrix[..., i, :], matrix[..., j, :]
+            matrix[..., i, :], matrix[..., j, :] = (r[..., 0, 0, None] * row_i + r[..., 0, 1, None] * row_j,
+                                                    r[..., 1, 0, None] * row_i + r[..., 1, 1, None] * row_j)
     return moved
 
 
@@ -163,27 +167,44 @@ def _check_theory(theory) -> None:
     staple_link_mask(theory.lattice_shape, 0, 0)  # even extents, or a clear error
 
 
+@functools.lru_cache(maxsize=64)
+def _mask_indices(lattice_shape: tuple, mu: int, parity: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The active sites of mask ``(mu, parity)`` (flat indices) and the links of their staples
+    (:func:`gaugeflow.flows.staple_coupling.staple_neighbours`, ``[D-1, 6, n_active]``)."""
+    active = staple_link_mask(lattice_shape, mu, parity)
+    return (active.flatten().nonzero()[:, 0].to(device),
+            staple_neighbours(lattice_shape, mu, active).to(device))
+
+
 def heat_bath_sweep(theory, field: torch.Tensor, generator=None) -> torch.Tensor:
     """One sweep: every link of every chain of ``field`` (``[B, D, x...]`` angles for U(1),
     ``[B, D, x..., N, N]`` for SU(N)) drawn from its conditional at the theory's ``beta``, mask by
-    mask.  Returns a new tensor in float64/complex128 arithmetic and ``field``'s dtype."""
+    mask.  Returns a new tensor of ``field``'s dtype, drawn in float64 (complex128)."""
     _check_theory(theory)
     beta = theory.couplings["beta"]
     u1 = theory.name == "u1"
-    field = field.clone()
-    for mu in range(theory.dimension):
+    d = theory.dimension
+    # site-major [D V, B, ...] for the whole sweep: gathers and writes of links are then rows
+    # (indexing, 4 times faster than index_select on complex tensors)
+    links = field.flatten(1, d + 1).transpose(0, 1).contiguous()
+    for mu in range(d):
         for parity in (0, 1):
-            mask = staple_link_mask(theory.lattice_shape, mu, parity, device=field.device)
-            links = u1_links_to_matrices(field) if u1 else field
-            staples = staple_sum(links.to(torch.complex128), mu)[:, mask]  # [B, n_active, N, N]
-            if u1:
-                a = staples[..., 0, 0]
+            active, neighbours = _mask_indices(theory.lattice_shape, mu, parity, field.device)
+            f = links[neighbours.flatten()].unflatten(0, neighbours.shape)  # [D-1, 6, n, B, ...]
+            if u1:  # staple angles s_k with theta + s_k a plaquette angle
+                f = f.to(torch.float64)
+                staples = torch.polar(torch.ones_like(f[:, 0]), torch.stack([f[:, 0] - f[:, 1] - f[:, 2],
+                                                                              f[:, 5] - f[:, 3] - f[:, 4]]))
+                a = staples.sum((0, 1))  # [n_active, B]
                 new = wrap_angle(von_mises(beta * a.abs(), generator) - torch.angle(a))
             else:
-                new = sun_heat_bath_links(field[:, mu][:, mask].to(torch.complex128), staples, beta, generator)
-            component = field[:, mu]
-            component[:, mask] = new.to(field.dtype)
-    return field
+                f = f.to(torch.complex128).unbind(1)
+                # f0 f1^dag f2^dag + f3^dag f4^dag f5 with two conjugations (each a copy for bmm), not four
+                staples = (f[0] @ (f[2] @ f[1]).mH + (f[4] @ f[3]).mH @ f[5]).sum(0)  # [n_active, B, N, N]
+                old = links[mu * theory.volume + active].to(torch.complex128)
+                new = sun_heat_bath_links(old, staples, beta, generator)
+            links.index_copy_(0, mu * theory.volume + active, new.to(links.dtype))
+    return links.transpose(0, 1).reshape(field.shape)
 
 
 class HeatBathSampler:
