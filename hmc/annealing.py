@@ -25,11 +25,14 @@ chain of :mod:`gaugeflow.flows.diagnostics` take it as they are (Metropolis on t
 
 from __future__ import annotations
 
+import json
+
 import torch
 
 from gaugeflow.lattice.errors import InputError
 
 from .heatbath import heat_bath_sweep
+from .sampler import TrajectoryResult
 
 
 def beta_ladder(beta_start: float, beta: float, n_steps: int) -> list[float]:
@@ -84,3 +87,79 @@ def annealed_samples(theory, n_samples: int, n_steps: int, *, start=None, sweeps
         if progress is not None:
             progress(done)
     return torch.cat(fields), torch.cat(log_weights)
+
+
+class AnnealedMetropolisSampler:
+    """Independence Metropolis over annealed proposals from Haar measure: every update draws, for
+    every chain, a new annealed sample (:func:`annealed_samples`, ``n_steps`` rungs) and accepts
+    it with probability ``min(1, w' / w)`` in float64.  This is Metropolis-Hastings on the whole
+    path ``U_0 ... U_n``, whose marginal in ``U_n`` is the target, so the chain is exact for any
+    ``n_steps``; ``n_steps`` sets the acceptance (about ``exp(-var(log w) / 2)``-like) against the
+    cost of an update (``n_steps`` heat-bath sweeps).  Proposals are independent of the chain's
+    state, so modes a local algorithm cannot cross (topological sectors) cost nothing extra.
+
+    The weights of the current states are path quantities, not functions of the field: they are
+    kept in the resume state (:meth:`resume_attributes`, as text with every digit).
+    """
+
+    name = "annealed"
+
+    def __init__(self, theory, n_steps: int = 100, sweeps: int = 1):
+        from .heatbath import _check_theory
+
+        _check_theory(theory)
+        beta_ladder(0.0, theory.couplings["beta"], n_steps)  # n_steps >= 1, or a clear error
+        if int(sweeps) < 1:
+            raise InputError(f"sweeps per rung must be >= 1, got {sweeps}")
+        self.theory, self.n_steps, self.sweeps = theory, int(n_steps), int(sweeps)
+        self.log_weight = None
+
+    def run_parameters(self) -> dict:
+        return {"anneal_steps": self.n_steps, "anneal_sweeps": self.sweeps}
+
+    def _proposals(self, n: int, generator):
+        field, log_w = annealed_samples(self.theory, n, self.n_steps, sweeps=self.sweeps, generator=generator,
+                                        batch_size=n)
+        return field, log_w
+
+    def update(self, field, generator) -> TrajectoryResult:
+        n = field.shape[0]
+        proposal, new_log_weight = self._proposals(n, generator)
+        proposal = proposal.to(device=field.device, dtype=field.dtype)
+        new_log_weight = new_log_weight.to(field.device)
+        uniform = torch.rand(n, generator=generator, dtype=torch.float64, device=field.device)
+        if self.log_weight is None:  # new chains take their first proposal
+            log_ratio = torch.zeros_like(new_log_weight)
+            accepted = torch.isfinite(new_log_weight)
+        else:
+            if self.log_weight.shape != new_log_weight.shape:
+                raise InputError(f"the resume state holds the weights of {self.log_weight.numel()} chains, "
+                                 f"not of {n}")
+            log_ratio = new_log_weight - self.log_weight.to(field.device)
+            accepted = (torch.log(uniform) < log_ratio) & torch.isfinite(new_log_weight)
+        held = new_log_weight if self.log_weight is None else self.log_weight.to(field.device)
+        self.log_weight = torch.where(accepted, new_log_weight, held)
+        mask = accepted.view(-1, *([1] * (field.dim() - 1)))
+        return TrajectoryResult(torch.where(mask, proposal, field), accepted, -log_ratio)
+
+    def thermalise(self, field, n_therm, generator, progress=False, received=None):
+        """Start every chain from an annealed proposal, then ``n_therm`` updates."""
+        self.log_weight = None
+        field = self.update(field, generator).field
+        for _ in range(n_therm):
+            if received is not None and received.get("signal"):
+                break
+            field = self.update(field, generator).field
+        return field
+
+    def resume_attributes(self) -> dict:
+        if self.log_weight is None:
+            return {}
+        return {"annealed_log_weights": json.dumps([float(x) for x in self.log_weight.cpu()])}
+
+    def restore(self, state: dict) -> None:
+        stored = state.get("annealed_log_weights")
+        self.log_weight = None if stored is None else torch.tensor(json.loads(stored), dtype=torch.float64)
+
+    def postfix(self) -> dict:
+        return {"steps": self.n_steps}

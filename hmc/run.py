@@ -58,10 +58,11 @@ class RunSummary:
 
 def make_sampler(theory, sampler: str = "hmc", *, model=None, hmc_per_step: int | None = None,
                  params: HMCParameters | None = None, tune: bool = True, target_acceptance: float = 0.8,
-                 source: str = "") -> Sampler:
+                 source: str = "", anneal_steps: int = 100) -> Sampler:
     """The sampler registered as ``sampler`` (:mod:`gaugeflow.hmc.samplers`) for ``theory``;
     samplers that need a flow take ``model``, whose theory must be ``theory``;
-    ``hmc_per_step=None`` lets the composite chain choose (fallback policy)."""
+    ``hmc_per_step=None`` lets the composite chain choose (fallback policy); ``anneal_steps`` is
+    the length of the annealed sampler's ladder."""
     kind = sampler_kind(sampler)
     if kind.needs_model:
         if model is None:
@@ -70,7 +71,7 @@ def make_sampler(theory, sampler: str = "hmc", *, model=None, hmc_per_step: int 
         if (flow_theory.name, flow_theory.lattice_shape, flow_theory.couplings) != (theory.name, theory.lattice_shape,
                                                                                     theory.couplings):
             raise InputError(f"the model is for {flow_theory!r}, not {theory!r}; load it with that lattice (load_flow)")
-    return kind.build(theory, model, SamplerOptions(params, tune, target_acceptance, hmc_per_step, source))
+    return kind.build(theory, model, SamplerOptions(params, tune, target_acceptance, hmc_per_step, source, anneal_steps))
 
 
 def generate_ensemble(theory, path, *, sampler: str = "hmc", model=None, hmc_per_step: int | None = None,
@@ -78,13 +79,15 @@ def generate_ensemble(theory, path, *, sampler: str = "hmc", model=None, hmc_per
                       **options) -> RunSummary:
     """Store ``n_configs`` configurations in total (over all chains) of ``theory`` in ``path``.
 
-    ``sampler``: ``"hmc"``; or, with a trained flow ``model``, ``"flow"`` (independence
-    Metropolis), ``"composite"`` (flow step + ``hmc_per_step`` HMC trajectories; ``None``: the
+    ``sampler``: ``"hmc"``, ``"heatbath"`` or ``"annealed"`` (``anneal_steps`` heat-bath sweeps
+    a proposal; the last two for pure Wilson gauge theories); or, with a trained flow ``model``,
+    ``"flow"`` (independence Metropolis), ``"composite"`` (flow step + ``hmc_per_step`` HMC trajectories; ``None``: the
     fallback policy chooses) or ``"flow-hmc"`` (HMC in the flow's latent variables).  ``params``,
     ``tune`` and ``target_acceptance`` configure the HMC parts; ``options`` are those of
     :func:`run_chains`."""
     chosen = make_sampler(theory, sampler, model=model, hmc_per_step=hmc_per_step, params=params, tune=tune,
-                          target_acceptance=target_acceptance, source=options.pop("source", ""))
+                          target_acceptance=target_acceptance, source=options.pop("source", ""),
+                          anneal_steps=options.pop("anneal_steps", 100))
     return run_chains(theory, path, chosen, **options)
 
 

@@ -1,7 +1,9 @@
 """The sampler registry: build a :class:`gaugeflow.hmc.sampler.Sampler` by name.
 
 Built in: ``hmc`` (:class:`gaugeflow.hmc.hmc.HMCSampler`), ``heatbath``
-(:class:`gaugeflow.hmc.heatbath.HeatBathSampler`, pure Wilson gauge theories) and, with a trained flow model,
+(:class:`gaugeflow.hmc.heatbath.HeatBathSampler`), ``annealed``
+(:class:`gaugeflow.hmc.annealing.AnnealedMetropolisSampler`; both for pure Wilson gauge theories)
+and, with a trained flow model,
 ``flow`` (independence Metropolis), ``composite`` (a flow step and HMC trajectories) and
 ``flow-hmc`` (HMC in the flow's latent variables).  A new sampler is a class implementing the
 ``Sampler`` protocol plus one line::
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from gaugeflow.lattice.errors import InputError
 
+from .annealing import AnnealedMetropolisSampler
 from .composite import CompositeSampler
 from .flow_hmc import FlowHMCSampler
 from .heatbath import HeatBathSampler
@@ -40,13 +43,15 @@ class SamplerOptions:
     """What every builder is given besides the theory and the model: the settings of HMC parts
     (``params``; ``None``: the defaults), whether they tune their step count during
     thermalisation and to what acceptance, the composite chain's ``hmc_per_step`` (``None``: its
-    fallback policy chooses) and the model's checkpoint (``source``, stored with the ensemble)."""
+    fallback policy chooses), the model's checkpoint (``source``, stored with the ensemble) and the
+    heat-bath sweeps of an annealed proposal (``anneal_steps``)."""
 
     params: HMCParameters | None = None
     tune: bool = True
     target_acceptance: float = 0.8
     hmc_per_step: int | None = None
     source: str = ""
+    anneal_steps: int = 100
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,9 @@ register_sampler("hmc", lambda theory, model, o: HMCSampler(theory, o.params, o.
                  description="Hybrid Monte Carlo")
 register_sampler("heatbath", lambda theory, model, o: HeatBathSampler(theory),
                  description="heat-bath sweeps (pure Wilson gauge theories: u1, suN)")
+register_sampler("annealed", lambda theory, model, o: AnnealedMetropolisSampler(theory, o.anneal_steps),
+                 description="independence Metropolis over annealed proposals: heat-bath sweeps from Haar measure "
+                             "up a ladder of beta, with exact weights (pure Wilson gauge theories)")
 register_sampler("flow", lambda theory, model, o: flow_metropolis_sampler(model, o.source), needs_model=True,
                  description="independence Metropolis with flow proposals (of (U, phi) for a pseudofermion flow)")
 register_sampler("composite", lambda theory, model, o: CompositeSampler(model, o.hmc_per_step, o.params, o.tune,

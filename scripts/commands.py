@@ -136,10 +136,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gaugeflow {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 
-    hmc = sub.add_parser("hmc", help="generate an ensemble with Hybrid Monte Carlo",
-                         description="Generate an HMC ensemble and store it in an HDF5 file.")
+    hmc = sub.add_parser("hmc", help="generate an ensemble with Hybrid Monte Carlo (or another sampler without a flow)",
+                         description="Generate an HMC ensemble and store it in an HDF5 file.  Pure Wilson gauge "
+                                     "theories (u1, suN) also take --sampler heatbath (heat-bath sweeps) and "
+                                     "--sampler annealed (independence Metropolis over annealed proposals: "
+                                     "--anneal-steps heat-bath sweeps up a ladder of beta from Haar measure, exact "
+                                     "weights; no topological freezing).")
     _add_theory_options(hmc)
     group = hmc.add_argument_group("Monte Carlo")
+    from gaugeflow.hmc.samplers import sampler_kind, sampler_names  # filled by register_sampler
+
+    group.add_argument("--sampler", default="hmc", choices=sampler_names(needs_model=False),
+                       help="; ".join(f"{name}: {sampler_kind(name).description}"
+                                      for name in sampler_names(needs_model=False)) + " (default: hmc)")
+    group.add_argument("--anneal-steps", type=int, default=100,
+                       help="annealed: heat-bath sweeps per proposal, the rungs of the beta ladder (default: 100)")
     group.add_argument("--n-configs", type=int, default=1000,
                        help="configurations stored in total, over all chains, after thermalisation (default: 1000)")
     group.add_argument("--therm", type=int, default=200, help="thermalisation trajectories per chain, not stored (default: 200)")
@@ -470,12 +481,15 @@ def run_hmc(args) -> int:
 
     _set_threads(args)
     theory = make_theory(args.theory, args.lattice, **_couplings(args))
-    summary = _generate(args, theory, sampler="hmc", save_every=args.save_every, start=args.start,
-                        precision=resolve_precision(args.dtype))
+    summary = _generate(args, theory, sampler=args.sampler, save_every=args.save_every, start=args.start,
+                        precision=resolve_precision(args.dtype), anneal_steps=args.anneal_steps)
     if not args.quiet and summary is not None:
+        per_update = {"hmc": f"{summary.postfix.get('steps', '?')} steps/trajectory",
+                      "heatbath": f"{summary.postfix.get('sweeps', '?')} sweep(s)/update",
+                      "annealed": f"{summary.postfix.get('steps', '?')} sweeps/proposal"}.get(args.sampler, args.sampler)
         print(
             f"{summary.path}: {summary.n_configs} configurations ({summary.n_new} new), "
-            f"acceptance {summary.acceptance:.3f}, {summary.postfix.get('steps', '?')} steps/trajectory, {summary.seconds:.1f} s",
+            f"acceptance {summary.acceptance:.3f}, {per_update}, {summary.seconds:.1f} s",
             file=sys.stderr,
         )
     return 0
@@ -488,7 +502,7 @@ def _communicator(args):
 
 
 def _generate(args, theory, *, sampler: str, model=None, hmc_per_step=None, source="", communicator=None, device=None,
-              **options):
+              anneal_steps: int = 100, **options):
     """Run ``gaugeflow hmc`` / ``sample``: one process, or (``--mpi``) one distributed ensemble
     over the MPI ranks.  ``None`` on the ranks that do not report."""
     from gaugeflow.flows.distributed import local_device
@@ -500,7 +514,8 @@ def _generate(args, theory, *, sampler: str, model=None, hmc_per_step=None, sour
     hmc = _hmc_parameters(args)
 
     def new_sampler():
-        return make_sampler(theory, sampler, model=model, hmc_per_step=hmc_per_step, source=source, **hmc)
+        return make_sampler(theory, sampler, model=model, hmc_per_step=hmc_per_step, source=source,
+                            anneal_steps=anneal_steps, **hmc)
 
     common = dict(n_configs=args.n_configs, n_therm=args.therm, n_chains=args.chains, seed=args.seed,
                   resume=args.resume, progress=not args.quiet, commit_every=args.commit_every, device=device,

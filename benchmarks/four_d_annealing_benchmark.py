@@ -1,0 +1,152 @@
+"""Annealed importance sampling in 4D against HMC and heat-bath chains: effective samples per CPU-minute.
+
+    python benchmarks/four_d_annealing_benchmark.py u1-4d-b0.8 --steps 50 100 200 400 --samples 1024
+    python benchmarks/four_d_annealing_benchmark.py su3-4d-b2 --start results/su3-1.0-each-8.pt --steps 50 100
+
+For each ladder length ``n`` (:func:`gaugeflow.hmc.annealing.annealed_samples`: ``n`` heat-bath
+sweeps from Haar measure, or from a flow model trained at a lower ``beta`` with ``--start``) it
+prints the spread of ``log w``, the ESS and independence-Metropolis acceptance, the CPU seconds per
+sample and the effective samples per CPU-minute (``ESS x samples / CPU-minutes``), with the
+reweighted plaquette.  Beside them, HMC and heat-bath chains of the same theory (``--chains`` in
+one batch, ``--reference-seconds`` of CPU each after thermalisation) give their plaquette,
+integrated autocorrelation times (Gamma method) of the plaquette and of ``|P|`` (the Polyakov
+loop), and effective samples per CPU-minute of each, ``configurations / (2 tau_int) / CPU-minutes``.
+One torch thread; CPU time of this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import numpy as np
+import torch
+
+from four_d_flow_benchmark import CASES
+from gaugeflow.flows.diagnostics import acceptance_rate, effective_sample_size
+from gaugeflow.hmc.annealing import annealed_samples
+from gaugeflow.hmc.autocorrelation import gamma_method
+from gaugeflow.hmc.heatbath import heat_bath_sweep
+from gaugeflow.hmc.hmc import HMCParameters, hmc_trajectory, thermalise
+from gaugeflow.lattice.theories import make_theory
+
+OBSERVABLES = ("plaquette", "polyakov_loop_abs")
+
+
+def reweighted(values: torch.Tensor, log_w: torch.Tensor) -> tuple[float, float]:
+    """Self-normalised importance-sampling mean and its delta-method error."""
+    w = torch.exp(log_w - log_w.max())
+    mean = (w * values).sum() / w.sum()
+    return mean.item(), (torch.sqrt(((w * (values - mean)) ** 2).sum()) / w.sum()).item()
+
+
+def annealing_row(theory, n_steps: int, samples: int, start, seed: int) -> dict:
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    began = time.process_time()
+    field, log_w = annealed_samples(theory, samples, n_steps, start=start, generator=generator, batch_size=256)
+    seconds = time.process_time() - began
+    ess = effective_sample_size(log_w)
+    plaquette, error = reweighted(theory.observables(field)["plaquette"], log_w)
+    return {"sampler": f"annealed, {n_steps} sweeps", "steps": n_steps, "samples": samples,
+            "spread": log_w.std().item(), "ess": ess, "acceptance": acceptance_rate(log_w, generator),
+            "cpu_per_sample": seconds / samples, "effective_per_minute": ess * samples / (seconds / 60),
+            "plaquette": plaquette, "plaquette_error": error}
+
+
+def chain_row(theory, name: str, update, chains: int, seconds: float, seed: int) -> dict:
+    """Run ``update(field, generator)`` on ``chains`` chains for ``seconds`` of CPU."""
+    generator = torch.Generator().manual_seed(seed)
+    field = theory.hot_start(chains, generator=generator)
+    field = update(field, generator, True)
+    series, began = [], time.process_time()
+    while time.process_time() - began < seconds or len(series) < 20:
+        field = update(field, generator, False)
+        values = theory.observables(field)
+        series.append(np.stack([values[o].numpy() for o in OBSERVABLES]))
+    used = time.process_time() - began
+    series = np.stack(series, axis=-1)  # [observable, chain, time]
+    results = {o: gamma_method(series[i]) for i, o in enumerate(OBSERVABLES)}
+    configurations = series.shape[1] * series.shape[2]
+    row = {"sampler": name, "samples": configurations, "cpu_per_sample": used / configurations,
+           "plaquette": results["plaquette"].mean, "plaquette_error": results["plaquette"].error}
+    for o, r in results.items():
+        row[f"tau_{o}"] = r.tau_int
+        row[f"effective_per_minute_{o}"] = configurations / (2 * r.tau_int) / (used / 60)
+    row["effective_per_minute"] = row["effective_per_minute_plaquette"]
+    return row
+
+
+def hmc_update(theory, steps: int):
+    params = [HMCParameters(trajectory_length=1.0, n_steps=steps)]
+
+    def update(field, generator, thermalising):
+        if thermalising:
+            field, params[0] = thermalise(theory, field, params[0], 100, generator, tune=True, target=0.8)
+            return field
+        return hmc_trajectory(theory, field, params[0], generator).field
+    return update
+
+
+def heat_bath_update(theory):
+    def update(field, generator, thermalising):
+        for _ in range(50 if thermalising else 1):
+            field = heat_bath_sweep(theory, field, generator)
+        return field
+    return update
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("case", choices=list(CASES))
+    parser.add_argument("--steps", type=int, nargs="+", default=[25, 50, 100, 200])
+    parser.add_argument("--samples", type=int, default=1024)
+    parser.add_argument("--start", help="a flow checkpoint of the same theory and lattice at a lower beta")
+    parser.add_argument("--chains", type=int, default=16, help="chains of the HMC and heat-bath references")
+    parser.add_argument("--reference-seconds", type=float, default=120, help="CPU seconds of each reference (0: none)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", help="write the rows as JSON here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+
+    theory_name, lattice, beta = CASES[args.case]
+    theory = make_theory(theory_name, lattice, beta=beta)
+    start = None
+    if args.start:
+        from gaugeflow.flows import load_flow
+
+        start = load_flow(args.start).double()
+        start.eval()
+    rows = []
+    for n_steps in args.steps:
+        rows.append(annealing_row(theory, n_steps, args.samples, start, args.seed))
+        print(json.dumps(rows[-1]), flush=True)
+    if args.reference_seconds > 0:
+        for name, update in (("HMC", hmc_update(theory, 10)), ("heat bath, 1 sweep", heat_bath_update(theory))):
+            rows.append(chain_row(theory, name, update, args.chains, args.reference_seconds, args.seed))
+            print(json.dumps(rows[-1]), flush=True)
+
+    where = f" from {args.start} (beta = {start.theory.couplings['beta']})" if start is not None else " from Haar measure"
+    print(f"\n{theory_name} {lattice}, beta = {beta}; annealing{where}\n")
+    print("| sampler | samples | spread of log w | ESS | acceptance | tau_int plaquette / abs P | CPU-ms / sample "
+          "| effective samples / CPU-min (plaquette) | plaquette |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        taus = (f"{r['tau_plaquette']:.1f} / {r['tau_polyakov_loop_abs']:.1f}" if "tau_plaquette" in r else "")
+        spread = f"{r['spread']:.2f}" if "spread" in r else ""
+        ess = f"{r['ess']:.3f}" if "ess" in r else ""
+        acceptance = f"{r['acceptance']:.3f}" if "acceptance" in r else ""
+        print(f"| {r['sampler']} | {r['samples']} | {spread} | {ess} | {acceptance} | {taus} | "
+              f"{1e3 * r['cpu_per_sample']:.1f} | {r['effective_per_minute']:.0f} | "
+              f"{r['plaquette']:.5f} +- {r['plaquette_error']:.5f} |")
+    if args.out:
+        with open(args.out, "w") as stream:
+            json.dump({"case": args.case, "start": args.start, "rows": rows}, stream, indent=1)
+    if not all(math.isfinite(r["effective_per_minute"]) for r in rows):
+        raise SystemExit("a row has no finite rate")
+
+
+if __name__ == "__main__":
+    main()
