@@ -17,8 +17,7 @@ u1 ...`` writes them) it prints, in float64:
   (:func:`gaugeflow.flows.masks.staple_link_mask`, which share no plaquette) at a time, in the
   order the staple layers use.  A sweep of such a chain visits every link as one sweep of staple
   layers does, with fresh random numbers; a flow reuses each link's prior value as its random
-  number, and the links it has already moved depend on it.  ``beta A`` comes from the theory's
-  force at the link's angle set to 0 and to pi/2 (``dS/dtheta = beta |A| sin(theta + arg A)``).
+  number, and the links it has already moved depend on it (:func:`gaugeflow.hmc.heatbath.heat_bath_sweep`).
 """
 
 from __future__ import annotations
@@ -29,8 +28,8 @@ import math
 import torch
 
 from gaugeflow.flows import load_flow
-from gaugeflow.flows.masks import staple_link_mask
 from gaugeflow.hmc import HMCParameters, hmc_trajectory
+from gaugeflow.hmc.heatbath import heat_bath_sweep
 from gaugeflow.lattice.gauge import average_plaquette, planes
 from gaugeflow.lattice.groups import wrap_angle
 from gaugeflow.lattice.u1 import plaquette_angles
@@ -49,23 +48,6 @@ def summary(theory, theta: torch.Tensor) -> dict:
     fluxes = slice_fluxes(theta)
     return {"plaquette": plaquette.item(), "flux variance": fluxes.var().item(),
             "P(flux 0)": (fluxes == 0).double().mean().item()}
-
-
-def heat_bath_sweep(theory, theta: torch.Tensor) -> torch.Tensor:
-    """One sweep of exact single-link updates, mask by mask (module docstring)."""
-    for mu in range(theory.dimension):
-        for parity in (0, 1):
-            mask = staple_link_mask(theory.lattice_shape, mu, parity)
-            slopes = []
-            for angle in (0.0, math.pi / 2):  # links of one mask share no plaquette: set them all at once
-                probe = theta.clone()
-                probe[:, mu] = torch.where(mask, angle, theta[:, mu])
-                slopes.append(theory.force(probe)[:, mu])
-            beta_a = torch.complex(slopes[1], slopes[0])  # beta |A| exp(i arg A)
-            concentration = beta_a.abs().clamp_min(1e-12)
-            drawn = torch.distributions.VonMises(-torch.angle(beta_a), concentration).sample()
-            theta[:, mu] = torch.where(mask, wrap_angle(drawn), theta[:, mu])
-    return theta
 
 
 def main(argv=None):
@@ -98,7 +80,7 @@ def main(argv=None):
     theta = theory.hot_start(args.samples, generator=generator)
     rows.append(("Haar prior", summary(theory, theta)))
     for sweep in range(1, args.sweeps + 1):
-        theta = heat_bath_sweep(theory, theta)
+        theta = heat_bath_sweep(theory, theta, generator)
         rows.append((f"heat bath, {sweep} sweep{'s' if sweep > 1 else ''}", summary(theory, theta)))
 
     field = theory.hot_start(64, generator=generator)
