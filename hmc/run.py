@@ -58,11 +58,12 @@ class RunSummary:
 
 def make_sampler(theory, sampler: str = "hmc", *, model=None, hmc_per_step: int | None = None,
                  params: HMCParameters | None = None, tune: bool = True, target_acceptance: float = 0.8,
-                 source: str = "", anneal_steps: int = 100) -> Sampler:
+                 source: str = "", anneal_steps: int = 100, overrelaxation: int = 0) -> Sampler:
     """The sampler registered as ``sampler`` (:mod:`gaugeflow.hmc.samplers`) for ``theory``;
     samplers that need a flow take ``model``, whose theory must be ``theory``;
     ``hmc_per_step=None`` lets the composite chain choose (fallback policy); ``anneal_steps`` is
-    the length of the annealed sampler's ladder."""
+    the length of the annealed sampler's ladder, ``overrelaxation`` the overrelaxation sweeps after
+    each heat-bath sweep."""
     kind = sampler_kind(sampler)
     if kind.needs_model:
         if model is None:
@@ -71,7 +72,8 @@ def make_sampler(theory, sampler: str = "hmc", *, model=None, hmc_per_step: int 
         if (flow_theory.name, flow_theory.lattice_shape, flow_theory.couplings) != (theory.name, theory.lattice_shape,
                                                                                     theory.couplings):
             raise InputError(f"the model is for {flow_theory!r}, not {theory!r}; load it with that lattice (load_flow)")
-    return kind.build(theory, model, SamplerOptions(params, tune, target_acceptance, hmc_per_step, source, anneal_steps))
+    return kind.build(theory, model, SamplerOptions(params, tune, target_acceptance, hmc_per_step, source, anneal_steps,
+                                                    overrelaxation))
 
 
 def generate_ensemble(theory, path, *, sampler: str = "hmc", model=None, hmc_per_step: int | None = None,
@@ -87,7 +89,8 @@ def generate_ensemble(theory, path, *, sampler: str = "hmc", model=None, hmc_per
     :func:`run_chains`."""
     chosen = make_sampler(theory, sampler, model=model, hmc_per_step=hmc_per_step, params=params, tune=tune,
                           target_acceptance=target_acceptance, source=options.pop("source", ""),
-                          anneal_steps=options.pop("anneal_steps", 100))
+                          anneal_steps=options.pop("anneal_steps", 100),
+                          overrelaxation=options.pop("overrelaxation", 0))
     return run_chains(theory, path, chosen, **options)
 
 

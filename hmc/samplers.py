@@ -44,7 +44,8 @@ class SamplerOptions:
     (``params``; ``None``: the defaults), whether they tune their step count during
     thermalisation and to what acceptance, the composite chain's ``hmc_per_step`` (``None``: its
     fallback policy chooses), the model's checkpoint (``source``, stored with the ensemble) and the
-    heat-bath sweeps of an annealed proposal (``anneal_steps``)."""
+    heat-bath sweeps of an annealed proposal (``anneal_steps``) and the overrelaxation sweeps after
+    each heat-bath sweep (``overrelaxation``)."""
 
     params: HMCParameters | None = None
     tune: bool = True
@@ -52,6 +53,7 @@ class SamplerOptions:
     hmc_per_step: int | None = None
     source: str = ""
     anneal_steps: int = 100
+    overrelaxation: int = 0
 
 
 @dataclass(frozen=True)
@@ -91,8 +93,9 @@ def sampler_kind(name: str) -> SamplerKind:
 
 register_sampler("hmc", lambda theory, model, o: HMCSampler(theory, o.params, o.tune, o.target_acceptance),
                  description="Hybrid Monte Carlo")
-register_sampler("heatbath", lambda theory, model, o: HeatBathSampler(theory),
-                 description="heat-bath sweeps (pure Wilson gauge theories: u1, suN)")
+register_sampler("heatbath", lambda theory, model, o: HeatBathSampler(theory, overrelaxation=o.overrelaxation),
+                 description="a heat-bath sweep (and --overrelaxation sweeps) per update (pure Wilson gauge "
+                             "theories: u1, suN)")
 register_sampler("annealed", lambda theory, model, o: AnnealedMetropolisSampler(theory, o.anneal_steps),
                  description="independence Metropolis over annealed proposals: heat-bath sweeps from Haar measure "
                              "up a ladder of beta, with exact weights (pure Wilson gauge theories)")

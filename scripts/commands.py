@@ -151,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       for name in sampler_names(needs_model=False)) + " (default: hmc)")
     group.add_argument("--anneal-steps", type=int, default=100,
                        help="annealed: heat-bath sweeps per proposal, the rungs of the beta ladder (default: 100)")
+    group.add_argument("--overrelaxation", type=int, default=0,
+                       help="heatbath: overrelaxation sweeps after each heat-bath sweep (default: 0)")
     group.add_argument("--n-configs", type=int, default=1000,
                        help="configurations stored in total, over all chains, after thermalisation (default: 1000)")
     group.add_argument("--therm", type=int, default=200, help="thermalisation trajectories per chain, not stored (default: 200)")
@@ -482,10 +484,12 @@ def run_hmc(args) -> int:
     _set_threads(args)
     theory = make_theory(args.theory, args.lattice, **_couplings(args))
     summary = _generate(args, theory, sampler=args.sampler, save_every=args.save_every, start=args.start,
-                        precision=resolve_precision(args.dtype), anneal_steps=args.anneal_steps)
+                        precision=resolve_precision(args.dtype), anneal_steps=args.anneal_steps,
+                        overrelaxation=args.overrelaxation)
     if not args.quiet and summary is not None:
         per_update = {"hmc": f"{summary.postfix.get('steps', '?')} steps/trajectory",
-                      "heatbath": f"{summary.postfix.get('sweeps', '?')} sweep(s)/update",
+                      "heatbath": f"{summary.postfix.get('sweeps', '?')} heat-bath + "
+                                  f"{summary.postfix.get('overrelaxation', 0)} overrelaxation sweep(s)/update",
                       "annealed": f"{summary.postfix.get('steps', '?')} sweeps/proposal"}.get(args.sampler, args.sampler)
         print(
             f"{summary.path}: {summary.n_configs} configurations ({summary.n_new} new), "
@@ -502,7 +506,7 @@ def _communicator(args):
 
 
 def _generate(args, theory, *, sampler: str, model=None, hmc_per_step=None, source="", communicator=None, device=None,
-              anneal_steps: int = 100, **options):
+              anneal_steps: int = 100, overrelaxation: int = 0, **options):
     """Run ``gaugeflow hmc`` / ``sample``: one process, or (``--mpi``) one distributed ensemble
     over the MPI ranks.  ``None`` on the ranks that do not report."""
     from gaugeflow.flows.distributed import local_device
@@ -515,7 +519,7 @@ def _generate(args, theory, *, sampler: str, model=None, hmc_per_step=None, sour
 
     def new_sampler():
         return make_sampler(theory, sampler, model=model, hmc_per_step=hmc_per_step, source=source,
-                            anneal_steps=anneal_steps, **hmc)
+                            anneal_steps=anneal_steps, overrelaxation=overrelaxation, **hmc)
 
     common = dict(n_configs=args.n_configs, n_therm=args.therm, n_chains=args.chains, seed=args.seed,
                   resume=args.resume, progress=not args.quiet, commit_every=args.commit_every, device=device,

@@ -18,7 +18,8 @@ import torch
 
 from gaugeflow.hmc.annealing import annealed_samples, beta_ladder
 from gaugeflow.hmc.autocorrelation import gamma_method
-from gaugeflow.hmc.heatbath import HeatBathSampler, heat_bath_sweep, su2_heat_bath_quaternions, von_mises
+from gaugeflow.hmc.heatbath import (HeatBathSampler, heat_bath_sweep, overrelaxation_sweep, su2_heat_bath_quaternions,
+                                    von_mises)
 from gaugeflow.lattice import exact
 from gaugeflow.lattice.errors import InputError
 from gaugeflow.lattice.groups import unitarity_drift
@@ -53,14 +54,18 @@ def test_su2_heat_bath_real_part_follows_sqrt_one_minus_x_squared_times_exp(lam)
     assert vector.mean(0).abs().max() < 5 * vector.std(0).max() / math.sqrt(len(vector))
 
 
-@pytest.mark.parametrize("name, beta, extent, sweeps", [("u1", 2.0, 8, 240), ("su2", 3.0, 8, 240), ("su3", 4.0, 6, 160)])
-def test_heat_bath_chains_reproduce_the_2d_plaquette(name, beta, extent, sweeps):
+@pytest.mark.parametrize("name, beta, extent, sweeps, overrelaxation", [
+    ("u1", 2.0, 8, 240, 0), ("su2", 3.0, 8, 240, 0), ("su3", 4.0, 6, 160, 0), ("u1", 2.0, 8, 120, 2),
+    ("su3", 4.0, 6, 80, 2)])
+def test_heat_bath_chains_reproduce_the_2d_plaquette(name, beta, extent, sweeps, overrelaxation):
+    """Heat-bath sweeps, alone and each followed by overrelaxation sweeps."""
     theory = make_theory(name, (extent, extent), beta=beta)
     generator = torch.Generator().manual_seed(13)
-    field = heat_bath_sweep(theory, theory.hot_start(16, generator=generator), generator)
+    sampler = HeatBathSampler(theory, overrelaxation=overrelaxation)
+    field = sampler.thermalise(theory.hot_start(16, generator=generator), 1, generator)
     series = []
     for sweep in range(sweeps):
-        field = heat_bath_sweep(theory, field, generator)
+        field = sampler.update(field, generator).field
         if sweep >= 20:
             series.append(theory.observables(field)["plaquette"].numpy())
     g = gamma_method(np.stack(series, axis=-1))
@@ -68,6 +73,20 @@ def test_heat_bath_chains_reproduce_the_2d_plaquette(name, beta, extent, sweeps)
     if name != "u1":
         assert unitarity_drift(field).max() < 1e-12
         assert (torch.linalg.det(field) - 1).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("name, shape", [("u1", (4, 4, 4, 4)), ("su2", (4, 4, 4)), ("su3", (4, 4, 4, 4))])
+def test_overrelaxation_keeps_the_action_and_moves_every_link(name, shape):
+    theory = make_theory(name, shape, beta=2.0)
+    generator = torch.Generator().manual_seed(4)
+    field = heat_bath_sweep(theory, theory.hot_start(3, generator=generator), generator)
+    reflected = overrelaxation_sweep(theory, field)
+    assert torch.allclose(theory.action(reflected), theory.action(field), rtol=0, atol=1e-10 * theory.volume)
+    moved = (reflected - field).abs()
+    moved = moved if name == "u1" else moved.flatten(-2).amax(-1)
+    assert bool((moved > 1e-8).all())
+    if name != "u1":
+        assert unitarity_drift(reflected).max() < 1e-12
 
 
 def test_a_heat_bath_sweep_draws_every_link_anew_and_reproducibly():
@@ -78,6 +97,11 @@ def test_a_heat_bath_sweep_draws_every_link_anew_and_reproducibly():
     assert torch.equal(first, again)
     moved = (first - field).abs().flatten(-2).amax(-1)  # [B, D, x...]
     assert bool((moved > 1e-8).all())
+    # a sweep never writes into its input, even where that is the output of a sweep (a view)
+    kept = first.clone()
+    heat_bath_sweep(theory, first, torch.Generator().manual_seed(3))
+    overrelaxation_sweep(theory, first)
+    assert torch.equal(first, kept)
 
 
 def test_heat_bath_refuses_what_it_cannot_update():
