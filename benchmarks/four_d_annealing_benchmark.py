@@ -128,7 +128,8 @@ def main(argv=None):
             rows.append(chain_row(theory, name, update, args.chains, args.reference_seconds, args.seed))
             print(json.dumps(rows[-1]), flush=True)
 
-    where = f" from {args.start} (beta = {start.theory.couplings['beta']})" if start is not None else " from Haar measure"
+    where = (f" from {args.start} (beta = {start.theory.couplings['beta']})" if start is not None
+             else " from Haar measure")
     print(f"\n{theory_name} {lattice}, beta = {beta}; annealing{where}\n")
     print("| sampler | samples | spread of log w | ESS | acceptance | tau_int plaquette / abs P | CPU-ms / sample "
           "| effective samples / CPU-min (plaquette) | plaquette |")

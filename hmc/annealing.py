@@ -31,7 +31,7 @@ import torch
 
 from gaugeflow.lattice.errors import InputError
 
-from .heatbath import heat_bath_sweep
+from .heatbath import check_pure_gauge, heat_bath_sweep
 from .sampler import TrajectoryResult
 
 
@@ -63,8 +63,10 @@ def annealed_samples(theory, n_samples: int, n_steps: int, *, start=None, sweeps
     """``(U_n, log w)`` for ``n_samples`` independent annealed samples of ``theory`` (module
     docstring): ``n_steps`` rungs from the start's ``beta`` (``start=None``: Haar measure, ``beta =
     0``; else a flow model of the same theory and lattice, drawn with the global torch RNG, in
-    float64 after ``model.double()``) to the theory's, ``sweeps`` heat-bath sweeps on each.  Float64 (complex128) throughout; ``batch_size``
-    samples at a time; ``progress(done)`` is called after each batch."""
+    float64 after ``model.double()``) to the theory's, ``sweeps`` heat-bath sweeps on each.
+    Float64 (complex128) throughout; ``batch_size`` samples at a time; ``progress(done)`` is
+    called after each batch."""
+    check_pure_gauge(theory)
     if int(sweeps) < 1:
         raise InputError(f"sweeps per rung must be >= 1, got {sweeps}")
     unit = theory.with_couplings(beta=1.0)
@@ -105,9 +107,7 @@ class AnnealedMetropolisSampler:
     name = "annealed"
 
     def __init__(self, theory, n_steps: int = 100, sweeps: int = 1):
-        from .heatbath import _check_theory
-
-        _check_theory(theory)
+        check_pure_gauge(theory)
         beta_ladder(0.0, theory.couplings["beta"], n_steps)  # n_steps >= 1, or a clear error
         if int(sweeps) < 1:
             raise InputError(f"sweeps per rung must be >= 1, got {sweeps}")

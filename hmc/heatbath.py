@@ -1,12 +1,13 @@
 """Heat-bath updates of pure Wilson gauge theories: every link drawn from its exact conditional.
 
 Convention: ``S = -(beta / N) sum_P Re tr U_P`` (U(1): ``N = 1``, ``S = -beta sum_P cos theta_P``),
-so that, given every other link, ``U_mu(x)`` has the density ``exp((beta / N) Re tr U_mu(x) A_mu(x))``
-with respect to Haar measure, ``A_mu(x)`` the staple sum
-(:func:`gaugeflow.lattice.gauge.staple_sum`; here gathered at the links of one mask only).  The links of one staple mask (direction ``mu``, one
-parity of the transverse sites; :func:`gaugeflow.flows.masks.staple_link_mask`) share no
-plaquette, so a sweep draws them mask by mask, all links of a mask at once, in the order of the
-staple layers (``mu = 0, 1, ...``, parities 0 and 1).
+so that, given every other link, ``U_mu(x)`` has the density ``exp((beta / N) Re tr U_mu(x)
+A_mu(x))`` with respect to Haar measure, ``A_mu(x)`` the staple sum
+(:func:`gaugeflow.lattice.gauge.staple_sum`; here gathered at the links of one mask only).  The
+links of one staple mask (direction ``mu``, one parity of the transverse sites;
+:func:`gaugeflow.flows.masks.staple_link_mask`) share no plaquette, so a sweep draws them mask by
+mask, all links of a mask at once, in the order of the staple layers (``mu = 0, 1, ...``,
+parities 0 and 1).
 
 * **U(1):** ``theta + arg A`` is von Mises with concentration ``beta |A|``, drawn by the
   rejection method of Best and Fisher (Appl. Statist. 28 (1979) 152), or from the uniform
@@ -21,8 +22,9 @@ staple layers (``mu = 0, 1, ...``, parities 0 and 1).
   Lett. B 156 (1985) 393) for ``lambda >= 2`` and by rejection from ``exp(lambda x_0)`` below,
   where Kennedy-Pendleton's acceptance falls to zero.
 
-Each draw is independent of the link's old value: a sweep is exact for any ``beta >= 0`` and
-leaves ``exp(-S)`` invariant.  Every random number comes from the ``generator`` passed, so chains
+For U(1) and SU(2) each draw is independent of the link's old value; for SU(N >= 3) each subgroup
+step draws from its own conditional.  Either way a sweep leaves ``exp(-S)`` invariant, for any
+``beta >= 0``.  Every random number comes from the ``generator`` passed, so chains
 are reproducible.
 """
 
@@ -46,6 +48,9 @@ from .sampler import TrajectoryResult
 # than half of its draws, and the Best-Fisher (Kennedy-Pendleton) constants lose precision.
 _SMALL_CONCENTRATION = 0.5
 _SMALL_LAMBDA = 2.0
+# Every proposal here accepts at least about half of its draws, so a million entries finish in
+# a few dozen rounds; far more means a broken proposal, not bad luck.
+_MAX_ROUNDS = 1000
 
 
 def _uniform(shape, generator, like: torch.Tensor) -> torch.Tensor:
@@ -57,13 +62,18 @@ def rejection_sample(propose: Callable, parameters: torch.Tensor, generator) -> 
     """One accepted draw per entry of ``parameters`` (1D): ``propose(p, generator) -> (values,
     accepted)`` makes one proposal for each of the parameters ``p`` still pending; the draws are
     repeated for the rejected entries until none is left."""
+    if not bool(torch.isfinite(parameters).all()):
+        raise InputError("a heat-bath draw got a non-finite concentration: the links or beta are not finite")
     result = torch.empty_like(parameters)
     pending = torch.arange(parameters.numel(), device=parameters.device)
-    while pending.numel():
+    for _ in range(_MAX_ROUNDS):
+        if not pending.numel():
+            return result
         values, accepted = propose(parameters[pending], generator)
         result[pending[accepted]] = values[accepted]
         pending = pending[~accepted]
-    return result
+    raise RuntimeError(f"rejection sampling did not finish in {_MAX_ROUNDS} rounds; first pending parameter "
+                       f"{parameters[pending[0]].item()}")
 
 
 def _von_mises_proposal(kappa: torch.Tensor, generator):
@@ -184,9 +194,12 @@ def sun_overrelaxed_links(links: torch.Tensor, staples: torch.Tensor) -> torch.T
     return _subgroup_sweep(links, staples, _su2_reflection_factor)
 
 
-def _check_theory(theory) -> None:
+def check_pure_gauge(theory) -> None:
+    """An :class:`InputError` unless ``theory`` is a pure Wilson gauge theory on even extents at
+    ``beta >= 0`` (what the heat bath updates)."""
     if not getattr(theory, "is_gauge_theory", False) or theory.name not in ("u1",) and not theory.name.startswith("su"):
-        raise InputError(f"the heat bath updates pure Wilson gauge theories (u1, su2, su3, ...); {theory.name} is not one")
+        raise InputError(f"the heat bath updates pure Wilson gauge theories (u1, su2, su3, ...); "
+                         f"{theory.name} is not one")
     if theory.couplings["beta"] < 0:
         raise InputError(f"the heat bath needs beta >= 0, got {theory.couplings['beta']}")
     staple_link_mask(theory.lattice_shape, 0, 0)  # even extents, or a clear error
@@ -204,7 +217,7 @@ def _mask_indices(lattice_shape: tuple, mu: int, parity: int, device) -> tuple[t
 def _sweep(theory, field: torch.Tensor, u1_update, sun_update) -> torch.Tensor:
     """Every link updated, mask by mask, by ``u1_update(theta, A)`` (angles ``[n, B]``, staple
     sums ``A``) or ``sun_update(U, A)`` (``[n, B, N, N]``), in float64 (complex128)."""
-    _check_theory(theory)
+    check_pure_gauge(theory)
     u1 = theory.name == "u1"
     d = theory.dimension
     # site-major [D V, B, ...] for the whole sweep: gathers and writes of links are then rows
@@ -262,7 +275,7 @@ class HeatBathSampler:
     name = "heatbath"
 
     def __init__(self, theory, sweeps: int = 1, overrelaxation: int = 0):
-        _check_theory(theory)
+        check_pure_gauge(theory)
         if int(sweeps) < 1:
             raise InputError(f"sweeps per update must be >= 1, got {sweeps}")
         if int(overrelaxation) < 0:

@@ -109,6 +109,10 @@ def test_heat_bath_refuses_what_it_cannot_update():
         HeatBathSampler(make_theory("phi4", (4, 4), m2=1.0, lam=0.0))
     with pytest.raises(InputError, match="even lattice extents"):
         HeatBathSampler(make_theory("u1", (4, 5), beta=1.0))
+    with pytest.raises(InputError, match="pure Wilson gauge"):
+        annealed_samples(make_theory("phi4", (4, 4), m2=1.0, lam=0.0), 4, 2)
+    with pytest.raises(InputError, match="non-finite"):
+        von_mises(torch.tensor([1.0, math.nan], dtype=torch.float64))
     with pytest.raises(InputError, match="beta >= 0"):
         heat_bath_sweep(make_theory("su2", (4, 4), beta=-1.0), make_theory("su2", (4, 4), beta=1.0).cold_start(1))
 
