@@ -1,7 +1,7 @@
 """Annealed importance sampling in 4D against HMC and heat-bath chains: effective samples per CPU-minute.
 
     python benchmarks/four_d_annealing_benchmark.py u1-4d-b0.8 --steps 50 100 200 400 --samples 1024
-    python benchmarks/four_d_annealing_benchmark.py su3-4d-b2 --start results/su3-1.0-each-8.pt --steps 50 100
+    python benchmarks/four_d_annealing_benchmark.py su3-4d-b2 --start results/su3-1-each-8.pt --steps 50 100
 
 For each ladder length ``n`` (:func:`gaugeflow.hmc.annealing.annealed_samples`: ``n`` heat-bath
 sweeps from Haar measure, or from a flow model trained at a lower ``beta`` with ``--start``) it
