@@ -32,7 +32,7 @@ import torch
 from gaugeflow.lattice.errors import InputError
 
 from .heatbath import check_pure_gauge, heat_bath_sweep
-from .sampler import TrajectoryResult
+from .sampler import TrajectoryResult, independence_step
 
 
 def beta_ladder(beta_start: float, beta: float, n_steps: int) -> list[float]:
@@ -117,30 +117,25 @@ class AnnealedMetropolisSampler:
     def run_parameters(self) -> dict:
         return {"anneal_steps": self.n_steps, "anneal_sweeps": self.sweeps}
 
-    def _proposals(self, n: int, generator):
-        field, log_w = annealed_samples(self.theory, n, self.n_steps, sweeps=self.sweeps, generator=generator,
-                                        batch_size=n)
-        return field, log_w
-
     def update(self, field, generator) -> TrajectoryResult:
         n = field.shape[0]
-        proposal, new_log_weight = self._proposals(n, generator)
+        proposal, new_log_weight = annealed_samples(self.theory, n, self.n_steps, sweeps=self.sweeps,
+                                                    generator=generator, batch_size=n)
         proposal = proposal.to(device=field.device, dtype=field.dtype)
         new_log_weight = new_log_weight.to(field.device)
-        uniform = torch.rand(n, generator=generator, dtype=torch.float64, device=field.device)
         if self.log_weight is None:  # new chains take their first proposal
-            log_ratio = torch.zeros_like(new_log_weight)
-            accepted = torch.isfinite(new_log_weight)
+            held = new_log_weight
+            result = independence_step(field, proposal, torch.full_like(new_log_weight, torch.inf), new_log_weight,
+                                       generator)
+            result.delta_h = torch.zeros_like(new_log_weight)
         else:
             if self.log_weight.shape != new_log_weight.shape:
                 raise InputError(f"the resume state holds the weights of {self.log_weight.numel()} chains, "
                                  f"not of {n}")
-            log_ratio = new_log_weight - self.log_weight.to(field.device)
-            accepted = (torch.log(uniform) < log_ratio) & torch.isfinite(new_log_weight)
-        held = new_log_weight if self.log_weight is None else self.log_weight.to(field.device)
-        self.log_weight = torch.where(accepted, new_log_weight, held)
-        mask = accepted.view(-1, *([1] * (field.dim() - 1)))
-        return TrajectoryResult(torch.where(mask, proposal, field), accepted, -log_ratio)
+            held = self.log_weight.to(field.device)
+            result = independence_step(field, proposal, new_log_weight - held, new_log_weight, generator)
+        self.log_weight = torch.where(result.accepted, new_log_weight, held)
+        return result
 
     def thermalise(self, field, n_therm, generator, progress=False, received=None):
         """Start every chain from an annealed proposal, then ``n_therm`` updates."""

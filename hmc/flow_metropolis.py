@@ -14,7 +14,7 @@ import torch
 
 from gaugeflow.lattice.storage import digest
 
-from .sampler import TrajectoryResult
+from .sampler import independence_step
 
 
 def flow_run_parameters(model, source: str) -> dict:
@@ -71,12 +71,9 @@ class FlowMetropolisSampler:
         new_log_weight = self.model.target_log_prob(proposal) - log_q
         if self.log_weight is None:
             self.log_weight = self._log_weights(field.to(proposal.dtype))
-        log_ratio = new_log_weight - self.log_weight
-        uniform = torch.rand(n, generator=generator, dtype=torch.float64, device=device)
-        accepted = (torch.log(uniform) < log_ratio) & torch.isfinite(new_log_weight)
-        mask = accepted.view(-1, *([1] * (field.dim() - 1)))
-        self.log_weight = torch.where(accepted, new_log_weight, self.log_weight)
-        return TrajectoryResult(torch.where(mask, proposal, field), accepted, -log_ratio)
+        result = independence_step(field, proposal, new_log_weight - self.log_weight, new_log_weight, generator)
+        self.log_weight = torch.where(result.accepted, new_log_weight, self.log_weight)
+        return result
 
     def thermalise(self, field, n_therm, generator, progress=False, received=None):
         """Start every chain from a flow sample, then ``n_therm`` steps.  A hot start can have a

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from .flow_metropolis import FlowMetropolisSampler
-from .sampler import TrajectoryResult
+from .sampler import independence_step
 
 
 class PseudofermionFlowMetropolisSampler(FlowMetropolisSampler):
@@ -59,11 +59,9 @@ class PseudofermionFlowMetropolisSampler(FlowMetropolisSampler):
         if self.log_weight is None:
             self.log_weight = self.model.gauge.log_prob(gauge)
         log_ratio = new_log_weight - self.model.log_weight(current, self.log_weight)
-        uniform = torch.rand(n, generator=generator, dtype=torch.float64, device=device)
-        accepted = (torch.log(uniform) < log_ratio) & torch.isfinite(new_log_weight)
-        mask = accepted.view(-1, *([1] * (field.dim() - 1)))
-        self.log_weight = torch.where(accepted, log_q_gauge, self.log_weight)
-        return TrajectoryResult(torch.where(mask, proposal.gauge.to(field.dtype), field), accepted, -log_ratio)
+        result = independence_step(field, proposal.gauge.to(field.dtype), log_ratio, new_log_weight, generator)
+        self.log_weight = torch.where(result.accepted, log_q_gauge, self.log_weight)
+        return result
 
     def thermalise(self, field, n_therm, generator, progress=False, received=None):
         """Start every chain from a flow sample, then ``n_therm`` steps."""

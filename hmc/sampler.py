@@ -35,6 +35,17 @@ class TrajectoryResult:
     configs: torch.Tensor | None = None  # the physical fields to store, if the state is not (flow HMC: x = f(z))
 
 
+def independence_step(field: torch.Tensor, proposal: torch.Tensor, log_ratio: torch.Tensor,
+                      new_log_weight: torch.Tensor, generator) -> TrajectoryResult:
+    """The accept/reject step of an independence-Metropolis chain per chain: ``proposal``
+    replaces ``field`` where ``log u < log_ratio`` (``u`` uniform, float64, from ``generator``)
+    and the proposal's log-weight is finite."""
+    uniform = torch.rand(field.shape[0], generator=generator, dtype=torch.float64, device=field.device)
+    accepted = (torch.log(uniform) < log_ratio) & torch.isfinite(new_log_weight)
+    mask = accepted.view(-1, *([1] * (field.dim() - 1)))
+    return TrajectoryResult(torch.where(mask, proposal, field), accepted, -log_ratio)
+
+
 @runtime_checkable
 class Sampler(Protocol):
     name: str  # stored as the ensemble's ``sampler`` attribute; a resume must match it
