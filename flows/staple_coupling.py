@@ -78,6 +78,7 @@ from .sun_coupling import check_sun_links
 
 __all__ = [
     "StapleCoupling", "U1StapleCoupling", "SUNStapleCoupling", "U1Chairs", "SUNChairs", "staple_neighbours",
+    "u1_staples", "sun_staples",
     "u1_staple_features", "sun_staple_features", "project_staple_sum", "chair_loops", "chair_plaquettes",
 ]
 
@@ -134,6 +135,22 @@ def staple_neighbours(lattice_shape, mu: int, active: torch.Tensor) -> torch.Ten
             rows.append(torch.stack([site(e_mu, nu), site(e_nu, mu), site(zero, nu),
                                      site(e_mu - e_nu, nu), site(-e_nu, mu), site(-e_nu, nu)]))
     return torch.stack(rows)
+
+
+def u1_staples(f) -> tuple[torch.Tensor, torch.Tensor]:
+    """The upper and lower staple angles ``s`` of each ``nu != mu`` from the six factors
+    :func:`staple_neighbours` gathers (angles, each ``[D-1, ...]``): ``theta_mu(x) + s`` is the
+    angle of a plaquette through the link."""
+    return f[0] - f[1] - f[2], f[5] - f[3] - f[4]  # U_nu(x+mu) U_mu(x+nu)^* U_nu(x)^*, U_nu(x+mu-nu)^* U_mu(x-nu)^* U_nu(x-nu)
+
+
+def sun_staples(f) -> tuple[torch.Tensor, torch.Tensor]:
+    """The upper and lower staples ``C`` of each ``nu != mu`` from the six factors
+    :func:`staple_neighbours` gathers (matrices, each ``[D-1, ..., N, N]``): ``U_mu(x) C`` is a
+    plaquette through the link."""
+    # f0 f1^dag f2^dag = f0 (f2 f1)^dag and f3^dag f4^dag f5 = (f4 f3)^dag f5: two conjugations (each
+    # a copy for a batched matmul on the CPU) instead of four, 0.7 ms of a 3.3 ms SU(3) heat-bath sweep
+    return matmul(f[0], dagger(matmul(f[2], f[1]))), matmul(dagger(matmul(f[4], f[3])), f[5])
 
 
 def planes_without(dimension: int, mu: int) -> list[tuple[int, int]]:
@@ -401,9 +418,7 @@ class U1StapleCoupling(StapleCoupling):
         mu`` (ascending) the upper and the lower staple, so that ``theta_mu(x) + s_k`` is the
         (unwrapped) angle of a plaquette through the link, and ``S_W = -beta sum_k cos(theta_mu +
         s_k) + ...``."""
-        f = self.staple_factors(theta)  # each [D-1, n, B]
-        up = f[0] - f[1] - f[2]  # U_nu(x+mu) U_mu(x+nu)^* U_nu(x)^*
-        down = f[5] - f[3] - f[4]  # U_nu(x+mu-nu)^* U_mu(x-nu)^* U_nu(x-nu)
+        up, down = u1_staples(self.staple_factors(theta))  # each [D-1, n, B]
         return torch.stack([up, down], dim=-1).movedim(0, -2).flatten(-2)
 
     def couple(self, theta, inverse, context):
@@ -567,9 +582,7 @@ class SUNStapleCoupling(StapleCoupling):
         U(1)): ``U_mu(x) C_k`` is a plaquette through the link, and ``sum_k C_k`` is the staple
         sum of :meth:`gaugeflow.lattice.sun.SUN.staples`.  ``factors``: the staple factors if
         already gathered."""
-        f = self.staple_factors(links) if factors is None else factors  # each [D-1, n, B, N, N]
-        up = matmul(matmul(f[0], dagger(f[1])), dagger(f[2]))
-        down = matmul(matmul(dagger(f[3]), dagger(f[4])), f[5])
+        up, down = sun_staples(self.staple_factors(links) if factors is None else factors)
         return torch.stack([up, down], dim=1).flatten(0, 1)
 
     def couple(self, links, inverse, context):

@@ -38,9 +38,9 @@ from collections.abc import Callable
 import torch
 
 from gaugeflow.flows.masks import staple_link_mask
-from gaugeflow.flows.staple_coupling import staple_neighbours
+from gaugeflow.flows.staple_coupling import staple_neighbours, sun_staples, u1_staples
 from gaugeflow.lattice.errors import InputError
-from gaugeflow.lattice.groups import wrap_angle
+from gaugeflow.lattice.groups import matmul, wrap_angle
 
 from .sampler import TrajectoryResult
 
@@ -168,7 +168,7 @@ def _subgroup_sweep(links: torch.Tensor, staples: torch.Tensor, factor) -> torch
     """``U -> r U`` for ``r = factor(w)`` in each SU(2) subgroup ``(i, j)`` in turn, ``w`` the
     ``(i, j)`` block of ``U A`` (Cabibbo-Marinari)."""
     n = links.shape[-1]
-    moved, product = links.clone(), links @ staples
+    moved, product = links.clone(), matmul(links, staples)
     for i, j in itertools.combinations(range(n), 2):
         block = torch.stack([torch.stack([product[..., i, i], product[..., i, j]], -1),
                              torch.stack([product[..., j, i], product[..., j, j]], -1)], -2)
@@ -197,12 +197,17 @@ def sun_overrelaxed_links(links: torch.Tensor, staples: torch.Tensor) -> torch.T
 def check_pure_gauge(theory) -> None:
     """An :class:`InputError` unless ``theory`` is a pure Wilson gauge theory on even extents at
     ``beta >= 0`` (what the heat bath updates)."""
+    _check_action(theory)
+    staple_link_mask(theory.lattice_shape, 0, 0)  # even extents, or a clear error
+
+
+def _check_action(theory) -> None:
+    """:func:`check_pure_gauge` but the extents, which every sweep checks through its (cached) masks."""
     if not getattr(theory, "is_gauge_theory", False) or theory.name not in ("u1",) and not theory.name.startswith("su"):
         raise InputError(f"the heat bath updates pure Wilson gauge theories (u1, su2, su3, ...); "
                          f"{theory.name} is not one")
     if theory.couplings["beta"] < 0:
         raise InputError(f"the heat bath needs beta >= 0, got {theory.couplings['beta']}")
-    staple_link_mask(theory.lattice_shape, 0, 0)  # even extents, or a clear error
 
 
 @functools.lru_cache(maxsize=64)
@@ -217,7 +222,7 @@ def _mask_indices(lattice_shape: tuple, mu: int, parity: int, device) -> tuple[t
 def _sweep(theory, field: torch.Tensor, u1_update, sun_update) -> torch.Tensor:
     """Every link updated, mask by mask, by ``u1_update(theta, A)`` (angles ``[n, B]``, staple
     sums ``A``) or ``sun_update(U, A)`` (``[n, B, N, N]``), in float64 (complex128)."""
-    check_pure_gauge(theory)
+    _check_action(theory)
     u1 = theory.name == "u1"
     d = theory.dimension
     # site-major [D V, B, ...] for the whole sweep: gathers and writes of links are then rows
@@ -229,16 +234,13 @@ def _sweep(theory, field: torch.Tensor, u1_update, sun_update) -> torch.Tensor:
             active, neighbours = _mask_indices(theory.lattice_shape, mu, parity, field.device)
             sites = mu * theory.volume + active
             f = links[neighbours.flatten()].unflatten(0, neighbours.shape)  # [D-1, 6, n, B, ...]
-            if u1:  # staple angles s_k with theta + s_k a plaquette angle
-                f = f.to(torch.float64)
-                staples = torch.polar(torch.ones_like(f[:, 0]), torch.stack([f[:, 0] - f[:, 1] - f[:, 2],
-                                                                              f[:, 5] - f[:, 3] - f[:, 4]]))
-                new = u1_update(links[sites].to(torch.float64), staples.sum((0, 1)))
+            if u1:
+                angles = torch.stack(u1_staples(f.to(torch.float64).unbind(1)))
+                staples = torch.polar(torch.ones_like(angles), angles).sum((0, 1))  # A, [n_active, B]
+                new = u1_update(links[sites].to(torch.float64), staples)
             else:
-                f = f.to(torch.complex128).unbind(1)
-                # f0 f1^dag f2^dag + f3^dag f4^dag f5 with two conjugations (each a copy for bmm), not four
-                staples = (f[0] @ (f[2] @ f[1]).mH + (f[4] @ f[3]).mH @ f[5]).sum(0)  # [n_active, B, N, N]
-                new = sun_update(links[sites].to(torch.complex128), staples)
+                up, down = sun_staples(f.to(torch.complex128).unbind(1))
+                new = sun_update(links[sites].to(torch.complex128), (up + down).sum(0))  # A, [n_active, B, N, N]
             links.index_copy_(0, sites, new.to(links.dtype))
     return links.transpose(0, 1).reshape(field.shape)
 
