@@ -28,8 +28,8 @@ from four_d_flow_benchmark import CASES
 from gaugeflow.flows.diagnostics import acceptance_rate, effective_sample_size
 from gaugeflow.hmc.annealing import annealed_samples
 from gaugeflow.hmc.autocorrelation import gamma_method
-from gaugeflow.hmc.heatbath import heat_bath_sweep
-from gaugeflow.hmc.hmc import HMCParameters, hmc_trajectory, thermalise
+from gaugeflow.hmc.heatbath import HeatBathSampler
+from gaugeflow.hmc.hmc import HMCParameters, HMCSampler
 from gaugeflow.lattice.theories import make_theory
 
 OBSERVABLES = ("plaquette", "polyakov_loop_abs")
@@ -56,14 +56,14 @@ def annealing_row(theory, n_steps: int, samples: int, start, seed: int) -> dict:
             "plaquette": plaquette, "plaquette_error": error}
 
 
-def chain_row(theory, name: str, update, chains: int, seconds: float, seed: int) -> dict:
-    """Run ``update(field, generator)`` on ``chains`` chains for ``seconds`` of CPU."""
+def chain_row(theory, sampler, name: str, chains: int, seconds: float, seed: int, n_therm: int) -> dict:
+    """Run a :class:`gaugeflow.hmc.sampler.Sampler` on ``chains`` chains for ``seconds`` of CPU
+    after ``n_therm`` thermalisation updates."""
     generator = torch.Generator().manual_seed(seed)
-    field = theory.hot_start(chains, generator=generator)
-    field = update(field, generator, True)
+    field = sampler.thermalise(theory.hot_start(chains, generator=generator), n_therm, generator)
     series, began = [], time.process_time()
     while time.process_time() - began < seconds or len(series) < 20:
-        field = update(field, generator, False)
+        field = sampler.update(field, generator).field
         values = theory.observables(field)
         series.append(np.stack([values[o].numpy() for o in OBSERVABLES]))
     used = time.process_time() - began
@@ -77,25 +77,6 @@ def chain_row(theory, name: str, update, chains: int, seconds: float, seed: int)
         row[f"effective_per_minute_{o}"] = configurations / (2 * r.tau_int) / (used / 60)
     row["effective_per_minute"] = row["effective_per_minute_plaquette"]
     return row
-
-
-def hmc_update(theory, steps: int):
-    params = [HMCParameters(trajectory_length=1.0, n_steps=steps)]
-
-    def update(field, generator, thermalising):
-        if thermalising:
-            field, params[0] = thermalise(theory, field, params[0], 100, generator, tune=True, target=0.8)
-            return field
-        return hmc_trajectory(theory, field, params[0], generator).field
-    return update
-
-
-def heat_bath_update(theory):
-    def update(field, generator, thermalising):
-        for _ in range(50 if thermalising else 1):
-            field = heat_bath_sweep(theory, field, generator)
-        return field
-    return update
 
 
 def main(argv=None):
@@ -124,8 +105,10 @@ def main(argv=None):
         rows.append(annealing_row(theory, n_steps, args.samples, start, args.seed))
         print(json.dumps(rows[-1]), flush=True)
     if args.reference_seconds > 0:
-        for name, update in (("HMC", hmc_update(theory, 10)), ("heat bath, 1 sweep", heat_bath_update(theory))):
-            rows.append(chain_row(theory, name, update, args.chains, args.reference_seconds, args.seed))
+        references = (("HMC", HMCSampler(theory, HMCParameters(trajectory_length=1.0, n_steps=10)), 100),
+                      ("heat bath, 1 sweep", HeatBathSampler(theory), 50))
+        for name, sampler, n_therm in references:
+            rows.append(chain_row(theory, sampler, name, args.chains, args.reference_seconds, args.seed, n_therm))
             print(json.dumps(rows[-1]), flush=True)
 
     where = (f" from {args.start} (beta = {start.theory.couplings['beta']})" if start is not None
