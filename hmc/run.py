@@ -40,7 +40,7 @@ from gaugeflow.lattice.jobcontrol import EXIT_INTERRUPTED, Interrupted, stop_on_
 
 from .hmc import HMCParameters, HMCSampler, thermalise  # noqa: F401 (HMCSampler, thermalise re-exported)
 from .sampler import Sampler
-from .samplers import SamplerOptions, sampler_kind
+from .samplers import SAMPLER_ONLY_OPTIONS, SamplerOptions, sampler_kind
 
 # a field of every chain, its momenta, force, proposal and the action's temporaries
 WORKING_COPIES = 10
@@ -58,12 +58,12 @@ class RunSummary:
 
 def make_sampler(theory, sampler: str = "hmc", *, model=None, hmc_per_step: int | None = None,
                  params: HMCParameters | None = None, tune: bool = True, target_acceptance: float = 0.8,
-                 source: str = "", anneal_steps: int = 100, overrelaxation: int = 0) -> Sampler:
+                 source: str = "", **sampler_options) -> Sampler:
     """The sampler registered as ``sampler`` (:mod:`gaugeflow.hmc.samplers`) for ``theory``;
     samplers that need a flow take ``model``, whose theory must be ``theory``;
-    ``hmc_per_step=None`` lets the composite chain choose (fallback policy); ``anneal_steps`` is
-    the length of the annealed sampler's ladder, ``overrelaxation`` the overrelaxation sweeps after
-    each heat-bath sweep."""
+    ``hmc_per_step=None`` lets the composite chain choose (fallback policy); ``sampler_options``
+    are further fields of :class:`gaugeflow.hmc.samplers.SamplerOptions` (``anneal_steps``,
+    ``overrelaxation``)."""
     kind = sampler_kind(sampler)
     if kind.needs_model:
         if model is None:
@@ -72,8 +72,8 @@ def make_sampler(theory, sampler: str = "hmc", *, model=None, hmc_per_step: int 
         if (flow_theory.name, flow_theory.lattice_shape, flow_theory.couplings) != (theory.name, theory.lattice_shape,
                                                                                     theory.couplings):
             raise InputError(f"the model is for {flow_theory!r}, not {theory!r}; load it with that lattice (load_flow)")
-    return kind.build(theory, model, SamplerOptions(params, tune, target_acceptance, hmc_per_step, source, anneal_steps,
-                                                    overrelaxation))
+    return kind.build(theory, model, SamplerOptions(params, tune, target_acceptance, hmc_per_step, source,
+                                                    **sampler_options))
 
 
 def generate_ensemble(theory, path, *, sampler: str = "hmc", model=None, hmc_per_step: int | None = None,
@@ -85,12 +85,12 @@ def generate_ensemble(theory, path, *, sampler: str = "hmc", model=None, hmc_per
     a proposal; the last two for pure Wilson gauge theories); or, with a trained flow ``model``,
     ``"flow"`` (independence Metropolis), ``"composite"`` (flow step + ``hmc_per_step`` HMC trajectories; ``None``: the
     fallback policy chooses) or ``"flow-hmc"`` (HMC in the flow's latent variables).  ``params``,
-    ``tune`` and ``target_acceptance`` configure the HMC parts; ``options`` are those of
-    :func:`run_chains`."""
+    ``tune`` and ``target_acceptance`` configure the HMC parts; ``anneal_steps`` and
+    ``overrelaxation`` (:class:`gaugeflow.hmc.samplers.SamplerOptions`) the heat-bath ones; the other
+    ``options`` are those of :func:`run_chains`."""
+    sampler_options = {name: options.pop(name) for name in SAMPLER_ONLY_OPTIONS if name in options}
     chosen = make_sampler(theory, sampler, model=model, hmc_per_step=hmc_per_step, params=params, tune=tune,
-                          target_acceptance=target_acceptance, source=options.pop("source", ""),
-                          anneal_steps=options.pop("anneal_steps", 100),
-                          overrelaxation=options.pop("overrelaxation", 0))
+                          target_acceptance=target_acceptance, source=options.pop("source", ""), **sampler_options)
     return run_chains(theory, path, chosen, **options)
 
 

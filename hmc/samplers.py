@@ -56,6 +56,10 @@ class SamplerOptions:
     overrelaxation: int = 0
 
 
+# The fields above that only samplers take (not run_chains, nor the HMC settings)
+SAMPLER_ONLY_OPTIONS = ("anneal_steps", "overrelaxation")
+
+
 @dataclass(frozen=True)
 class SamplerKind:
     """A registered sampler: ``build(theory, model, options) -> Sampler``, whether it needs a

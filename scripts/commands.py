@@ -484,8 +484,8 @@ def run_hmc(args) -> int:
     _set_threads(args)
     theory = make_theory(args.theory, args.lattice, **_couplings(args))
     summary = _generate(args, theory, sampler=args.sampler, save_every=args.save_every, start=args.start,
-                        precision=resolve_precision(args.dtype), anneal_steps=args.anneal_steps,
-                        overrelaxation=args.overrelaxation)
+                        precision=resolve_precision(args.dtype),
+                        sampler_options={"anneal_steps": args.anneal_steps, "overrelaxation": args.overrelaxation})
     if not args.quiet and summary is not None:
         per_update = {"hmc": f"{summary.postfix.get('steps', '?')} steps/trajectory",
                       "heatbath": f"{summary.postfix.get('sweeps', '?')} heat-bath + "
@@ -506,7 +506,7 @@ def _communicator(args):
 
 
 def _generate(args, theory, *, sampler: str, model=None, hmc_per_step=None, source="", communicator=None, device=None,
-              anneal_steps: int = 100, overrelaxation: int = 0, **options):
+              sampler_options: dict | None = None, **options):
     """Run ``gaugeflow hmc`` / ``sample``: one process, or (``--mpi``) one distributed ensemble
     over the MPI ranks.  ``None`` on the ranks that do not report."""
     from gaugeflow.flows.distributed import local_device
@@ -519,7 +519,7 @@ def _generate(args, theory, *, sampler: str, model=None, hmc_per_step=None, sour
 
     def new_sampler():
         return make_sampler(theory, sampler, model=model, hmc_per_step=hmc_per_step, source=source,
-                            anneal_steps=anneal_steps, overrelaxation=overrelaxation, **hmc)
+                            **(sampler_options or {}), **hmc)
 
     common = dict(n_configs=args.n_configs, n_therm=args.therm, n_chains=args.chains, seed=args.seed,
                   resume=args.resume, progress=not args.quiet, commit_every=args.commit_every, device=device,
