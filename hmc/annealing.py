@@ -42,20 +42,15 @@ def beta_ladder(beta_start: float, beta: float, n_steps: int) -> list[float]:
     return [beta_start + (beta - beta_start) * k / n_steps for k in range(n_steps + 1)]
 
 
-def _start(theory, start, n_samples: int, generator):
-    """``(U_0, beta_0, log q(U_0))`` in float64 (complex128 links)."""
+def _start(theory, start, n_samples: int, generator, haar):
+    """``(U_0, log q(U_0))`` in float64 (complex128 links); ``haar`` the Haar prior where
+    ``start`` is ``None``."""
     if start is None:
-        from gaugeflow.flows.priors import plain_prior, prior_for
-
         field = theory.hot_start(n_samples, generator=generator)
-        return field, 0.0, prior_for(theory, plain_prior(theory)).log_prob(field).to(torch.float64)
-    found = start.theory
-    if (found.name, found.lattice_shape) != (theory.name, theory.lattice_shape):
-        raise InputError(f"the starting flow is a model of {found.name} on {found.lattice_shape}, "
-                         f"not of {theory.name} on {theory.lattice_shape}")
+        return field, haar.log_prob(field).to(torch.float64)
     with torch.no_grad():
         field, log_q = start.sample(n_samples)
-    return field.to(theory.storage_dtype(torch.float64)), found.couplings["beta"], log_q.to(torch.float64)
+    return field.to(theory.storage_dtype(torch.float64)), log_q.to(torch.float64)
 
 
 def annealed_samples(theory, n_samples: int, n_steps: int, *, start=None, sweeps: int = 1, generator=None,
@@ -69,18 +64,27 @@ def annealed_samples(theory, n_samples: int, n_steps: int, *, start=None, sweeps
     check_pure_gauge(theory)
     if int(sweeps) < 1:
         raise InputError(f"sweeps per rung must be >= 1, got {sweeps}")
-    unit = theory.with_couplings(beta=1.0)
+    if start is None:
+        from gaugeflow.flows.priors import plain_prior, prior_for
+
+        haar, beta_start = prior_for(theory, plain_prior(theory)), 0.0
+    else:
+        found = start.theory
+        if (found.name, found.lattice_shape) != (theory.name, theory.lattice_shape):
+            raise InputError(f"the starting flow is a model of {found.name} on {found.lattice_shape}, "
+                             f"not of {theory.name} on {theory.lattice_shape}")
+        haar, beta_start = None, found.couplings["beta"]
+    ladder = beta_ladder(beta_start, theory.couplings["beta"], n_steps)
+    rungs = [theory.with_couplings(beta=beta) for beta in ladder[1:]]
+    unit_action = theory.with_couplings(beta=1.0).action  # the Wilson action is beta times that at beta = 1
     fields, log_weights = [], []
     done = 0
     while done < n_samples:
         size = min(batch_size, n_samples - done)
-        field, beta_start, log_q = _start(theory, start, size, generator)
-        ladder = beta_ladder(beta_start, theory.couplings["beta"], n_steps)
-        unit_action = unit.action  # the Wilson action is beta times that at beta = 1
+        field, log_q = _start(theory, start, size, generator, haar)
         log_w = -ladder[0] * unit_action(field) - log_q
-        for previous, beta in zip(ladder, ladder[1:]):
+        for previous, beta, rung in zip(ladder, ladder[1:], rungs):
             log_w = log_w - (beta - previous) * unit_action(field)
-            rung = theory.with_couplings(beta=beta)
             for _ in range(sweeps):
                 field = heat_bath_sweep(rung, field, generator)
         fields.append(field)
