@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from four_d_flow_benchmark import CASES
-from gaugeflow.flows.diagnostics import acceptance_rate, effective_sample_size
+from gaugeflow.flows.diagnostics import acceptance_rate
+from gaugeflow.flows.reweighting import reweight
 from gaugeflow.hmc.annealing import annealed_samples
 from gaugeflow.hmc.autocorrelation import gamma_method
 from gaugeflow.hmc.heatbath import HeatBathSampler
@@ -35,25 +36,18 @@ from gaugeflow.lattice.theories import make_theory
 OBSERVABLES = ("plaquette", "polyakov_loop_abs")
 
 
-def reweighted(values: torch.Tensor, log_w: torch.Tensor) -> tuple[float, float]:
-    """Self-normalised importance-sampling mean and its delta-method error."""
-    w = torch.exp(log_w - log_w.max())
-    mean = (w * values).sum() / w.sum()
-    return mean.item(), (torch.sqrt(((w * (values - mean)) ** 2).sum()) / w.sum()).item()
-
-
 def annealing_row(theory, n_steps: int, samples: int, start, seed: int) -> dict:
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     began = time.process_time()
     field, log_w = annealed_samples(theory, samples, n_steps, start=start, generator=generator, batch_size=256)
     seconds = time.process_time() - began
-    ess = effective_sample_size(log_w)
-    plaquette, error = reweighted(theory.observables(field)["plaquette"], log_w)
+    estimates = reweight(log_w, {"plaquette": theory.observables(field)["plaquette"]})
+    ess, plaquette = estimates["ess"]["mean"], estimates["plaquette"]
     return {"sampler": f"annealed, {n_steps} sweeps", "steps": n_steps, "samples": samples,
             "spread": log_w.std().item(), "ess": ess, "acceptance": acceptance_rate(log_w, generator),
             "cpu_per_sample": seconds / samples, "effective_per_minute": ess * samples / (seconds / 60),
-            "plaquette": plaquette, "plaquette_error": error}
+            "plaquette": plaquette["mean"], "plaquette_error": plaquette["error"]}
 
 
 def chain_row(theory, sampler, name: str, chains: int, seconds: float, seed: int, n_therm: int) -> dict:

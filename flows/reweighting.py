@@ -43,10 +43,18 @@ def reweighted_estimates(model, n_samples: int, batch_size: int = 256) -> dict[s
             values["topological_charge_squared"] = values["topological_charge"] ** 2
         for name, value in values.items():
             observables.setdefault(name, []).append(value.to(torch.float64))
-    log_w = torch.cat(log_weights)
+    return reweight(torch.cat(log_weights), {name: torch.cat(chunks) for name, chunks in observables.items()})
+
+
+def reweight(log_weights: torch.Tensor, observables: dict[str, torch.Tensor]) -> dict[str, dict]:
+    """``{name: {"mean", "error"}}`` of self-normalised importance sampling with the weights
+    ``exp(log_weights)`` (``[n]``, ``log p - log q`` up to a constant: a flow's, or annealed
+    weights) for each ``[n]`` series of ``observables``, plus ``log_partition_function`` (``log
+    mean w``) and ``ess``; delta-method errors (module docstring).  Non-finite weights count as 0."""
+    log_w = log_weights.to(torch.float64)
     finite = torch.isfinite(log_w)
     if not finite.any():
-        raise InputError("every flow sample has a non-finite weight; the model cannot be reweighted")
+        raise InputError("every sample has a non-finite weight; nothing can be reweighted")
     shift = log_w[finite].max()
     w = torch.where(finite, torch.exp(log_w - shift), torch.zeros_like(log_w))
     n, total = len(w), w.sum()
@@ -56,8 +64,8 @@ def reweighted_estimates(model, n_samples: int, batch_size: int = 256) -> dict[s
                                    "error": float(w.std() / (math.sqrt(n) * mean_w))},
         "ess": {"mean": effective_sample_size(log_w), "error": 0.0},
     }
-    for name, chunks in observables.items():
-        values = torch.cat(chunks)
+    for name, values in observables.items():
+        values = values.to(torch.float64)
         mean = (w * values).sum() / total
         error = torch.sqrt((w * w * (values - mean) ** 2).sum()) / total
         results[name] = {"mean": float(mean), "error": float(error)}

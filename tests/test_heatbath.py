@@ -16,6 +16,7 @@ import pytest
 import scipy.stats as st
 import torch
 
+from gaugeflow.flows.reweighting import reweight
 from gaugeflow.hmc.annealing import annealed_samples, beta_ladder
 from gaugeflow.hmc.autocorrelation import gamma_method
 from gaugeflow.hmc.heatbath import (HeatBathSampler, heat_bath_sweep, overrelaxation_sweep, su2_heat_bath_quaternions,
@@ -117,22 +118,22 @@ def test_heat_bath_refuses_what_it_cannot_update():
         heat_bath_sweep(make_theory("su2", (4, 4), beta=-1.0), make_theory("su2", (4, 4), beta=1.0).cold_start(1))
 
 
+def mean_weight_over_z(estimates, theory):
+    """``(E[w] / Z, its error, 1)`` from :func:`reweight`'s ``log mean w`` and its relative error."""
+    ratio = math.exp(estimates["log_partition_function"]["mean"] - theory.exact_log_partition_function())
+    return ratio, estimates["log_partition_function"]["error"] * ratio, 1.0
+
+
 @pytest.mark.parametrize("name, beta", [("u1", 2.0), ("su2", 2.0), ("su3", 3.0)])
 def test_annealed_weights_average_to_the_partition_function(name, beta):
     """Jarzynski: ``E[w] = Z_beta / Z_0`` for any ladder, here a short one (weights far from 1)."""
     theory = make_theory(name, (4, 4), beta=beta)
     generator = torch.Generator().manual_seed(14)
     field, log_w = annealed_samples(theory, 1500, 6, generator=generator, batch_size=500)
-    shift = log_w.max()
-    w = torch.exp(log_w - shift)
-    ratio = (w.mean() * torch.exp(shift - theory.exact_log_partition_function())).item()
-    error = (w.std() / w.mean() / math.sqrt(len(w))).item() * ratio
-    plaquette = theory.observables(field)["plaquette"]
-    reweighted = ((w * plaquette).sum() / w.sum()).item()
-    # the error of a ratio estimate (delta method)
-    plaquette_error = math.sqrt(((w * (plaquette - reweighted)) ** 2).sum().item()) / w.sum().item()
-    assert_agrees({"E[w] / Z": (ratio, error, 1.0),
-                   "plaquette": (reweighted, plaquette_error, EXACT_PLAQUETTE[name](beta, 16))})
+    estimates = reweight(log_w, {"plaquette": theory.observables(field)["plaquette"]})
+    plaquette = estimates["plaquette"]
+    assert_agrees({"E[w] / Z": mean_weight_over_z(estimates, theory),
+                   "plaquette": (plaquette["mean"], plaquette["error"], EXACT_PLAQUETTE[name](beta, 16))})
     assert field.shape == (1500, *theory.config_shape)
 
 
@@ -146,11 +147,7 @@ def test_annealing_from_a_flow_at_a_lower_beta_is_exact(tmp_path):
     model = build_flow(architecture(start_theory, n_layers=2, hidden_channels=[8], prior="plaquette")).double()
     theory = start_theory.with_couplings(beta=2.0)
     field, log_w = annealed_samples(theory, 2000, 12, start=model, generator=torch.Generator().manual_seed(15))
-    shift = log_w.max()
-    w = torch.exp(log_w - shift)
-    ratio = (w.mean() * torch.exp(shift - theory.exact_log_partition_function())).item()
-    error = (w.std() / w.mean() / math.sqrt(len(w))).item() * ratio
-    assert_agrees({"E[w] / Z": (ratio, error, 1.0)})
+    assert_agrees({"E[w] / Z": mean_weight_over_z(reweight(log_w, {}), theory)})
     with pytest.raises(InputError, match="not of u1 on"):
         annealed_samples(make_theory("u1", (4, 6), beta=2.0), 4, 2, start=model)
 
