@@ -32,7 +32,7 @@ import torch
 from gaugeflow.lattice.errors import InputError
 
 from .heatbath import check_pure_gauge, heat_bath_sweep
-from .sampler import TrajectoryResult, independence_step
+from .sampler import TrajectoryResult, global_rng_seeded_from, independence_step
 
 
 def beta_ladder(beta_start: float, beta: float, n_steps: int) -> list[float]:
@@ -40,6 +40,13 @@ def beta_ladder(beta_start: float, beta: float, n_steps: int) -> list[float]:
     if int(n_steps) < 1:
         raise InputError(f"an annealing ladder needs at least one step, got {n_steps}")
     return [beta_start + (beta - beta_start) * k / n_steps for k in range(n_steps + 1)]
+
+
+def _check_start(theory, start) -> None:
+    found = start.theory
+    if (found.name, found.lattice_shape) != (theory.name, theory.lattice_shape):
+        raise InputError(f"the starting flow is a model of {found.name} on {found.lattice_shape}, "
+                         f"not of {theory.name} on {theory.lattice_shape}")
 
 
 def _start(theory, start, n_samples: int, generator, haar):
@@ -69,11 +76,8 @@ def annealed_samples(theory, n_samples: int, n_steps: int, *, start=None, sweeps
 
         haar, beta_start = prior_for(theory, plain_prior(theory)), 0.0
     else:
-        found = start.theory
-        if (found.name, found.lattice_shape) != (theory.name, theory.lattice_shape):
-            raise InputError(f"the starting flow is a model of {found.name} on {found.lattice_shape}, "
-                             f"not of {theory.name} on {theory.lattice_shape}")
-        haar, beta_start = None, found.couplings["beta"]
+        _check_start(theory, start)
+        haar, beta_start = None, start.theory.couplings["beta"]
     ladder = beta_ladder(beta_start, theory.couplings["beta"], n_steps)
     rungs = [theory.with_couplings(beta=beta) for beta in ladder[1:]]
     unit_action = theory.with_couplings(beta=1.0).action  # the Wilson action is beta times that at beta = 1
@@ -96,13 +100,20 @@ def annealed_samples(theory, n_samples: int, n_steps: int, *, start=None, sweeps
 
 
 class AnnealedMetropolisSampler:
-    """Independence Metropolis over annealed proposals from Haar measure: every update draws, for
-    every chain, a new annealed sample (:func:`annealed_samples`, ``n_steps`` rungs) and accepts
-    it with probability ``min(1, w' / w)`` in float64.  This is Metropolis-Hastings on the whole
-    path ``U_0 ... U_n``, whose marginal in ``U_n`` is the target, so the chain is exact for any
-    ``n_steps``; ``n_steps`` sets the acceptance (about ``exp(-var(log w) / 2)``-like) against the
-    cost of an update (``n_steps`` heat-bath sweeps).  Proposals are independent of the chain's
-    state, so modes a local algorithm cannot cross (topological sectors) cost nothing extra.
+    """Independence Metropolis over annealed proposals: every update draws, for every chain, a new
+    annealed sample (:func:`annealed_samples`, ``n_steps`` rungs) and accepts it with probability
+    ``min(1, w' / w)`` in float64.  This is Metropolis-Hastings on the whole path ``U_0 ... U_n``,
+    whose marginal in ``U_n`` is the target, so the chain is exact for any ``n_steps``;
+    ``n_steps`` sets the acceptance (about ``exp(-var(log w) / 2)``-like) against the cost of an
+    update (``n_steps`` heat-bath sweeps).  Proposals are independent of the chain's state, so
+    modes a local algorithm cannot cross (topological sectors) cost nothing extra.
+
+    ``start=None`` starts every path from Haar measure (``beta_0 = 0``); a flow model of the same
+    theory and lattice at another ``beta`` starts it from the flow (``source``: its checkpoint,
+    stored with the ensemble with the digest of its weights and checked on resume): a flow trained
+    where it is good (small ``beta``) and the heat-bath sweeps carry it the rest of the way
+    (Caselle, Cellini, Nada, Panero, arXiv:2201.08862).  The flow's samples are drawn from a
+    generator seeded from the chain's own, so a resumed run continues exactly.
 
     The weights of the current states are path quantities, not functions of the field: they are
     kept in the resume state (:meth:`resume_attributes`, as text with every digit).
@@ -110,21 +121,40 @@ class AnnealedMetropolisSampler:
 
     name = "annealed"
 
-    def __init__(self, theory, n_steps: int = 100, sweeps: int = 1):
+    def __init__(self, theory, n_steps: int = 100, sweeps: int = 1, start=None, source: str = ""):
         check_pure_gauge(theory)
         beta_ladder(0.0, theory.couplings["beta"], n_steps)  # n_steps >= 1, or a clear error
         if int(sweeps) < 1:
             raise InputError(f"sweeps per rung must be >= 1, got {sweeps}")
+        if start is not None:
+            _check_start(theory, start)
+            start = start.double()
+            start.eval()
         self.theory, self.n_steps, self.sweeps = theory, int(n_steps), int(sweeps)
+        self.start, self.source = start, str(source)
         self.log_weight = None
 
     def run_parameters(self) -> dict:
-        return {"anneal_steps": self.n_steps, "anneal_sweeps": self.sweeps}
+        parameters = {"anneal_steps": self.n_steps, "anneal_sweeps": self.sweeps,
+                      "anneal_start": "haar" if self.start is None else "flow",
+                      "anneal_start_beta": 0.0 if self.start is None else float(self.start.theory.couplings["beta"])}
+        if self.start is not None:
+            from .flow_metropolis import flow_run_parameters
+
+            parameters.update(flow_run_parameters(self.start, self.source))
+        return parameters
+
+    def _proposals(self, n: int, generator):
+        if self.start is None:
+            return annealed_samples(self.theory, n, self.n_steps, sweeps=self.sweeps, generator=generator,
+                                    batch_size=n)
+        with global_rng_seeded_from(generator, generator.device):
+            return annealed_samples(self.theory, n, self.n_steps, start=self.start, sweeps=self.sweeps,
+                                    generator=generator, batch_size=n)
 
     def update(self, field, generator) -> TrajectoryResult:
         n = field.shape[0]
-        proposal, new_log_weight = annealed_samples(self.theory, n, self.n_steps, sweeps=self.sweeps,
-                                                    generator=generator, batch_size=n)
+        proposal, new_log_weight = self._proposals(n, generator)
         proposal = proposal.to(device=field.device, dtype=field.dtype)
         new_log_weight = new_log_weight.to(field.device)
         if self.log_weight is None:  # new chains take their first proposal

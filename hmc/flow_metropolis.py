@@ -14,7 +14,7 @@ import torch
 
 from gaugeflow.lattice.storage import digest
 
-from .sampler import independence_step
+from .sampler import global_rng_seeded_from, independence_step
 
 
 def flow_run_parameters(model, source: str) -> dict:
@@ -54,9 +54,7 @@ class FlowMetropolisSampler:
     def _proposals(self, n: int, device, generator):
         """:meth:`_draw` ``(n)`` under torch's global RNG seeded from the chain's generator (so a
         resumed run proposes the same samples), leaving the global RNG as it was."""
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
-        with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device], device_type=device.type):
-            torch.manual_seed(seed)
+        with global_rng_seeded_from(generator, device):
             return self._draw(n)
 
     def _draw(self, n: int):

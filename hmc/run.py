@@ -60,11 +60,14 @@ def make_sampler(theory, sampler: str = "hmc", *, model=None, hmc_per_step: int 
                  params: HMCParameters | None = None, tune: bool = True, target_acceptance: float = 0.8,
                  source: str = "", **sampler_options) -> Sampler:
     """The sampler registered as ``sampler`` (:mod:`gaugeflow.hmc.samplers`) for ``theory``;
-    samplers that need a flow take ``model``, whose theory must be ``theory``;
+    samplers that need a flow take ``model``, whose theory must be ``theory`` (the annealed
+    sampler takes one optionally, as its start: same theory and lattice, another ``beta``);
     ``hmc_per_step=None`` lets the composite chain choose (fallback policy); ``sampler_options``
     are further fields of :class:`gaugeflow.hmc.samplers.SamplerOptions` (``anneal_steps``,
     ``overrelaxation``)."""
     kind = sampler_kind(sampler)
+    if model is not None and not kind.takes_model:
+        raise InputError(f"sampler {sampler!r} takes no flow model")
     if kind.needs_model:
         if model is None:
             raise InputError(f"sampler {sampler!r} needs a trained flow model")

@@ -19,6 +19,7 @@ Samplers are found by name in the registry of :mod:`gaugeflow.hmc.samplers`
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -44,6 +45,18 @@ def independence_step(field: torch.Tensor, proposal: torch.Tensor, log_ratio: to
     accepted = (torch.log(uniform) < log_ratio) & torch.isfinite(new_log_weight)
     mask = accepted.view(-1, *([1] * (field.dim() - 1)))
     return TrajectoryResult(torch.where(mask, proposal, field), accepted, -log_ratio)
+
+
+@contextlib.contextmanager
+def global_rng_seeded_from(generator, device):
+    """Inside the block torch's global RNG (which flow models draw from) is seeded from the chain's
+    ``generator``, so a resumed chain proposes the same samples; after it the global RNG is as it
+    was."""
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device], device_type=device.type):
+        torch.manual_seed(seed)
+        yield
 
 
 @runtime_checkable

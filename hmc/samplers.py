@@ -63,20 +63,24 @@ SAMPLER_ONLY_OPTIONS = ("anneal_steps", "overrelaxation")
 @dataclass(frozen=True)
 class SamplerKind:
     """A registered sampler: ``build(theory, model, options) -> Sampler``, whether it needs a
-    trained flow (``model`` is ``None`` otherwise) and a few words for help texts."""
+    trained flow of the run's theory (``needs_model``), or takes one optionally, of the same
+    theory and lattice at other couplings (``takes_model``: the annealed sampler's start); ``model``
+    is ``None`` otherwise.  A few words for help texts."""
 
     name: str
     build: Callable
     needs_model: bool = False
     description: str = ""
+    takes_model: bool = False
 
 
 _REGISTRY: dict[str, SamplerKind] = {}
 
 
-def register_sampler(name: str, build: Callable, *, needs_model: bool = False, description: str = "") -> SamplerKind:
+def register_sampler(name: str, build: Callable, *, needs_model: bool = False, description: str = "",
+                     takes_model: bool = False) -> SamplerKind:
     """Make ``build(theory, model, options)`` available as sampler ``name`` (module docstring)."""
-    kind = SamplerKind(str(name), build, bool(needs_model), description)
+    kind = SamplerKind(str(name), build, bool(needs_model), description, bool(takes_model or needs_model))
     if name in _REGISTRY and _REGISTRY[name].build is not build:
         raise InputError(f"a different sampler is already registered as {name!r}")
     _REGISTRY[name] = kind
@@ -100,9 +104,12 @@ register_sampler("hmc", lambda theory, model, o: HMCSampler(theory, o.params, o.
 register_sampler("heatbath", lambda theory, model, o: HeatBathSampler(theory, overrelaxation=o.overrelaxation),
                  description="a heat-bath sweep (and --overrelaxation sweeps) per update (pure Wilson gauge "
                              "theories: u1, suN)")
-register_sampler("annealed", lambda theory, model, o: AnnealedMetropolisSampler(theory, o.anneal_steps),
+register_sampler("annealed", lambda theory, model, o: AnnealedMetropolisSampler(theory, o.anneal_steps, start=model,
+                                                                                  source=o.source),
+                 takes_model=True,
                  description="independence Metropolis over annealed proposals: heat-bath sweeps from Haar measure "
-                             "up a ladder of beta, with exact weights (pure Wilson gauge theories)")
+                             "(or a flow at a lower beta) up a ladder of beta, with exact weights (pure Wilson gauge "
+                             "theories)")
 register_sampler("flow", lambda theory, model, o: flow_metropolis_sampler(model, o.source), needs_model=True,
                  description="independence Metropolis with flow proposals (of (U, phi) for a pseudofermion flow)")
 register_sampler("composite", lambda theory, model, o: CompositeSampler(model, o.hmc_per_step, o.params, o.tune,

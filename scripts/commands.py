@@ -140,8 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Generate an HMC ensemble and store it in an HDF5 file.  Pure Wilson gauge "
                                      "theories (u1, suN) also take --sampler heatbath (heat-bath sweeps) and "
                                      "--sampler annealed (independence Metropolis over annealed proposals: "
-                                     "--anneal-steps heat-bath sweeps up a ladder of beta from Haar measure, exact "
-                                     "weights; no topological freezing).")
+                                     "--anneal-steps heat-bath sweeps up a ladder of beta from Haar measure, or from "
+                                     "a flow trained at a lower beta with --anneal-from, exact weights; no "
+                                     "topological freezing).")
     _add_theory_options(hmc)
     group = hmc.add_argument_group("Monte Carlo")
     from gaugeflow.hmc.samplers import sampler_kind, sampler_names  # filled by register_sampler
@@ -151,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       for name in sampler_names(needs_model=False)) + " (default: hmc)")
     group.add_argument("--anneal-steps", type=int, default=100,
                        help="annealed: heat-bath sweeps per proposal, the rungs of the beta ladder (default: 100)")
+    group.add_argument("--anneal-from", metavar="MODEL.pt",
+                       help="annealed: start every proposal from this flow (same theory; --lattice may differ from "
+                            "its training lattice) at its own beta instead of from Haar measure")
     group.add_argument("--overrelaxation", type=int, default=0,
                        help="heatbath: overrelaxation sweeps after each heat-bath sweep (default: 0)")
     group.add_argument("--n-configs", type=int, default=1000,
@@ -483,8 +487,16 @@ def run_hmc(args) -> int:
 
     _set_threads(args)
     theory = make_theory(args.theory, args.lattice, **_couplings(args))
-    summary = _generate(args, theory, sampler=args.sampler, save_every=args.save_every, start=args.start,
-                        precision=resolve_precision(args.dtype),
+    model = None
+    if args.anneal_from is not None:
+        if args.sampler != "annealed":
+            raise CommandError(f"--anneal-from is the start of annealed proposals; --sampler is {args.sampler}")
+        from gaugeflow.flows import load_flow
+        from gaugeflow.lattice.backend import resolve_device
+
+        model = load_flow(args.anneal_from, lattice=args.lattice, device=resolve_device(args.device))
+    summary = _generate(args, theory, sampler=args.sampler, model=model, source=args.anneal_from or "",
+                        save_every=args.save_every, start=args.start, precision=resolve_precision(args.dtype),
                         sampler_options={"anneal_steps": args.anneal_steps, "overrelaxation": args.overrelaxation})
     if not args.quiet and summary is not None:
         per_update = {"hmc": f"{summary.postfix.get('steps', '?')} steps/trajectory",

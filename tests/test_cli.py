@@ -225,6 +225,17 @@ def test_sample_from_a_trained_flow_and_resume(tmp_path):
     assert gaugeflow("hmc", "--theory", "u1", "--beta", 1.0, *SMALL_RUN, "--out", hmc_file).returncode == 0
     mixed = gaugeflow("sample", "--model", model, "--chains", 2, "--n-configs", 10, "--quiet", "--out", hmc_file, "--resume")
     assert mixed.returncode == 2 and "sampler 'hmc', not 'composite'" in mixed.stderr
+    annealed = tmp_path / "annealed.h5"  # the flow at beta = 1 starts proposals annealed to beta = 2
+    ran = gaugeflow("hmc", "--theory", "u1", "--beta", 2.0, *SMALL_RUN, "--sampler", "annealed", "--anneal-steps", 3,
+                    "--anneal-from", model, "--out", annealed)
+    assert ran.returncode == 0, ran.stderr
+    with h5py.File(annealed, "r") as f:
+        assert f.attrs["sampler"] == "annealed" and f.attrs["flow_checkpoint"] == str(model)
+        assert float(f.attrs["anneal_start_beta"]) == 1.0 and f["configs"].shape == (8, 2, 4, 4)
+    refused = gaugeflow("hmc", "--theory", "u1", "--beta", 2.0, *SMALL_RUN, "--anneal-from", model,
+                        "--out", tmp_path / "no.h5")
+    assert refused.returncode == 2 and "--anneal-from is the start of annealed proposals" in refused.stderr
+    assert not (tmp_path / "no.h5").exists()
 
 
 @pytest.mark.parametrize("theory", [["--theory", "u1", "--beta", 0.8], ["--theory", "su2", "--beta", 1.5]])

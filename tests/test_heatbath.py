@@ -196,6 +196,75 @@ def test_the_annealed_sampler_is_exact():
                    "Q^2": (charge.mean, charge.error, exact.u1_topological_charge_squared(2.0, 16))})
 
 
+def _plaquette_flow(beta: float, lattice=(4, 4)):
+    """An untrained flow on the 2D plaquette prior (nearly exact 2D physics at its ``beta``)."""
+    from gaugeflow.flows import architecture, build_flow
+
+    torch.manual_seed(3)
+    return build_flow(architecture(make_theory("u1", lattice, beta=beta), n_layers=2, hidden_channels=[8],
+                                   prior="plaquette"))
+
+
+def test_the_annealed_sampler_from_a_flow_is_exact():
+    """Proposals that start from a flow at beta_0 = 1 and take 3 heat-bath rungs to beta = 2
+    (acceptance well below 1) reproduce the 2D U(1) plaquette and Q^2 of the character expansion;
+    the chain's flow draws leave torch's global RNG as it was."""
+    from gaugeflow.hmc.run import make_sampler
+
+    theory = make_theory("u1", (4, 4), beta=2.0)
+    sampler = make_sampler(theory, "annealed", model=_plaquette_flow(1.0), anneal_steps=3)
+    assert sampler.run_parameters()["anneal_start_beta"] == 1.0
+    generator = torch.Generator().manual_seed(17)
+    torch.manual_seed(99)
+    global_state = torch.random.get_rng_state()
+    field = sampler.thermalise(theory.hot_start(32, generator=generator), 2, generator)
+    series, accepted = [], []
+    for _ in range(200):
+        result = sampler.update(field, generator)
+        field = result.field
+        accepted.append(result.accepted.double().mean().item())
+        values = theory.observables(field)
+        series.append(np.stack([values["plaquette"].numpy(), values["topological_charge"].numpy() ** 2]))
+    assert torch.equal(torch.random.get_rng_state(), global_state)
+    series = np.stack(series, axis=-1)
+    plaquette, charge = gamma_method(series[0]), gamma_method(series[1])
+    assert 0.1 < np.mean(accepted) < 0.95
+    assert_agrees({"plaquette": (plaquette.mean, plaquette.error, exact.u1_plaquette(2.0, 16)),
+                   "Q^2": (charge.mean, charge.error, exact.u1_topological_charge_squared(2.0, 16))})
+
+
+def test_the_annealed_sampler_from_a_flow_resumes_and_checks_the_flow(tmp_path):
+    """8 + 8 configurations from a flow start are the 16 of one run, bit for bit; a resume with
+    another flow, or with none, is refused; a flow of another lattice, or a flow given to a
+    sampler that takes none, is refused by name."""
+    from gaugeflow.hmc.run import generate_ensemble, make_sampler
+    from gaugeflow.lattice.ensemble import EnsembleError, open_ensemble
+
+    theory = make_theory("u1", (4, 4), beta=2.0)
+    flow = _plaquette_flow(1.0).double()
+    options = dict(sampler="annealed", anneal_steps=2, n_chains=2, n_therm=1, seed=6, progress=False)
+    generate_ensemble(theory, tmp_path / "whole.h5", n_configs=16, model=flow, source="a.pt", **options)
+    generate_ensemble(theory, tmp_path / "parts.h5", n_configs=8, model=flow, source="a.pt", **options)
+    generate_ensemble(theory, tmp_path / "parts.h5", n_configs=16, resume=True, model=flow, source="a.pt", **options)
+    whole, parts = open_ensemble(tmp_path / "whole.h5"), open_ensemble(tmp_path / "parts.h5")
+    assert np.array_equal(whole.configs(), parts.configs())
+    assert np.array_equal(whole.column("accepted"), parts.column("accepted"))
+    assert 0 < whole.column("accepted").mean() < 1
+    assert whole.attrs["flow_checkpoint"] == "a.pt" and float(whole.attrs["anneal_start_beta"]) == 1.0
+    other = _plaquette_flow(1.0)
+    with torch.no_grad():
+        next(other.parameters()).add_(0.1)
+    for model in (other.double(), None):
+        with pytest.raises(EnsembleError, match="cannot resume with"):
+            generate_ensemble(theory, tmp_path / "parts.h5", n_configs=24, resume=True, model=model, source="a.pt",
+                              **options)
+    assert len(open_ensemble(tmp_path / "parts.h5")) == 16
+    with pytest.raises(InputError, match="not of u1 on"):
+        make_sampler(make_theory("u1", (4, 6), beta=2.0), "annealed", model=flow)
+    with pytest.raises(InputError, match="takes no flow model"):
+        make_sampler(theory, "heatbath", model=flow)
+
+
 def test_the_annealed_sampler_resumes_where_it_stopped(tmp_path):
     """The weights of the current states travel in the resume state: 8 + 8 configurations are
     the 16 of one run, bit for bit."""
