@@ -173,29 +173,6 @@ def test_heat_bath_sampler_writes_an_ensemble(tmp_path):
     assert len(configs) == 8 and not np.allclose(configs[0], configs[2])
 
 
-def test_the_annealed_sampler_is_exact():
-    """Independence Metropolis over annealed proposals (a short ladder: acceptance well below 1)
-    reproduces the 2D U(1) plaquette and Q^2 of the character expansion."""
-    from gaugeflow.hmc.run import make_sampler
-
-    theory = make_theory("u1", (4, 4), beta=2.0)
-    sampler = make_sampler(theory, "annealed", anneal_steps=12)
-    generator = torch.Generator().manual_seed(16)
-    field = sampler.thermalise(theory.hot_start(32, generator=generator), 2, generator)
-    series, accepted = [], []
-    for _ in range(250):
-        result = sampler.update(field, generator)
-        field = result.field
-        accepted.append(result.accepted.double().mean().item())
-        values = theory.observables(field)
-        series.append(np.stack([values["plaquette"].numpy(), values["topological_charge"].numpy() ** 2]))
-    series = np.stack(series, axis=-1)
-    plaquette, charge = gamma_method(series[0]), gamma_method(series[1])
-    assert 0.1 < np.mean(accepted) < 0.9
-    assert_agrees({"plaquette": (plaquette.mean, plaquette.error, exact.u1_plaquette(2.0, 16)),
-                   "Q^2": (charge.mean, charge.error, exact.u1_topological_charge_squared(2.0, 16))})
-
-
 def _plaquette_flow(beta: float, lattice=(4, 4)):
     """An untrained flow on the 2D plaquette prior (nearly exact 2D physics at its ``beta``)."""
     from gaugeflow.flows import architecture, build_flow
@@ -205,21 +182,24 @@ def _plaquette_flow(beta: float, lattice=(4, 4)):
                                    prior="plaquette"))
 
 
-def test_the_annealed_sampler_from_a_flow_is_exact():
-    """Proposals that start from a flow at beta_0 = 1 and take 3 heat-bath rungs to beta = 2
-    (acceptance well below 1) reproduce the 2D U(1) plaquette and Q^2 of the character expansion;
-    the chain's flow draws leave torch's global RNG as it was."""
+@pytest.mark.parametrize("start_beta, anneal_steps, seed, updates", [(None, 12, 16, 250), (1.0, 3, 17, 200)])
+def test_the_annealed_sampler_is_exact(start_beta, anneal_steps, seed, updates):
+    """Independence Metropolis over annealed proposals (short ladders: acceptance well below 1),
+    from Haar measure or from a flow at beta_0 = 1, reproduces the 2D U(1) plaquette and Q^2 of
+    the character expansion; the chain leaves torch's global RNG as it was (the flow's draws
+    come from the chain's generator)."""
     from gaugeflow.hmc.run import make_sampler
 
     theory = make_theory("u1", (4, 4), beta=2.0)
-    sampler = make_sampler(theory, "annealed", model=_plaquette_flow(1.0), anneal_steps=3)
-    assert sampler.run_parameters()["anneal_start_beta"] == 1.0
-    generator = torch.Generator().manual_seed(17)
+    start = None if start_beta is None else _plaquette_flow(start_beta)
+    sampler = make_sampler(theory, "annealed", model=start, anneal_steps=anneal_steps)
+    assert sampler.run_parameters()["anneal_start_beta"] == (start_beta or 0.0)
+    generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(99)
     global_state = torch.random.get_rng_state()
     field = sampler.thermalise(theory.hot_start(32, generator=generator), 2, generator)
     series, accepted = [], []
-    for _ in range(200):
+    for _ in range(updates):
         result = sampler.update(field, generator)
         field = result.field
         accepted.append(result.accepted.double().mean().item())
