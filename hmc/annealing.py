@@ -144,17 +144,17 @@ class AnnealedMetropolisSampler:
             parameters.update(flow_run_parameters(self.start, self.source))
         return parameters
 
-    def _proposals(self, n: int, generator):
+    def _proposals(self, n: int, generator, device):
         if self.start is None:
             return annealed_samples(self.theory, n, self.n_steps, sweeps=self.sweeps, generator=generator,
                                     batch_size=n)
-        with global_rng_seeded_from(generator, generator.device):
+        with global_rng_seeded_from(generator, device):
             return annealed_samples(self.theory, n, self.n_steps, start=self.start, sweeps=self.sweeps,
                                     generator=generator, batch_size=n)
 
     def update(self, field, generator) -> TrajectoryResult:
         n = field.shape[0]
-        proposal, new_log_weight = self._proposals(n, generator)
+        proposal, new_log_weight = self._proposals(n, generator, field.device)
         proposal = proposal.to(device=field.device, dtype=field.dtype)
         new_log_weight = new_log_weight.to(field.device)
         if self.log_weight is None:  # new chains take their first proposal
