@@ -25,6 +25,7 @@ chain of :mod:`gaugeflow.flows.diagnostics` take it as they are (Metropolis on t
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import torch
@@ -145,10 +146,9 @@ class AnnealedMetropolisSampler:
         return parameters
 
     def _proposals(self, n: int, generator, device):
-        if self.start is None:
-            return annealed_samples(self.theory, n, self.n_steps, sweeps=self.sweeps, generator=generator,
-                                    batch_size=n)
-        with global_rng_seeded_from(generator, device):
+        # only a flow draws from the global RNG; a Haar start leaves the chain's stream as it was
+        seeded = contextlib.nullcontext() if self.start is None else global_rng_seeded_from(generator, device)
+        with seeded:
             return annealed_samples(self.theory, n, self.n_steps, start=self.start, sweeps=self.sweeps,
                                     generator=generator, batch_size=n)
 

@@ -489,7 +489,9 @@ def run_hmc(args) -> int:
     theory = make_theory(args.theory, args.lattice, **_couplings(args))
     model = None
     if args.anneal_from is not None:
-        if args.sampler != "annealed":
+        from gaugeflow.hmc.samplers import sampler_kind
+
+        if not sampler_kind(args.sampler).takes_model:  # before loading the flow
             raise CommandError(f"--anneal-from is the start of annealed proposals; --sampler is {args.sampler}")
         from gaugeflow.flows import load_flow
         from gaugeflow.lattice.backend import resolve_device
