@@ -6,9 +6,10 @@ architecture version 6) and ``staple`` (the 4D default now) -- one path-gradient
 on one torch thread.  Each case runs in its own process, so that the peak resident memory is its
 own.  Cases whose estimated memory exceeds ``--max-gb`` (default 12) are run at a smaller batch
 and say so.  ``--recompute`` recomputes every layer in the backward pass (``train --recompute``);
-``--staple-centres each`` measures SU(3) staple layers centred on every staple.
+``--staple-centres each`` measures SU(3) staple layers centred on every staple; ``--micro-batch M``
+draws the batch in parts of at most ``M`` samples (``train --micro-batch``).
 
-    python benchmarks/four_d_cost_benchmark.py [--max-gb 16] [--recompute] [--staple-centres each] [--kinds staple]
+    python benchmarks/four_d_cost_benchmark.py [--max-gb 16] [--recompute] [--micro-batch 32] [--staple-centres each] [--kinds staple]
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ GB_PER_SAMPLE_4 = {("u1", "plaquette"): 1.6 / 64, ("su3", "plaquette"): 3.5 / 64
                    ("u1", "staple"): 0.66 / 64, ("su3", "staple"): 3.0 / 64}
 
 
-def measure(theory_name: str, lattice: str, kind: str, batch: int, recompute: bool = False, centres: str = "sum") -> dict:
+def measure(theory_name: str, lattice: str, kind: str, batch: int, recompute: bool = False, centres: str = "sum",
+            micro_batch: int | None = None) -> dict:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
     from gaugeflow.flows import architecture, build_flow
-    from gaugeflow.flows.train import make_optimizer, reverse_kl_step_terms
+    from gaugeflow.flows.train import accumulate_gradient, make_optimizer
     from gaugeflow.lattice.theories import make_theory
 
     torch.set_num_threads(1)
@@ -48,8 +50,7 @@ def measure(theory_name: str, lattice: str, kind: str, batch: int, recompute: bo
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        surrogate, *_ = reverse_kl_step_terms(model, batch, "path")
-        surrogate.backward()
+        accumulate_gradient(model, batch, "path", micro_batch)
         optimizer.step()
 
     step()
@@ -70,7 +71,7 @@ def measure(theory_name: str, lattice: str, kind: str, batch: int, recompute: bo
         covered[layer.mu] |= layer.active
     return {
         "theory": theory_name, "lattice": lattice, "kind": kind, "layers": arch["n_layers"], "batch": batch,
-        "recompute": recompute, "centres": options.get("staple_centres"),
+        "recompute": recompute, "centres": options.get("staple_centres"), "micro_batch": micro_batch,
         "cpu_seconds_per_step": statistics.median(times),
         "peak_rss_gb": peak_rss_gb,
         "operator_calls": sum(event.count for event in profiler.key_averages()),
@@ -88,12 +89,13 @@ def main() -> int:
     parser.add_argument("--theories", default="u1,su3", help="comma-separated subset of the cases' theories")
     parser.add_argument("--recompute", action="store_true", help="recompute every layer in the backward pass")
     parser.add_argument("--staple-centres", default="sum", choices=("sum", "each"))
+    parser.add_argument("--micro-batch", type=int, default=None, help="draw the batch in parts of at most this many samples")
     parser.add_argument("--batch", type=int, default=64, help="batch size before --max-gb lowers it")
     parser.add_argument("--one", nargs=4, metavar=("THEORY", "LATTICE", "KIND", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         theory, lattice, kind, batch = args.one
-        print(json.dumps(measure(theory, lattice, kind, int(batch), args.recompute, args.staple_centres)))
+        print(json.dumps(measure(theory, lattice, kind, int(batch), args.recompute, args.staple_centres, args.micro_batch)))
         return 0
     print("| theory | lattice | layers | batch | CPU-s / step | peak RSS | operator calls / step | parameters | "
           "checkpoint | links updated |")
@@ -106,9 +108,12 @@ def main() -> int:
             volume_ratio = (int(lattice.split("x")[0]) / 4) ** 4
             # recomputation holds one layer's intermediates instead of all 16 layers'
             layers_held = 2 if args.recompute else 16
-            while batch > 1 and GB_PER_SAMPLE_4[theory, kind] * volume_ratio * batch * layers_held / 16 > args.max_gb:
+            # a step in parts holds one part's graph at a time
+            while batch > 1 and (GB_PER_SAMPLE_4[theory, kind] * volume_ratio * min(batch, args.micro_batch or batch)
+                                 * layers_held / 16 > args.max_gb):
                 batch //= 2
             extra = (["--recompute"] if args.recompute else []) + ["--staple-centres", args.staple_centres]
+            extra += ["--micro-batch", str(args.micro_batch)] if args.micro_batch else []
             run = subprocess.run([sys.executable, __file__, "--one", theory, lattice, kind, str(batch), *extra],
                                  capture_output=True, text=True)
             if run.returncode:
@@ -116,6 +121,7 @@ def main() -> int:
                 continue
             r = json.loads(run.stdout)
             label = f"{r['layers']} {kind}" + (f" ({r['centres']})" if r["centres"] else "") + (", recompute" if r["recompute"] else "")
+            label += f", parts of {r['micro_batch']}" if r["micro_batch"] else ""
             print(f"| {theory} | {lattice} | {label} | {r['batch']} | {r['cpu_seconds_per_step']:.2f} | "
                   f"{r['peak_rss_gb']:.2f} GB | {r['operator_calls']:,} | {r['parameters']:,} | {r['checkpoint_mb']:.2f} MB | "
                   f"{r['links_updated']} |", flush=True)

@@ -36,7 +36,8 @@ OPTION_FOR_PARAMETER = {
     "n_mixture": "--mixture", "kernel_size": "--kernel-size", "rectangles": "--rectangles", "prior": "--prior",
     "symmetrise": "--symmetrise", "momentum_scaling": "--momentum-scaling", "layer_kind": "--layer-kind",
     "staple_centres": "--staple-centres", "chairs": "--chairs",
-    "resume=True": "--resume", "recompute=True": "--recompute", "commit_every": "--commit-every", "seed": "--seed",
+    "resume=True": "--resume", "recompute=True": "--recompute", "micro_batch": "--micro-batch",
+    "commit_every": "--commit-every", "seed": "--seed",
     "flow_time": "--flow-time", "flow_step": "--flow-step", "n_times": "--flow-times",
 }
 
@@ -331,6 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="keep only each layer's input for the backward pass and recompute the layer there: the "
                             "same training in a fraction of the memory (about 2x less for 4D SU(3) staple models), "
                             "20-60%% more time per step")
+    group.add_argument("--micro-batch", type=int, default=None, metavar="N",
+                       help="draw each step's batch in parts of at most N samples, each part's backward pass run "
+                            "before the next is drawn: the same training in the memory of N samples, more time per "
+                            "step (SU(3) 4^4, batch 64 in parts of 16: 2.4x less memory, about 35%% more time)")
     group.add_argument("--out", required=True,
                        help="checkpoint file, e.g. model.pt; the training log goes to <out without its extension>"
                             ".metrics.csv (model.metrics.csv)")
@@ -590,7 +595,7 @@ def run_train(args) -> int:
                          warmup=args.warmup,
                          grad_clip=args.grad_clip, estimator=args.estimator, log_every=args.log_every,
                          checkpoint_every=args.checkpoint_every, eval_batches=args.eval_batches, seed=args.seed,
-                         compile=args.compile, recompute=args.recompute)
+                         compile=args.compile, recompute=args.recompute, micro_batch=args.micro_batch)
     communicator = _communicator(args)
     root = communicator is None or communicator.is_root
     device = resolve_device(local_device(communicator, args.device))

@@ -242,17 +242,18 @@ def test_sample_from_a_trained_flow_and_resume(tmp_path):
 def test_4d_staple_model_trains_samples_and_reweights(tmp_path, theory):
     """The 4D default layer kind (staple couplings) end to end: train, a composite chain and
     reweighting from the checkpoint; ``--layer-kind`` picks the kind, odd extents are refused;
-    ``--recompute`` trains with layers recomputed in the backward pass; U(1) and SU(2) models see
-    the chairs unless ``--no-chairs``."""
+    ``--recompute`` trains with layers recomputed in the backward pass, ``--micro-batch`` in parts
+    of the batch; U(1) and SU(2) models see the chairs unless ``--no-chairs``."""
     model, out = tmp_path / "model.pt", tmp_path / "flow.h5"
     trained = gaugeflow("train", *theory, "--lattice", "2x2x2x4", "--layer-kind", "staple", "--hidden", "4",
-                        "--steps", 2, "--batch-size", 8, "--recompute", "--quiet", "--out", model)
+                        "--steps", 2, "--batch-size", 8, "--recompute", "--micro-batch", 3, "--quiet", "--out", model)
     assert trained.returncode == 0, trained.stderr
     from gaugeflow.flows.checkpoint import load_checkpoint
     architecture = load_checkpoint(model)["architecture"]
     assert architecture["layer_kind"] == "staple" and architecture["n_layers"] == 16
     assert architecture["chairs"] is True  # the default for U(1) and SU(2)
     assert load_checkpoint(model)["train_config"]["recompute"] is True
+    assert load_checkpoint(model)["train_config"]["micro_batch"] == 3
     if theory[1] == "u1":  # the option reaches the checkpoint (U(1) alone: SU(2) takes the same path)
         plain = gaugeflow("train", *theory, "--lattice", "2x2x2x4", "--hidden", "4", "--layers", 2, "--no-chairs",
                           "--steps", 1, "--batch-size", 4, "--quiet", "--out", tmp_path / "plain.pt")
@@ -299,7 +300,10 @@ def test_a_bug_is_not_reported_as_bad_input(tmp_path, monkeypatch):
     ("hmc", ["--theory", "u1", "--lattice", "65536x65536", "--beta", 1], "TiB on cpu, but only"),
     ("train", ["--theory", "u1", "--lattice", "65536x65536", "--beta", 1], "the masks of 16 layers"),
     ("train", ["--theory", "u1", "--lattice", "2048x2048", "--beta", 1, "--batch-size", 4096], "at batch 4096 would need"),
-    ("train", ["--theory", "u1", "--lattice", "32x32x32x32", "--beta", 1, "--batch-size", 1024], "or pass --recompute"),
+    # one sample does not fit: only recomputing can help
+    ("train", ["--theory", "u1", "--lattice", "32x32x32x32", "--beta", 1, "--batch-size", 1024], "or pass --recompute ("),
+    ("train", ["--theory", "u1", "--lattice", "8x8x8x8", "--beta", 1, "--batch-size", 4096], "or pass --micro-batch="),
+    ("train", ["--theory", "u1", "--lattice", "8x8", "--beta", 1, "--micro-batch", 0], "--micro-batch must be at least 1"),
     ("train", ["--theory", "u1", "--lattice", "8x8", "--beta", 1, "--condition", "beta:-inf:inf"], "must be finite"),
 ])
 def test_what_cannot_work_is_refused_before_allocating(tmp_path, command, args, message):

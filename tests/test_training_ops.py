@@ -17,7 +17,7 @@ from torch.nn import functional as F
 from torch.profiler import ProfilerActivity, profile
 
 from gaugeflow.flows import architecture, build_flow
-from gaugeflow.flows.train import reverse_kl_step_terms
+from gaugeflow.flows.train import accumulate_gradient, batch_parts, reverse_kl_step_terms
 from gaugeflow.flows.transforms import spline_derivative_shift
 from gaugeflow.lattice.groups import wrap_angle
 from gaugeflow.lattice.theories import make_theory
@@ -224,6 +224,17 @@ def test_a_compiled_training_step_gives_the_eager_loss_and_gradients(theory_args
         assert torch.allclose(compiled, eager, rtol=1e-8, atol=1e-10)
 
 
+def perturbed_float64_model(theory_args, options):
+    """A float64 model of ``(name, lattice, couplings)`` with its weights moved off the identity."""
+    name, lattice, couplings = theory_args
+    torch.manual_seed(0)
+    model = build_flow(architecture(make_theory(name, lattice, **couplings), **options)).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
 @pytest.mark.parametrize("theory_args, options", [
     (("u1", "4x4", {"beta": 2.0}), {"n_layers": 2, "hidden_channels": [4], "n_bins": 4, "prior": "haar"}),
     (("su3", "2x2x2x2", {"beta": 1.0}), {"n_layers": 2, "layer_kind": "staple", "staple_centres": "each"}),
@@ -232,12 +243,7 @@ def test_recomputing_layers_in_the_backward_pass_gives_the_same_step(theory_args
     """``recompute_in_backward``: the same loss and gradients (path gradients, whose density
     pass runs with frozen parameters), and every layer's conditioner really runs again in the
     backward pass (twice per pass instead of once)."""
-    name, lattice, couplings = theory_args
-    torch.manual_seed(0)
-    model = build_flow(architecture(make_theory(name, lattice, **couplings), **options)).double()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
+    model = perturbed_float64_model(theory_args, options)
     calls = []
     for layer in model.flows:
         layer.conditioner.register_forward_pre_hook(lambda module, args: calls.append(module))
@@ -250,4 +256,53 @@ def test_recomputing_layers_in_the_backward_pass_gives_the_same_step(theory_args
     assert torch.equal(loss, plain_loss)
     for plain, recomputed in zip(plain_grads, grads):
         assert torch.allclose(recomputed, plain, rtol=1e-10, atol=1e-12)
+    assert any(g.abs().max() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("theory_args, options, estimator, whole_batch", [
+    (("u1", "4x4x4", {"beta": 1.0}), {"n_layers": 2, "hidden_channels": [4], "n_bins": 4, "prior": "haar"}, "path", True),
+    (("u1", "4x4", {"beta": 2.0}), {"n_layers": 2, "hidden_channels": [4], "n_bins": 4, "prior": "haar"}, "reparam", True),
+    # Haar SU(3) links draw their real parts, then their imaginary parts; a conditioned model draws
+    # the couplings first: parts of the batch are other samples than the whole batch
+    (("su3", "2x2x2x2", {"beta": 1.0}), {"n_layers": 2, "layer_kind": "staple", "staple_centres": "each"}, "path", False),
+    (("u1", "4x4", {"beta": 1.0}), {"n_layers": 2, "hidden_channels": [4], "n_bins": 4, "prior": "haar",
+                                    "condition": ("beta", 0.5, 1.5)}, "path", False),
+])
+def test_a_batch_drawn_in_parts_gives_the_gradient_of_the_whole_batch(theory_args, options, estimator, whole_batch):
+    """``accumulate_gradient`` with ``micro_batch``: 7 samples in parts of 3, 2, 2, with the
+    layer passes run part by part.  Where the prior draws sample after sample (U(1) angles), the
+    parts are the samples of the whole batch, and the loss, the per-sample densities and the
+    gradient are those of the 7 drawn at once; otherwise they are the parts' own, weighted
+    3/7, 2/7, 2/7."""
+    model = perturbed_float64_model(theory_args, options)
+
+    def step(micro_batch):
+        torch.manual_seed(5)
+        model.zero_grad(set_to_none=True)
+        terms = accumulate_gradient(model, 7, estimator, micro_batch)
+        return terms, [p.grad.clone() for p in model.parameters()]
+
+    def parts_one_by_one():
+        torch.manual_seed(5)
+        terms, grads = [], []
+        for n in (3, 2, 2):
+            model.zero_grad(set_to_none=True)
+            surrogate, loss, log_q, log_p = reverse_kl_step_terms(model, n, estimator)
+            surrogate.backward()
+            terms.append((n / 7 * surrogate.detach(), n / 7 * loss, log_q, log_p))
+            grads.append([n / 7 * p.grad for p in model.parameters()])
+        surrogate, loss, log_q, log_p = zip(*terms)
+        return (sum(surrogate), sum(loss), torch.cat(log_q), torch.cat(log_p)), [sum(g) for g in zip(*grads)]
+
+    assert batch_parts(7, 3) == [3, 2, 2] and batch_parts(7, 7) == [7] and batch_parts(7) == [7]
+    (surrogate, loss, log_q, log_p), grads = step(None) if whole_batch else parts_one_by_one()
+    calls = []
+    hook = model.flows[0].conditioner.register_forward_pre_hook(lambda module, args: calls.append(module))
+    (part_surrogate, part_loss, part_log_q, part_log_p), part_grads = step(3)
+    hook.remove()
+    assert len(calls) == 3 * (2 if estimator == "path" else 1)  # path: a sampling and a density pass per part
+    assert torch.allclose(part_surrogate, surrogate, rtol=1e-12) and torch.allclose(part_loss, loss, rtol=1e-12)
+    assert torch.allclose(part_log_q, log_q, rtol=1e-12) and torch.allclose(part_log_p, log_p, rtol=1e-12)
+    for whole, parts in zip(grads, part_grads):
+        assert torch.allclose(parts, whole, rtol=1e-9, atol=1e-12)
     assert any(g.abs().max() > 0 for g in grads)
