@@ -2,12 +2,17 @@
 
     python benchmarks/four_d_annealing_benchmark.py u1-4d-b0.8 --steps 50 100 200 400 --samples 1024
     python benchmarks/four_d_annealing_benchmark.py su3-4d-b2 --start results/su3-1-each-8.pt --steps 50 100
+    python benchmarks/four_d_annealing_benchmark.py u1-4d-b1.2 --particles 256 --steps 400 --samples 24
 
 For each ladder length ``n`` (:func:`gaugeflow.hmc.annealing.annealed_samples`: ``n`` heat-bath
 sweeps from Haar measure, or from a flow model trained at a lower ``beta`` with ``--start``) it
 prints the spread of ``log w``, the ESS and independence-Metropolis acceptance, the CPU seconds per
 sample and the effective samples per CPU-minute (``ESS x samples / CPU-minutes``), with the
-reweighted plaquette.  Beside them, HMC and heat-bath chains of the same theory (``--chains`` in
+reweighted plaquette.  With ``--particles K`` every sample is a particle system of ``K`` paths
+resampled along the ladder (:func:`gaugeflow.hmc.annealing.annealed_particles`): the spread, ESS
+and acceptance are those of the systems' ``log Z_hat`` (the proposals of particle independent
+Metropolis-Hastings, ``gaugeflow hmc --sampler annealed --particles K``), the cost is per system
+and the plaquette is weighted by ``Z_hat``.  Beside them, HMC and heat-bath chains of the same theory (``--chains`` in
 one batch, ``--reference-seconds`` of CPU each after thermalisation) give their plaquette,
 integrated autocorrelation times (Gamma method) of the plaquette and of ``|P|`` (the Polyakov
 loop), and effective samples per CPU-minute of each, ``configurations / (2 tau_int) / CPU-minutes``.
@@ -27,7 +32,7 @@ import torch
 from four_d_flow_benchmark import CASES
 from gaugeflow.flows.diagnostics import acceptance_rate
 from gaugeflow.flows.reweighting import reweight
-from gaugeflow.hmc.annealing import annealed_samples
+from gaugeflow.hmc.annealing import annealed_particles, annealed_samples
 from gaugeflow.hmc.autocorrelation import gamma_method
 from gaugeflow.hmc.heatbath import HeatBathSampler
 from gaugeflow.hmc.hmc import HMCParameters, HMCSampler
@@ -47,6 +52,24 @@ def annealing_row(theory, n_steps: int, samples: int, start, seed: int) -> dict:
     return {"sampler": f"annealed, {n_steps} sweeps", "steps": n_steps, "samples": samples,
             "spread": log_w.std().item(), "ess": ess, "acceptance": acceptance_rate(log_w, generator),
             "cpu_per_sample": seconds / samples, "effective_per_minute": ess * samples / (seconds / 60),
+            "plaquette": plaquette["mean"], "plaquette_error": plaquette["error"]}
+
+
+def particle_row(theory, n_steps: int, systems: int, particles: int, start, seed: int) -> dict:
+    """``systems`` particle systems of ``particles`` resampled paths each (``--particles``): the
+    proposals of particle independent Metropolis-Hastings, weighted by their ``Z_hat``."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    began = time.process_time()
+    field, log_w, log_z = annealed_particles(theory, systems, particles, n_steps, start=start, generator=generator)
+    seconds = time.process_time() - began
+    plaquettes = (torch.softmax(log_w, -1) * theory.observables(field.flatten(0, 1))["plaquette"].view(systems, -1)).sum(-1)
+    estimates = reweight(log_z, {"plaquette": plaquettes})
+    ess, plaquette = estimates["ess"]["mean"], estimates["plaquette"]
+    return {"sampler": f"{particles} particles, {n_steps} sweeps", "steps": n_steps, "samples": systems,
+            "particles": particles, "spread": log_z.std().item(), "ess": ess,
+            "acceptance": acceptance_rate(log_z, generator), "cpu_per_sample": seconds / systems,
+            "effective_per_minute": ess * systems / (seconds / 60),
             "plaquette": plaquette["mean"], "plaquette_error": plaquette["error"]}
 
 
@@ -79,6 +102,8 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, nargs="+", default=[25, 50, 100, 200])
     parser.add_argument("--samples", type=int, default=1024)
     parser.add_argument("--start", help="a flow checkpoint of the same theory and lattice at a lower beta")
+    parser.add_argument("--particles", type=int, default=1,
+                        help="K > 1: --samples particle systems of K resampled paths each, weighted by their Z_hat")
     parser.add_argument("--chains", type=int, default=16, help="chains of the HMC and heat-bath references")
     parser.add_argument("--reference-seconds", type=float, default=120, help="CPU seconds of each reference (0: none)")
     parser.add_argument("--seed", type=int, default=0)
@@ -96,7 +121,8 @@ def main(argv=None):
         start.eval()
     rows = []
     for n_steps in args.steps:
-        rows.append(annealing_row(theory, n_steps, args.samples, start, args.seed))
+        rows.append(particle_row(theory, n_steps, args.samples, args.particles, start, args.seed) if args.particles > 1
+                    else annealing_row(theory, n_steps, args.samples, start, args.seed))
         print(json.dumps(rows[-1]), flush=True)
     if args.reference_seconds > 0:
         references = (("HMC", HMCSampler(theory, HMCParameters(trajectory_length=1.0, n_steps=10)), 100),

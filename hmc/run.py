@@ -64,7 +64,7 @@ def make_sampler(theory, sampler: str = "hmc", *, model=None, hmc_per_step: int 
     sampler takes one optionally, as its start: same theory and lattice, another ``beta``);
     ``hmc_per_step=None`` lets the composite chain choose (fallback policy); ``sampler_options``
     are further fields of :class:`gaugeflow.hmc.samplers.SamplerOptions` (``anneal_steps``,
-    ``overrelaxation``)."""
+    ``anneal_particles``, ``overrelaxation``)."""
     kind = sampler_kind(sampler)
     if model is not None and not kind.takes_model:
         raise InputError(f"sampler {sampler!r} takes no flow model")
@@ -85,11 +85,11 @@ def generate_ensemble(theory, path, *, sampler: str = "hmc", model=None, hmc_per
     """Store ``n_configs`` configurations in total (over all chains) of ``theory`` in ``path``.
 
     ``sampler``: ``"hmc"``, ``"heatbath"`` or ``"annealed"`` (``anneal_steps`` heat-bath sweeps
-    a proposal; the last two for pure Wilson gauge theories); or, with a trained flow ``model``,
+    a proposal, of ``anneal_particles`` resampled paths; the last two for pure Wilson gauge theories); or, with a trained flow ``model``,
     ``"flow"`` (independence Metropolis), ``"composite"`` (flow step + ``hmc_per_step`` HMC trajectories; ``None``: the
     fallback policy chooses) or ``"flow-hmc"`` (HMC in the flow's latent variables).  ``params``,
-    ``tune`` and ``target_acceptance`` configure the HMC parts; ``anneal_steps`` and
-    ``overrelaxation`` (:class:`gaugeflow.hmc.samplers.SamplerOptions`) the heat-bath ones; the other
+    ``tune`` and ``target_acceptance`` configure the HMC parts; ``anneal_steps``,
+    ``anneal_particles`` and ``overrelaxation`` (:class:`gaugeflow.hmc.samplers.SamplerOptions`) the heat-bath ones; the other
     ``options`` are those of :func:`run_chains`."""
     sampler_options = {name: options.pop(name) for name in SAMPLER_ONLY_OPTIONS if name in options}
     chosen = make_sampler(theory, sampler, model=model, hmc_per_step=hmc_per_step, params=params, tune=tune,

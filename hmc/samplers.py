@@ -44,7 +44,8 @@ class SamplerOptions:
     (``params``; ``None``: the defaults), whether they tune their step count during
     thermalisation and to what acceptance, the composite chain's ``hmc_per_step`` (``None``: its
     fallback policy chooses), the model's checkpoint (``source``, stored with the ensemble) and the
-    heat-bath sweeps of an annealed proposal (``anneal_steps``) and the overrelaxation sweeps after
+    heat-bath sweeps of an annealed proposal (``anneal_steps``), the particles of its resampled
+    particle system (``anneal_particles``; 1: a single path) and the overrelaxation sweeps after
     each heat-bath sweep (``overrelaxation``)."""
 
     params: HMCParameters | None = None
@@ -53,11 +54,12 @@ class SamplerOptions:
     hmc_per_step: int | None = None
     source: str = ""
     anneal_steps: int = 100
+    anneal_particles: int = 1
     overrelaxation: int = 0
 
 
 # The fields above that only samplers take (not run_chains, nor the HMC settings)
-SAMPLER_ONLY_OPTIONS = ("anneal_steps", "overrelaxation")
+SAMPLER_ONLY_OPTIONS = ("anneal_steps", "anneal_particles", "overrelaxation")
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,8 @@ register_sampler("heatbath", lambda theory, model, o: HeatBathSampler(theory, ov
                  description="a heat-bath sweep (and --overrelaxation sweeps) per update (pure Wilson gauge "
                              "theories: u1, suN)")
 register_sampler("annealed", lambda theory, model, o: AnnealedMetropolisSampler(theory, o.anneal_steps, start=model,
-                                                                                  source=o.source),
+                                                                                  source=o.source,
+                                                                                  particles=o.anneal_particles),
                  takes_model=True,
                  description="independence Metropolis over annealed proposals: heat-bath sweeps from Haar measure "
                              "(or a flow at a lower beta) up a ladder of beta, with exact weights (pure Wilson gauge "

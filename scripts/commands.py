@@ -153,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
                                       for name in sampler_names(needs_model=False)) + " (default: hmc)")
     group.add_argument("--anneal-steps", type=int, default=100,
                        help="annealed: heat-bath sweeps per proposal, the rungs of the beta ladder (default: 100)")
+    group.add_argument("--particles", type=int, default=1, metavar="K",
+                       help="annealed: every proposal from K paths resampled along the ladder (sequential Monte "
+                            "Carlo; particle independent Metropolis-Hastings, exact): K times the sweeps, far smaller "
+                            "weight spreads across a phase transition (default: 1, single paths)")
     group.add_argument("--anneal-from", metavar="MODEL.pt",
                        help="annealed: start every proposal from this flow (same theory; --lattice may differ from "
                             "its training lattice) at its own beta instead of from Haar measure")
@@ -493,6 +497,9 @@ def run_hmc(args) -> int:
     _set_threads(args)
     theory = make_theory(args.theory, args.lattice, **_couplings(args))
     model = None
+    if args.particles != 1 and args.sampler != "annealed":
+        raise CommandError(f"--particles is the size of the particle system of annealed proposals; --sampler is "
+                           f"{args.sampler}")
     if args.anneal_from is not None:
         from gaugeflow.hmc.samplers import sampler_kind
 
@@ -504,12 +511,15 @@ def run_hmc(args) -> int:
         model = load_flow(args.anneal_from, lattice=args.lattice, device=resolve_device(args.device))
     summary = _generate(args, theory, sampler=args.sampler, model=model, source=args.anneal_from or "",
                         save_every=args.save_every, start=args.start, precision=resolve_precision(args.dtype),
-                        sampler_options={"anneal_steps": args.anneal_steps, "overrelaxation": args.overrelaxation})
+                        sampler_options={"anneal_steps": args.anneal_steps, "anneal_particles": args.particles,
+                                         "overrelaxation": args.overrelaxation})
     if not args.quiet and summary is not None:
         per_update = {"hmc": f"{summary.postfix.get('steps', '?')} steps/trajectory",
                       "heatbath": f"{summary.postfix.get('sweeps', '?')} heat-bath + "
                                   f"{summary.postfix.get('overrelaxation', 0)} overrelaxation sweep(s)/update",
-                      "annealed": f"{summary.postfix.get('steps', '?')} sweeps/proposal"}.get(args.sampler, args.sampler)
+                      "annealed": f"{summary.postfix.get('steps', '?')} sweeps/proposal"
+                                  + (f" x {summary.postfix['particles']} particles"
+                                     if summary.postfix.get("particles", 1) > 1 else "")}.get(args.sampler, args.sampler)
         print(
             f"{summary.path}: {summary.n_configs} configurations ({summary.n_new} new), "
             f"acceptance {summary.acceptance:.3f}, {per_update}, {summary.seconds:.1f} s",

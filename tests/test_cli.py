@@ -227,15 +227,20 @@ def test_sample_from_a_trained_flow_and_resume(tmp_path):
     assert mixed.returncode == 2 and "sampler 'hmc', not 'composite'" in mixed.stderr
     annealed = tmp_path / "annealed.h5"  # the flow at beta = 1 starts proposals annealed to beta = 2
     ran = gaugeflow("hmc", "--theory", "u1", "--beta", 2.0, *SMALL_RUN, "--sampler", "annealed", "--anneal-steps", 3,
-                    "--anneal-from", model, "--out", annealed)
+                    "--anneal-from", model, "--particles", 4, "--out", annealed)  # systems of 4 resampled paths
     assert ran.returncode == 0, ran.stderr
     with h5py.File(annealed, "r") as f:
         assert f.attrs["sampler"] == "annealed" and f.attrs["flow_checkpoint"] == str(model)
         assert float(f.attrs["anneal_start_beta"]) == 1.0 and f["configs"].shape == (8, 2, 4, 4)
-    refused = gaugeflow("hmc", "--theory", "u1", "--beta", 2.0, *SMALL_RUN, "--anneal-from", model,
-                        "--out", tmp_path / "no.h5")
-    assert refused.returncode == 2 and "--anneal-from is the start of annealed proposals" in refused.stderr
-    assert not (tmp_path / "no.h5").exists()
+        assert int(f.attrs["anneal_particles"]) == 4
+    for extra, message in ((["--anneal-from", model], "--anneal-from is the start of annealed proposals"),
+                           (["--particles", 4], "--particles is the size of the particle system of annealed")):
+        refused = gaugeflow("hmc", "--theory", "u1", "--beta", 2.0, *SMALL_RUN, *extra, "--out", tmp_path / "no.h5")
+        assert refused.returncode == 2 and message in refused.stderr
+        assert not (tmp_path / "no.h5").exists()
+    other = gaugeflow("hmc", "--theory", "u1", "--beta", 2.0, *SMALL_RUN, "--sampler", "annealed", "--anneal-steps", 3,
+                      "--anneal-from", model, "--particles", 2, "--resume", "--out", annealed)
+    assert other.returncode == 2 and "cannot resume with anneal_particles=2" in other.stderr
 
 
 @pytest.mark.parametrize("theory", [["--theory", "u1", "--beta", 0.8], ["--theory", "su2", "--beta", 1.5]])

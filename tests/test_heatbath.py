@@ -137,6 +137,32 @@ def test_annealed_weights_average_to_the_partition_function(name, beta):
     assert field.shape == (1500, *theory.config_shape)
 
 
+@pytest.mark.parametrize("name", ["u1", "su2"])
+def test_resampled_particle_systems_estimate_the_partition_function(name, monkeypatch):
+    """Sequential Monte Carlo: the estimate ``Z_hat`` of a system of 8 resampled paths (6 rungs
+    from Haar measure to beta = 2, short enough that every system resamples) is unbiased, and the
+    particles' weights reweight the plaquette to the exact one; 400 systems in one batch."""
+    from gaugeflow.hmc import annealing
+
+    resampled = []
+    resample = annealing.systematic_resampling
+    monkeypatch.setattr(annealing, "systematic_resampling",
+                        lambda log_w, generator: resampled.append(log_w.shape) or resample(log_w, generator))
+    theory = make_theory(name, (4, 4), beta=2.0)
+    field, log_w, log_z = annealing.annealed_particles(theory, 400, 8, 6, generator=torch.Generator().manual_seed(19))
+    assert field.shape == (400, 8, *theory.config_shape) and log_w.shape == (400, 8) and log_z.shape == (400,)
+    assert resampled and all(shape == (400, 8) for shape in resampled)
+    # per system: Z_hat times the weighted plaquette, and Z_hat; their ratio of means is <P>
+    plaquettes = (torch.softmax(log_w, -1) * theory.observables(field.flatten(0, 1))["plaquette"].view(400, 8)).sum(-1)
+    z_hat = torch.exp(log_z - log_z.max())
+    ratio = plaquettes * z_hat / z_hat.mean()
+    assert_agrees({"E[Z_hat] / Z": mean_weight_over_z(reweight(log_z, {}), theory),
+                   "plaquette": (float(ratio.mean()), float(ratio.std() / math.sqrt(len(ratio))),
+                                 EXACT_PLAQUETTE[name](2.0, 16))})
+    with pytest.raises(InputError, match="at least one particle"):
+        annealing.annealed_particles(theory, 1, 0, 2)
+
+
 def test_annealing_from_a_flow_at_a_lower_beta_is_exact(tmp_path):
     """Start from an (untrained) flow at beta_0 = 1 on the plaquette prior, nearly exact 2D
     physics there: the weights carry its density, and the mean weight is ``Z`` at beta = 2."""
@@ -182,18 +208,21 @@ def _plaquette_flow(beta: float, lattice=(4, 4)):
                                    prior="plaquette"))
 
 
-@pytest.mark.parametrize("start_beta, anneal_steps, seed, updates", [(None, 12, 16, 250), (1.0, 3, 17, 200)])
-def test_the_annealed_sampler_is_exact(start_beta, anneal_steps, seed, updates):
+@pytest.mark.parametrize("start_beta, anneal_steps, particles, seed, updates",
+                         [(None, 12, 1, 16, 250), (1.0, 3, 1, 17, 200), (None, 3, 8, 18, 200)])
+def test_the_annealed_sampler_is_exact(start_beta, anneal_steps, particles, seed, updates):
     """Independence Metropolis over annealed proposals (short ladders: acceptance well below 1),
-    from Haar measure or from a flow at beta_0 = 1, reproduces the 2D U(1) plaquette and Q^2 of
-    the character expansion; the chain leaves torch's global RNG as it was (the flow's draws
-    come from the chain's generator)."""
+    from Haar measure or from a flow at beta_0 = 1, and particle independent Metropolis-Hastings
+    over systems of 8 resampled paths, reproduce the 2D U(1) plaquette and Q^2 of the character
+    expansion; the chain leaves torch's global RNG as it was (the flow's draws come from the
+    chain's generator)."""
     from gaugeflow.hmc.run import make_sampler
 
     theory = make_theory("u1", (4, 4), beta=2.0)
     start = None if start_beta is None else _plaquette_flow(start_beta)
-    sampler = make_sampler(theory, "annealed", model=start, anneal_steps=anneal_steps)
+    sampler = make_sampler(theory, "annealed", model=start, anneal_steps=anneal_steps, anneal_particles=particles)
     assert sampler.run_parameters()["anneal_start_beta"] == (start_beta or 0.0)
+    assert sampler.run_parameters()["anneal_particles"] == particles
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(99)
     global_state = torch.random.get_rng_state()
