@@ -75,10 +75,10 @@ class TrainConfig:
     fraction of the memory (SU(3) 4^4 staple models: 1.8-2.5x less), 20-60% more CPU time.
     ``micro_batch=m`` draws each step's batch in parts of at most ``m`` samples and runs each
     part's backward pass before the next part is drawn (gradient accumulation,
-    :func:`accumulate_gradient`): the same step with one part's graph held at a time, paid
-    for in operator calls (SU(3) 4^4 at batch 64 in parts of 16: 2.4x less memory, about 35% more
-    time); with ``recompute`` as well the default SU(3) 4^4 model trains at batch 64 in under
-    1 GB (benchmarks/README.md)."""
+    :func:`accumulate_gradient`; the evaluation sample is drawn in parts of the same size): the
+    same step with one part's graph held at a time, paid for in operator calls (SU(3) 4^4 at
+    batch 64 in parts of 16: 2.4x less memory, about 35% more time); with ``recompute`` as well
+    the default SU(3) 4^4 model trains at batch 64 in under 1 GB (benchmarks/README.md)."""
 
     steps: int = 2000
     batch_size: int = 64  # best acceptance per CPU minute (benchmarks/README.md); raise on GPUs
@@ -458,12 +458,20 @@ def _metrics(model, run: _Training, config, local_batch, comm, loss, log_q, log_
         "loss_std": float((log_q - log_p).std()),
         "kl": loss + log_z if log_z is not None else float("nan"),
         "ess_batch": effective_sample_size(log_p - log_q),
-        **evaluate(model, local_batch, config.eval_batches, comm),
+        **evaluate(model, *_evaluation_batches(local_batch, config), comm),
         "learning_rate": run.optimizer.param_groups[0]["lr"],
         "grad_norm": grad_norm,
         "skipped": run.skipped,
         "seconds": seconds,
     }
+
+
+def _evaluation_batches(local_batch: int, config: TrainConfig) -> tuple[int, int]:
+    """``(batch, n_batches)`` of the evaluation sample: ``eval_batches`` batches of the training
+    batch, drawn in batches of the training step's largest part when it is drawn in parts (the
+    same number of samples, rounded up to whole parts)."""
+    part = max(batch_parts(local_batch, config.micro_batch))
+    return part, -(-config.eval_batches * local_batch // part)
 
 
 def loss_jumped(metrics: dict, best_loss: float, batch_size: int) -> bool:

@@ -51,15 +51,22 @@ def _check_start(theory, start) -> None:
                          f"not of {theory.name} on {theory.lattice_shape}")
 
 
+FLOW_BATCH = 256  # the flow start's samples are drawn this many at a time
+
+
 def _start(theory, start, n_samples: int, generator, haar):
     """``(U_0, log q(U_0))`` in float64 (complex128 links); ``haar`` the Haar prior where
     ``start`` is ``None``."""
     if start is None:
         field = theory.hot_start(n_samples, generator=generator)
         return field, haar.log_prob(field).to(torch.float64)
+    fields, log_qs = [], []
     with torch.no_grad():
-        field, log_q = start.sample(n_samples)
-    return field.to(theory.storage_dtype(torch.float64)), log_q.to(torch.float64)
+        for done in range(0, n_samples, FLOW_BATCH):  # particle systems ask for thousands at once
+            field, log_q = start.sample(min(FLOW_BATCH, n_samples - done))
+            fields.append(field.to(theory.storage_dtype(torch.float64)))
+            log_qs.append(log_q.to(torch.float64))
+    return torch.cat(fields), torch.cat(log_qs)
 
 
 def annealed_samples(theory, n_samples: int, n_steps: int, *, start=None, sweeps: int = 1, generator=None,

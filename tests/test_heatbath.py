@@ -174,6 +174,14 @@ def test_annealing_from_a_flow_at_a_lower_beta_is_exact(tmp_path):
     theory = start_theory.with_couplings(beta=2.0)
     field, log_w = annealed_samples(theory, 2000, 12, start=model, generator=torch.Generator().manual_seed(15))
     assert_agrees({"E[w] / Z": mean_weight_over_z(reweight(log_w, {}), theory)})
+    # 300 particles start from the flow in batches (FLOW_BATCH = 256), each a draw of its own
+    from gaugeflow.hmc.annealing import FLOW_BATCH, _start, annealed_particles
+
+    started, log_q = _start(theory, model, 300, None, None)
+    assert FLOW_BATCH < 300 and started.shape == (300, *theory.config_shape) and log_q.dtype == torch.float64
+    assert len(set(log_q.tolist())) == 300
+    field, log_w, log_z = annealed_particles(theory, 3, 100, 1, start=model, generator=torch.Generator().manual_seed(4))
+    assert field.shape == (3, 100, *theory.config_shape) and torch.isfinite(log_z).all()
     with pytest.raises(InputError, match="not of u1 on"):
         annealed_samples(make_theory("u1", (4, 6), beta=2.0), 4, 2, start=model)
 

@@ -17,7 +17,8 @@ from torch.nn import functional as F
 from torch.profiler import ProfilerActivity, profile
 
 from gaugeflow.flows import architecture, build_flow
-from gaugeflow.flows.train import accumulate_gradient, batch_parts, reverse_kl_step_terms
+from gaugeflow.flows.train import (TrainConfig, _evaluation_batches, accumulate_gradient, batch_parts,
+                                   reverse_kl_step_terms)
 from gaugeflow.flows.transforms import spline_derivative_shift
 from gaugeflow.lattice.groups import wrap_angle
 from gaugeflow.lattice.theories import make_theory
@@ -295,6 +296,9 @@ def test_a_batch_drawn_in_parts_gives_the_gradient_of_the_whole_batch(theory_arg
         return (sum(surrogate), sum(loss), torch.cat(log_q), torch.cat(log_p)), [sum(g) for g in zip(*grads)]
 
     assert batch_parts(7, 3) == [3, 2, 2] and batch_parts(7, 7) == [7] and batch_parts(7) == [7]
+    # the evaluation sample is drawn in batches of the largest part, as many samples or a few more
+    assert _evaluation_batches(64, TrainConfig(eval_batches=4, micro_batch=24)) == (22, 12)
+    assert _evaluation_batches(64, TrainConfig(eval_batches=4)) == (64, 4)
     (surrogate, loss, log_q, log_p), grads = step(None) if whole_batch else parts_one_by_one()
     calls = []
     hook = model.flows[0].conditioner.register_forward_pre_hook(lambda module, args: calls.append(module))
