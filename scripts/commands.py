@@ -338,8 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "20-60%% more time per step")
     group.add_argument("--micro-batch", type=int, default=None, metavar="N",
                        help="draw each step's batch in parts of at most N samples, each part's backward pass run "
-                            "before the next is drawn: the same training in the memory of N samples, more time per "
-                            "step (SU(3) 4^4, batch 64 in parts of 16: 2.4x less memory, about 35%% more time)")
+                            "before the next is drawn: the same training, one part's graph held at a time, more time "
+                            "per step (SU(3) 4^4, batch 64 in parts of 16: 2.4x less memory, about 35%% more time)")
     group.add_argument("--out", required=True,
                        help="checkpoint file, e.g. model.pt; the training log goes to <out without its extension>"
                             ".metrics.csv (model.metrics.csv)")
