@@ -140,8 +140,8 @@ def test_annealed_weights_average_to_the_partition_function(name, beta):
 @pytest.mark.parametrize("name", ["u1", "su2"])
 def test_resampled_particle_systems_estimate_the_partition_function(name, monkeypatch):
     """Sequential Monte Carlo: the estimate ``Z_hat`` of a system of 8 resampled paths (6 rungs
-    from Haar measure to beta = 2, short enough that every system resamples) is unbiased, and the
-    particles' weights reweight the plaquette to the exact one; 400 systems in one batch."""
+    from Haar measure to beta = 2, short enough that the systems resample) is unbiased, and the
+    particles' weights reweight the plaquette to the exact one; 1000 systems in one batch."""
     from gaugeflow.hmc import annealing
 
     resampled = []
@@ -149,11 +149,11 @@ def test_resampled_particle_systems_estimate_the_partition_function(name, monkey
     monkeypatch.setattr(annealing, "systematic_resampling",
                         lambda log_w, generator: resampled.append(log_w.shape) or resample(log_w, generator))
     theory = make_theory(name, (4, 4), beta=2.0)
-    field, log_w, log_z = annealing.annealed_particles(theory, 400, 8, 6, generator=torch.Generator().manual_seed(19))
-    assert field.shape == (400, 8, *theory.config_shape) and log_w.shape == (400, 8) and log_z.shape == (400,)
-    assert resampled and all(shape == (400, 8) for shape in resampled)
+    field, log_w, log_z = annealing.annealed_particles(theory, 1000, 8, 6, generator=torch.Generator().manual_seed(19))
+    assert field.shape == (1000, 8, *theory.config_shape) and log_w.shape == (1000, 8) and log_z.shape == (1000,)
+    assert resampled and all(shape == (1000, 8) for shape in resampled)
     # per system: Z_hat times the weighted plaquette, and Z_hat; their ratio of means is <P>
-    plaquettes = (torch.softmax(log_w, -1) * theory.observables(field.flatten(0, 1))["plaquette"].view(400, 8)).sum(-1)
+    plaquettes = (torch.softmax(log_w, -1) * theory.observables(field.flatten(0, 1))["plaquette"].view(1000, 8)).sum(-1)
     z_hat = torch.exp(log_z - log_z.max())
     ratio = plaquettes * z_hat / z_hat.mean()
     assert_agrees({"E[Z_hat] / Z": mean_weight_over_z(reweight(log_z, {}), theory),
