@@ -49,10 +49,16 @@ def acceptance_rate(log_weights: torch.Tensor, generator=None) -> float:
     return accepted[1:].double().mean().item()
 
 
+def effective_fraction(log_weights: torch.Tensor) -> torch.Tensor:
+    """``(sum w)^2 / (n sum w^2)`` over the last axis of ``log_weights [..., n]``: the normalised
+    effective sample size of each row (the resampling test of a particle system)."""
+    w = torch.exp(log_weights - log_weights.amax(-1, keepdim=True))
+    return w.sum(-1) ** 2 / (log_weights.shape[-1] * (w * w).sum(-1))
+
+
 def effective_sample_size(log_weights: torch.Tensor) -> float:
-    """Normalised ESS ``(sum w)^2 / (n sum w^2)`` in (0, 1] of reweighting ``q`` to ``p``."""
+    """Normalised ESS ``(sum w)^2 / (n sum w^2)`` in (0, 1] of reweighting ``q`` to ``p``; weights
+    that are not finite count in ``n`` only."""
     lw = log_weights.detach().to(torch.float64)
-    lw = lw[torch.isfinite(lw)] if torch.isfinite(lw).any() else lw
-    lw = lw - lw.max()
-    w = torch.exp(lw)
-    return (w.sum() ** 2 / (log_weights.shape[0] * (w * w).sum())).item()
+    finite = lw[torch.isfinite(lw)] if torch.isfinite(lw).any() else lw
+    return (effective_fraction(finite) * (finite.shape[0] / log_weights.shape[0])).item()

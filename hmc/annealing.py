@@ -31,6 +31,7 @@ import math
 
 import torch
 
+from gaugeflow.flows.diagnostics import effective_fraction
 from gaugeflow.lattice.errors import InputError
 
 from .heatbath import check_pure_gauge, heat_bath_sweep
@@ -49,6 +50,16 @@ def _check_start(theory, start) -> None:
     if (found.name, found.lattice_shape) != (theory.name, theory.lattice_shape):
         raise InputError(f"the starting flow is a model of {found.name} on {found.lattice_shape}, "
                          f"not of {theory.name} on {theory.lattice_shape}")
+
+
+def _check_ladder(theory, sweeps: int, start) -> None:
+    """Refuse, by name, what annealing cannot do: a theory without a heat bath, fewer than one
+    sweep a rung, a start of another theory or lattice."""
+    check_pure_gauge(theory)
+    if int(sweeps) < 1:
+        raise InputError(f"sweeps per rung must be >= 1, got {sweeps}")
+    if start is not None:
+        _check_start(theory, start)
 
 
 FLOW_BATCH = 256  # the flow start's samples are drawn this many at a time
@@ -77,11 +88,7 @@ def annealed_samples(theory, n_samples: int, n_steps: int, *, start=None, sweeps
     float64 after ``model.double()``) to the theory's, ``sweeps`` heat-bath sweeps on each.
     Float64 (complex128) throughout; ``batch_size`` samples at a time; ``progress(done)`` is
     called after each batch."""
-    check_pure_gauge(theory)
-    if int(sweeps) < 1:
-        raise InputError(f"sweeps per rung must be >= 1, got {sweeps}")
-    if start is not None:
-        _check_start(theory, start)
+    _check_ladder(theory, sweeps, start)
     fields, log_weights = [], []
     done = 0
     while done < n_samples:
@@ -136,12 +143,6 @@ def log_mean_weight(log_w: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(log_w, -1) - math.log(log_w.shape[-1])
 
 
-def effective_fraction(log_w: torch.Tensor) -> torch.Tensor:
-    """``(sum w)^2 / (n sum w^2)`` over the last axis: the effective sample size of the weights
-    over their number."""
-    return torch.exp(2 * torch.logsumexp(log_w, -1) - torch.logsumexp(2 * log_w, -1)) / log_w.shape[-1]
-
-
 def systematic_resampling(log_w: torch.Tensor, generator=None) -> torch.Tensor:
     """Indices ``[..., n]`` (into the last axis) of ``n`` paths drawn with probabilities ``w / sum
     w`` by systematic resampling: one uniform ``u`` per row, the points ``(u + k) / n``, each path
@@ -171,15 +172,11 @@ def annealed_particles(theory, n_systems: int, n_particles: int, n_steps: int, *
     keeps it unbiased (Whiteley, Lee, Heine, arXiv:1309.2918), as does systematic resampling,
     which copies each path ``K w_j / sum w`` times on average.  Within a system ``<f>_beta`` is
     estimated by ``sum w f(U_n) / sum w``.  Float64; all systems run as one batch."""
-    check_pure_gauge(theory)
-    if int(sweeps) < 1:
-        raise InputError(f"sweeps per rung must be >= 1, got {sweeps}")
+    _check_ladder(theory, sweeps, start)
     if int(n_particles) < 1 or int(n_systems) < 1:
         raise InputError(f"a particle system needs at least one particle, got {n_systems} systems of {n_particles}")
     if not 0 <= float(resample_below) <= 1:
         raise InputError(f"resample_below is a fraction of the particles, in [0, 1]; got {resample_below}")
-    if start is not None:
-        _check_start(theory, start)
     systems, particles = int(n_systems), int(n_particles)
     field, log_w, log_z = _anneal(theory, systems * particles, n_steps, start, int(sweeps), generator,
                                   float(resample_below), systems)
@@ -219,15 +216,12 @@ class AnnealedMetropolisSampler:
 
     def __init__(self, theory, n_steps: int = 100, sweeps: int = 1, start=None, source: str = "",
                  particles: int = 1):
-        check_pure_gauge(theory)
+        _check_ladder(theory, sweeps, start)
         beta_ladder(0.0, theory.couplings["beta"], n_steps)  # n_steps >= 1, or a clear error
-        if int(sweeps) < 1:
-            raise InputError(f"sweeps per rung must be >= 1, got {sweeps}")
         if int(particles) < 1:
             raise InputError(f"an annealed proposal needs at least one particle, got {particles}")
         self.particles = int(particles)
         if start is not None:
-            _check_start(theory, start)
             start = start.double()
             start.eval()
         self.theory, self.n_steps, self.sweeps = theory, int(n_steps), int(sweeps)
